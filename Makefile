@@ -1,0 +1,44 @@
+# pacofr — set-up, tests and the main jobs. Every target works on a fresh clone.
+# Override TORCH_SPEC on a cluster to pick its CUDA build, e.g.
+#   make setup TORCH_SPEC="torch==2.6.0 torchvision==0.21.0 --index-url https://download.pytorch.org/whl/cu124"
+PYTHON ?= python3
+VENV ?= .venv
+TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
+EXTRAS ?= prep,dev
+BIN := $(VENV)/bin
+DATA_DEMO ?= data/synth-demo
+RUNS ?= runs
+
+.PHONY: setup test test-fast lint data-demo tensorboard clean
+
+# The stamp makes `setup` a no-op once done; it is redone when pyproject.toml changes.
+$(VENV)/.installed: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade "pip<26.2"
+	$(BIN)/python -m pip install $(TORCH_SPEC)
+	$(BIN)/python -m pip install -e ".[$(EXTRAS)]"
+	touch $@
+
+setup: $(VENV)/.installed
+
+test: setup
+	$(BIN)/python -m pytest -q tests
+
+test-fast: setup
+	$(BIN)/python -m pytest -q -m "not slow and not slurm" tests
+
+lint: setup
+	$(BIN)/ruff check src data_prep tests bench
+	$(BIN)/ruff format --check src data_prep tests bench
+
+$(DATA_DEMO)/_info.json: | setup
+	$(BIN)/pacofr-prep synth --out $(DATA_DEMO) --n 2000 --size 256 --seed 0 --val-fraction 0.1
+
+data-demo: $(DATA_DEMO)/_info.json
+	@echo "synthetic demo dataset: $(DATA_DEMO)"
+
+tensorboard: setup
+	$(BIN)/tensorboard --logdir $(RUNS) --bind_all
+
+clean:
+	rm -rf $(VENV) data runs

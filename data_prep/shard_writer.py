@@ -1,0 +1,104 @@
+"""Write ``pacofr-faces/1`` samples into tar shards, each under a temp name until complete.
+
+Tar members get fixed metadata (mtime 0, root owner, mode 0644) so the same samples always give
+byte-identical shards: a chunk that is killed and rerun reproduces what it wrote before.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import tarfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from pacofr.data.format import KEY_IMAGE, KEY_META, KEY_SEG, shard_name
+
+
+def encode_jpeg(rgb: np.ndarray, quality: int = 95) -> bytes:
+    """RGB uint8 (H, W, 3) -> baseline JPEG bytes."""
+    buf = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(rgb, dtype=np.uint8), "RGB").save(
+        buf, format="JPEG", quality=quality, subsampling=0
+    )
+    return buf.getvalue()
+
+
+def encode_label_png(labels: np.ndarray) -> bytes:
+    """Label map uint8 (H, W) -> lossless single-channel PNG bytes."""
+    buf = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(labels, dtype=np.uint8), "L").save(buf, format="PNG", optimize=False)
+    return buf.getvalue()
+
+
+def _add_member(tar: tarfile.TarFile, name: str, payload: bytes) -> None:
+    info = tarfile.TarInfo(name)
+    info.size = len(payload)
+    info.mtime = 0
+    info.mode = 0o644
+    info.uid = info.gid = 0
+    info.uname = info.gname = "root"
+    tar.addfile(info, io.BytesIO(payload))
+
+
+class ShardSink:
+    """Append samples to ``{split}-[{prefix}-]{index:06d}.tar`` shards of at most ``max_per_shard``.
+
+    A shard is written as ``.<name>.tmp`` and renamed when it is full or on :meth:`close`, so a
+    killed writer never leaves a truncated shard under a final name. ``written`` lists
+    ``(filename, num_samples)`` of the finished shards.
+    """
+
+    def __init__(self, out_dir: str | os.PathLike[str], split: str, max_per_shard: int = 2000, prefix: str = ""):
+        if max_per_shard < 1:
+            raise ValueError("max_per_shard must be >= 1")
+        self.out_dir = Path(out_dir)
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        self.split, self.prefix, self.max_per_shard = split, prefix, max_per_shard
+        self.written: list[tuple[str, int]] = []
+        self._tar: tarfile.TarFile | None = None
+        self._count = 0
+
+    def _open(self) -> None:
+        name = shard_name(self.split, len(self.written), self.prefix)
+        self._final = self.out_dir / name
+        self._tmp = self.out_dir / f".{name}.tmp"
+        self._tar = tarfile.open(self._tmp, "w", format=tarfile.USTAR_FORMAT)
+        self._count = 0
+
+    def write(self, key: str, jpg: bytes, seg_png: bytes, meta: dict[str, Any]) -> None:
+        if "." in key:
+            raise ValueError(f"sample key {key!r} must not contain '.' (webdataset splits on it)")
+        if self._tar is None:
+            self._open()
+        assert self._tar is not None
+        _add_member(self._tar, f"{key}.{KEY_IMAGE}", jpg)
+        _add_member(self._tar, f"{key}.{KEY_SEG}", seg_png)
+        _add_member(self._tar, f"{key}.{KEY_META}", json.dumps(meta, sort_keys=True).encode())
+        self._count += 1
+        if self._count >= self.max_per_shard:
+            self._finish()
+
+    def _finish(self) -> None:
+        if self._tar is None:
+            return
+        self._tar.close()
+        self._tar = None
+        with open(self._tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+        os.replace(self._tmp, self._final)
+        self.written.append((self._final.name, self._count))
+
+    def close(self) -> list[tuple[str, int]]:
+        self._finish()
+        return self.written
+
+    def __enter__(self) -> ShardSink:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
