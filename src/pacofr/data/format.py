@@ -96,6 +96,35 @@ def label_to_region_lut() -> list[int]:
     return lut
 
 
+# --- landmarks in a sample's ``json`` -------------------------------------------------------
+# ``landmarks5``: (x, y) in crop pixels, in the ArcFace/insightface order: the eye seen on the
+# image's left, the eye seen on the image's right, nose tip, mouth corner on the image's left,
+# mouth corner on the image's right. A horizontal flip maps x -> S - 1 - x and swaps 0<->1, 3<->4.
+LANDMARK5_NAMES: tuple[str, ...] = (
+    "eye_image_left",
+    "eye_image_right",
+    "nose",
+    "mouth_image_left",
+    "mouth_image_right",
+)
+LANDMARK5_FLIP_ORDER: tuple[int, ...] = (1, 0, 2, 4, 3)
+# ``landmarks68``: the iBUG 300-W 68-point markup (0-16 jaw, 17-26 brows, 27-35 nose, 36-47 eyes,
+# 48-67 mouth), (x, y) in crop pixels.
+NUM_LANDMARKS68 = 68
+
+# Keys of a sample's ``json`` that every writer fills (synthetic samples add pose, identity,
+# expression, lighting and occluders; see data_prep.synth).
+META_REQUIRED_KEYS: tuple[str, ...] = (
+    "source",
+    "face_index",
+    "box",
+    "score",
+    "landmarks5",
+    "align_matrix",
+    "parser",
+)
+
+
 # --- sample ids ------------------------------------------------------------------------------
 def sample_key(source: str, face_index: int) -> str:
     """Stable sample id: a hash of the source path and the face index (no dots: webdataset
