@@ -53,9 +53,7 @@ class ShardSink:
     ``(filename, num_samples)`` of the finished shards.
     """
 
-    def __init__(
-        self, out_dir: str | os.PathLike[str], split: str, max_per_shard: int = 2000, prefix: str = ""
-    ):
+    def __init__(self, out_dir: str | os.PathLike[str], split: str, max_per_shard: int = 2000, prefix: str = ""):
         if max_per_shard < 1:
             raise ValueError("max_per_shard must be >= 1")
         self.out_dir = Path(out_dir)

@@ -157,8 +157,7 @@ class SplitInfo:
             )
         if sum(self.shard_lengths) != self.num_samples:
             raise ManifestError(
-                f"split {split!r}: num_samples={self.num_samples} but shard_lengths sum to "
-                f"{sum(self.shard_lengths)}"
+                f"split {split!r}: num_samples={self.num_samples} but shard_lengths sum to {sum(self.shard_lengths)}"
             )
         if any(n < 0 for n in self.shard_lengths):
             raise ManifestError(f"split {split!r}: negative shard length")
@@ -234,9 +233,7 @@ def count_tar_samples(path: str | os.PathLike[str]) -> int:
     return len(keys)
 
 
-def read_manifest(
-    root: str | os.PathLike[str], check_shards: bool = True, count_samples: bool = False
-) -> Manifest:
+def read_manifest(root: str | os.PathLike[str], check_shards: bool = True, count_samples: bool = False) -> Manifest:
     """Read and validate ``root/_info.json``.
 
     Raises :class:`ManifestError` with a message naming the problem: no manifest, wrong format
