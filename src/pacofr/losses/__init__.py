@@ -1,0 +1,1 @@
+"""Training losses: pixel reconstruction, codebook / patch-pixel alignment, spatial consistency."""

@@ -1,0 +1,154 @@
+"""The composed model: shapes, replaced patches, mask handling, FLOP count, compile-friendliness."""
+
+import pytest
+import torch
+
+from pacofr.models import PaCoFRModel, visible_indices
+
+IMG = 64
+CB = dict(num_codes=64, code_dim=16, proto_hidden=32, belief_hidden=32)
+
+
+def _mask(b, n, k, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.stack([torch.randperm(n, generator=g) < k for _ in range(b)])
+
+
+def test_visible_indices_are_the_unmasked_patches_in_order():
+    mask = torch.tensor([[True, False, True, False], [False, False, True, True]])
+    assert visible_indices(mask, 2).tolist() == [[1, 3], [0, 1]]
+
+
+@pytest.mark.parametrize("size", ["tiny", "small"])
+def test_mae_config_shapes_and_no_replacement(size):
+    model = PaCoFRModel(size, img_size=IMG, use_codebook=False)
+    mask = _mask(3, 16, model.num_masked)
+    out = model(torch.randn(3, 3, IMG, IMG), mask)
+    assert model.codebook is None and model.num_replaced == 0
+    assert out["pred"].shape == out["target"].shape == (3, 16, 768)
+    assert out["decoder_tokens"].shape == (3, 16, model.decoder.decoder_dim)
+    assert not out["replaced"].any()
+    assert torch.equal(out["loss_mask"], mask)
+    assert "belief_logits" not in out
+
+
+@pytest.mark.parametrize("mix", ["soft", "hard", "gumbel"])
+@pytest.mark.parametrize("update", ["grad", "ema"])
+def test_pacofr_config_shapes_and_replaced_patches(mix, update):
+    model = PaCoFRModel(
+        "tiny", img_size=IMG, mask_ratio=0.5, replace_ratio=0.25, mix=mix, codebook={**CB, "update": update}
+    )
+    assert (model.num_masked, model.num_visible, model.num_replaced) == (8, 8, 2)
+    mask = _mask(4, 16, 8)
+    out = model(torch.randn(4, 3, IMG, IMG), mask)
+    assert out["pred"].shape == (4, 16, 768) and out["keep_idx"].shape == (4, 8)
+    assert out["belief_logits"].shape == (4, 16, 64) and out["target_code"].shape == (4, 16)
+    assert out["candidate_weights"].shape == out["candidate_codes"].shape == (4, 2, 4)
+    replaced = out["replaced"]
+    assert replaced.sum(1).eq(2).all()
+    assert not (replaced & mask).any()  # replaced patches are visible ones
+    assert torch.equal(out["loss_mask"], mask | replaced)
+    assert out["code_perplexity"].ndim == 0 and 1.0 <= out["code_perplexity"].item() <= 64
+    # the reconstruction loss reaches the encoder, the decoder and, through the mixture, the belief predictor
+    ((out["pred"] - out["target"]).square().mean(-1) * out["loss_mask"]).sum().backward()
+    assert model.encoder.blocks[0].attn.qkv.weight.grad.abs().sum() > 0
+    assert model.codebook.token_proj.weight.grad.abs().sum() > 0
+    assert model.codebook.belief.fc1.weight.grad.abs().sum() > 0
+    model.update_codebook_state(out)
+    assert model.codebook.recent_count.item() > 0
+
+
+def test_replaced_tokens_reach_the_encoder():
+    torch.manual_seed(0)
+    model = PaCoFRModel("tiny", img_size=IMG, mask_ratio=0.5, replace_ratio=0.25, codebook=CB).eval()
+    images, mask = torch.randn(2, 3, IMG, IMG), _mask(2, 16, 8)
+    torch.manual_seed(1)
+    out = model(images, mask)
+    model.replace_ratio, model.num_replaced = 0.0, 0
+    torch.manual_seed(1)
+    plain = model(images, mask)
+    assert not torch.allclose(out["pred"], plain["pred"])
+    assert not plain["replaced"].any()
+
+
+def test_mask_with_wrong_count_is_refused():
+    model = PaCoFRModel("tiny", img_size=IMG, use_codebook=False)
+    with pytest.raises(RuntimeError, match="num_masked"):
+        model(torch.randn(2, 3, IMG, IMG), _mask(2, 16, model.num_masked - 1))
+    with pytest.raises(ValueError, match="mask must be"):
+        model(torch.randn(2, 3, IMG, IMG), torch.zeros(2, 15, dtype=torch.bool))
+
+
+def _reference_step_flops(img=224, patch=16, dim=768, depth=12, ddim=512, ddepth=8, ratio=0.75):
+    """shared/reference/mae_step.py's step_flops, restated (the package must not import it)."""
+    n = (img // patch) ** 2
+    te = int(n * (1 - ratio)) + 1
+    td = n + 1
+    enc = depth * (24 * dim * dim * te + 4 * te * te * dim)
+    dec = ddepth * (24 * ddim * ddim * td + 4 * td * td * ddim)
+    emb = 2 * n * (patch * patch * 3) * dim
+    head = 2 * n * ddim * (patch * patch * 3) + 2 * te * dim * ddim
+    return 3 * (enc + dec + emb + head)
+
+
+def test_flops_per_image_matches_reference_mae_base():
+    with torch.device("meta"):
+        model = PaCoFRModel("base", use_codebook=False)
+    flops = model.flops_per_image()
+    assert flops == _reference_step_flops()
+    assert flops / 1e9 == pytest.approx(58.7, abs=0.05)
+
+
+def test_flops_per_image_of_codebook_model_adds_codebook_work():
+    with torch.device("meta"):
+        mae = PaCoFRModel("base", use_codebook=False)
+        paco = PaCoFRModel("base")
+    cb = paco.codebook
+    n, k, p = 196, 1024, 768
+    extra = (
+        2 * n * (p * 512 + 512 * k) * 3  # belief MLP, trained
+        + 2 * n * k * p  # alignment distances, no backward
+        + 2 * n * k * p * 2  # belief commitment
+        + 2 * paco.num_replaced * 4 * 768 * 3  # candidate mixture
+        + 3 * 2 * k * (256 * 512 + 512 * p + 256 * 768) / 256  # g(C), W C once per batch of 256
+    )
+    assert paco.num_replaced == 7
+    assert cb.flops_per_image(n, 7, 256) == pytest.approx(extra)
+    assert paco.flops_per_image() == pytest.approx(mae.flops_per_image() + extra)
+
+
+def test_no_weight_decay_and_incubation_names():
+    model = PaCoFRModel("tiny", img_size=IMG, codebook=CB)
+    names = dict(model.named_parameters())
+    assert all(n in names for n in model.no_weight_decay())
+    assert {"encoder.pos_embed", "decoder.mask_token", "codebook.codes"} <= model.no_weight_decay()
+    inc = model.incubation_parameter_names()
+    assert inc and all(n.startswith(("codebook.codes", "codebook.proto_head.", "codebook.belief.")) for n in inc)
+
+
+@pytest.mark.slow
+def test_forward_backward_compiles_without_graph_breaks():
+    torch.manual_seed(0)
+    model = PaCoFRModel("tiny", img_size=32, decoder_depth=1, codebook=CB, mask_ratio=0.5, replace_ratio=0.5)
+    model.encoder.blocks = model.encoder.blocks[:1]
+    # aot_eager traces forward and backward exactly like inductor (graph breaks included) without the C++ build
+    compiled = torch.compile(model, fullgraph=True, dynamic=False, backend="aot_eager")
+    images, mask = torch.randn(2, 3, 32, 32), _mask(2, 4, 2)
+    out = compiled(images, mask)
+    loss = ((out["pred"] - out["target"]).square().mean(-1) * out["loss_mask"]).sum() + out["belief_logits"].mean()
+    loss.backward()
+    assert model.encoder.blocks[0].attn.qkv.weight.grad is not None
+    model.update_codebook_state(out)
+
+
+@pytest.mark.parametrize("update", ["grad", "ema"])
+def test_bf16_autocast_forward_backward(update):
+    torch.manual_seed(0)
+    model = PaCoFRModel("tiny", img_size=32, mask_ratio=0.5, replace_ratio=0.5, codebook={**CB, "update": update})
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(torch.randn(2, 3, 32, 32), _mask(2, 4, 2))
+    assert out["target"].dtype == torch.float32  # targets stay exact
+    assert out["pred"].dtype == torch.bfloat16
+    loss = ((out["pred"].float() - out["target"]).square().mean(-1) * out["loss_mask"]).sum()
+    loss.backward()
+    assert torch.isfinite(model.codebook.token_proj.weight.grad).all()
