@@ -1,0 +1,24 @@
+"""Patch masks built per sample in the data workers: region histograms and the random (MAE),
+block (BEiT) and structured (PaCo-FR / FSFM) maskers."""
+
+from pacofr.masking.base import NO_COVERED_GROUP, Masker, MaskResult
+from pacofr.masking.block_masker import BlockMasker
+from pacofr.masking.common import RegionMaskResult, num_masked_patches
+from pacofr.masking.histograms import patch_region_histograms
+from pacofr.masking.random_masker import RandomMasker
+from pacofr.masking.registry import MASKERS, build_masker
+from pacofr.masking.structured_masker import StructuredMasker
+
+__all__ = [
+    "MASKERS",
+    "NO_COVERED_GROUP",
+    "BlockMasker",
+    "MaskResult",
+    "Masker",
+    "RandomMasker",
+    "RegionMaskResult",
+    "StructuredMasker",
+    "build_masker",
+    "num_masked_patches",
+    "patch_region_histograms",
+]

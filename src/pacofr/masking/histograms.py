@@ -1,0 +1,93 @@
+"""Per-patch region histograms: the share of each region group's pixels in every patch.
+
+DESIGN 5.1: one-hot the parsing map over the 9 region groups of ``pacofr.data.format`` and
+average-pool it per patch. Done here with one ``bincount`` over ``(sample, patch, label)`` ids,
+which is the same result as ``one_hot`` + ``avg_pool2d`` without materialising a 9-channel map
+(several times faster on CPU, where the data workers build it per sample).
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+import torch
+
+from pacofr.data.format import LABEL_NAMES, NUM_LABELS, NUM_REGIONS, label_to_region_lut
+
+_LABEL_TO_REGION = torch.tensor(label_to_region_lut(), dtype=torch.long)
+
+
+def patch_grid(seg: torch.Tensor, patch_size: int) -> tuple[int, int]:
+    """``(rows, cols)`` of the patch grid of a label map ``(..., H, W)``; clear error when it does not tile."""
+    if seg.dim() < 2:
+        raise ValueError(f"label map must be (H, W) or (B, H, W), got shape {tuple(seg.shape)}")
+    if patch_size <= 0:
+        raise ValueError(f"patch_size must be positive, got {patch_size}")
+    height, width = seg.shape[-2:]
+    if height % patch_size or width % patch_size or height == 0 or width == 0:
+        raise ValueError(f"label map {height}x{width} is not a whole number of {patch_size}x{patch_size} patches")
+    return height // patch_size, width // patch_size
+
+
+def check_label_map(seg: torch.Tensor) -> torch.Tensor:
+    """The map as int64 after checking its dtype and that every id is a known label.
+
+    The range check reads the min/max back (a host sync): fine in data workers, where maps live.
+    It also keeps the histogram's flat (patch, label) index from spilling into the next patch.
+    """
+    if seg.dtype.is_floating_point or seg.dtype.is_complex or seg.dtype == torch.bool:
+        raise TypeError(f"label map must hold integer label ids, got dtype {seg.dtype}")
+    seg = seg.long()
+    if seg.numel():
+        low, high = (int(v) for v in torch.aminmax(seg))
+        if low < 0 or high >= NUM_LABELS:
+            raise ValueError(
+                f"label map holds ids in [{low}, {high}] but the {NUM_LABELS} labels are 0..{NUM_LABELS - 1} "
+                f"({', '.join(LABEL_NAMES)})"
+            )
+    return seg
+
+
+@lru_cache(maxsize=32)
+def _pixel_patch_offset(rows: int, cols: int, patch_size: int, device: torch.device) -> torch.Tensor:
+    """``(H, W)`` map of ``patch id * NUM_LABELS`` for every pixel (row-major patch ids)."""
+    ids = torch.arange(rows * cols, device=device).reshape(rows, 1, cols, 1) * NUM_LABELS
+    return ids.expand(rows, patch_size, cols, patch_size).reshape(rows * patch_size, cols * patch_size).contiguous()
+
+
+@lru_cache(maxsize=8)
+def _label_to_region_matrix(device: torch.device) -> torch.Tensor:
+    """``(NUM_LABELS, NUM_REGIONS)`` 0/1 matrix that sums label counts into region-group counts."""
+    matrix = torch.zeros(NUM_LABELS, NUM_REGIONS, device=device)
+    matrix[torch.arange(NUM_LABELS, device=device), _LABEL_TO_REGION.to(device)] = 1.0
+    return matrix
+
+
+def patch_region_histograms(seg: torch.Tensor, patch_size: int) -> torch.Tensor:
+    """Region-group histogram of every patch of a label map.
+
+    Args:
+        seg: integer label ids (CelebAMask-HQ order), shape ``(H, W)`` or ``(B, H, W)``, any device.
+        patch_size: side of the square patches; H and W must be multiples of it.
+
+    Returns:
+        float32 ``(N, NUM_REGIONS)`` or ``(B, N, NUM_REGIONS)`` on seg's device,
+        ``N = (H / p) * (W / p)`` in row-major patch order; entry ``[n, g]`` is the fraction of
+        patch ``n``'s pixels in group ``g``, so every row sums to 1.
+    """
+    rows, cols = patch_grid(seg, patch_size)
+    seg = check_label_map(seg)
+    lead = seg.shape[:-2]
+    batch = 1
+    for size in lead:
+        batch *= size
+    num_patches = rows * cols
+    # Count (sample, patch, label) triples in one bincount (cheaper than a per-pixel label->group
+    # gather), then fold the 19 labels into the 9 groups with a tiny matmul.
+    index = seg.reshape(batch, *seg.shape[-2:]) + _pixel_patch_offset(rows, cols, patch_size, seg.device)
+    if batch > 1:
+        index = index + torch.arange(batch, device=seg.device).reshape(batch, 1, 1) * (num_patches * NUM_LABELS)
+    counts = torch.bincount(index.reshape(-1), minlength=batch * num_patches * NUM_LABELS)
+    counts = counts.to(torch.float32).reshape(batch * num_patches, NUM_LABELS)
+    hist = counts @ _label_to_region_matrix(seg.device)
+    return (hist / float(patch_size * patch_size)).reshape(*lead, num_patches, NUM_REGIONS)

@@ -1,0 +1,29 @@
+"""MAE's random masking: argsort of uniform noise, the last ``round(N * ratio)`` patches hidden."""
+
+from __future__ import annotations
+
+import torch
+
+from pacofr.masking.base import NO_COVERED_GROUP
+from pacofr.masking.common import RegionMaskResult, check_mask_ratio, num_masked_patches, sample_histograms
+
+
+class RandomMasker:
+    """Uniformly random patches (MAE baseline); the parsing map is only used for ``region_hist``."""
+
+    def __init__(self, patch_size: int = 16, mask_ratio: float = 0.75) -> None:
+        self.patch_size = int(patch_size)
+        self.mask_ratio = check_mask_ratio(mask_ratio)
+
+    def __call__(self, seg: torch.Tensor, generator: torch.Generator) -> RegionMaskResult:
+        hist, _ = sample_histograms(seg, self.patch_size)
+        num_patches = hist.shape[0]
+        num_masked = num_masked_patches(num_patches, self.mask_ratio)
+        noise = torch.rand(num_patches, generator=generator)
+        ids_shuffle = torch.argsort(noise)  # MAE keeps the first N - num_masked, hides the rest
+        mask = torch.zeros(num_patches, dtype=torch.bool)
+        mask[ids_shuffle[num_patches - num_masked :]] = True
+        return RegionMaskResult(mask=mask, covered=NO_COVERED_GROUP, region_hist=hist)
+
+    def __repr__(self) -> str:
+        return f"RandomMasker(patch_size={self.patch_size}, mask_ratio={self.mask_ratio})"
