@@ -12,7 +12,7 @@ import importlib
 import sys
 
 # Modules that provide subcommands, in the order ``--help`` lists them.
-COMMAND_MODULES = ("data_prep.synth.command",)
+COMMAND_MODULES = ("data_prep.synth.command", "data_prep.commands")
 
 
 def build_parser() -> argparse.ArgumentParser:

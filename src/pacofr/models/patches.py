@@ -6,12 +6,8 @@ from __future__ import annotations
 import torch
 from einops import rearrange
 
-
-def num_masked_patches(num_patches: int, mask_ratio: float) -> int:
-    """The exact number of masked patches per image for a mask ratio (what the maskers must produce)."""
-    if not 0.0 <= mask_ratio < 1.0:
-        raise ValueError(f"mask_ratio must be in [0, 1), got {mask_ratio}")
-    return int(round(num_patches * mask_ratio))
+# the mask budget is the maskers' rule; the model gathers exactly that many patches
+from pacofr.masking.common import num_masked_patches  # noqa: F401  (re-exported)
 
 
 def patchify(images: torch.Tensor, patch_size: int) -> torch.Tensor:
