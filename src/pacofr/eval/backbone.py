@@ -1,0 +1,154 @@
+"""Load the pretrained encoder as a timm ``VisionTransformer``.
+
+Accepted sources:
+
+- an exported ``encoder.safetensors`` with its sidecar ``encoder.json`` (``pacofr export``);
+- a Lightning pretraining checkpoint: the encoder sits under ``state_dict["model.encoder.*"]`` and
+  ``hyper_parameters`` gives ``encoder_size`` (tiny/small/base/large), ``img_size``, ``patch_size``;
+- nothing (``path=None``): a randomly initialised encoder, the floor every probe is compared with.
+
+The state dict is timm's own and loads strictly; a different evaluation ``img_size`` resamples the
+position embedding (timm's ``checkpoint_filter_fn``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import pickle
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import timm
+import torch
+from timm.models.vision_transformer import VisionTransformer, checkpoint_filter_fn
+
+ENCODER_PREFIX = "model.encoder."
+ENCODER_SIZES = ("tiny", "small", "base", "large")
+SIDECAR_SUFFIX = ".json"
+
+
+@dataclass(frozen=True)
+class EncoderSpec:
+    """What it takes to rebuild the encoder: the timm architecture and its input geometry."""
+
+    model_name: str
+    img_size: int
+    patch_size: int = 16
+
+    def create(self, img_size: int | None = None) -> VisionTransformer:
+        return timm.create_model(
+            self.model_name,
+            pretrained=False,
+            num_classes=0,
+            img_size=img_size or self.img_size,
+            patch_size=self.patch_size,
+        )
+
+
+def timm_name(encoder_size: str) -> str:
+    if encoder_size not in ENCODER_SIZES:
+        raise ValueError(f"encoder_size {encoder_size!r} is not one of {ENCODER_SIZES}")
+    return f"vit_{encoder_size}_patch16_224"
+
+
+class CheckpointError(ValueError):
+    """The file is not a pacofr pretraining checkpoint or exported encoder."""
+
+
+def load_checkpoint(path: str | os.PathLike[str], trust_checkpoint: bool = False) -> dict[str, Any]:
+    """``torch.load`` with ``weights_only=True``; a checkpoint that needs arbitrary code to load is
+    refused unless ``trust_checkpoint`` (only for files you made yourself)."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        if not trust_checkpoint:
+            raise CheckpointError(
+                f"{path} holds objects that weights_only loading refuses ({err}). "
+                "Pass trust_checkpoint=True only if you created this file yourself."
+            ) from err
+        return torch.load(path, map_location="cpu", weights_only=False)
+
+
+def encoder_from_checkpoint(ckpt: dict[str, Any]) -> tuple[dict[str, torch.Tensor], EncoderSpec]:
+    """The encoder's timm state dict and spec out of a Lightning pretraining checkpoint dict."""
+    if "state_dict" not in ckpt or "hyper_parameters" not in ckpt:
+        raise CheckpointError("checkpoint lacks 'state_dict' / 'hyper_parameters' (not a Lightning checkpoint?)")
+    state = {k[len(ENCODER_PREFIX) :]: v for k, v in ckpt["state_dict"].items() if k.startswith(ENCODER_PREFIX)}
+    if not state:
+        raise CheckpointError(f"checkpoint has no parameters under {ENCODER_PREFIX!r}")
+    hp = ckpt["hyper_parameters"]
+    try:
+        spec = EncoderSpec(timm_name(hp["encoder_size"]), int(hp["img_size"]), int(hp.get("patch_size", 16)))
+    except KeyError as err:
+        raise CheckpointError(f"checkpoint hyper_parameters lack {err}") from err
+    return state, spec
+
+
+def read_exported(path: str | os.PathLike[str]) -> tuple[dict[str, torch.Tensor], EncoderSpec]:
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    sidecar = path.with_suffix(SIDECAR_SUFFIX)
+    if not sidecar.is_file():
+        raise CheckpointError(f"{path}: missing sidecar {sidecar.name} (timm model name and img size)")
+    meta = json.loads(sidecar.read_text())
+    spec = EncoderSpec(meta["model_name"], int(meta["img_size"]), int(meta.get("patch_size", 16)))
+    return load_file(str(path)), spec
+
+
+def load_state_into(model: VisionTransformer, state: dict[str, torch.Tensor]) -> None:
+    """Strict load; the position embedding is resampled when the grid differs (timm's filter)."""
+    state = checkpoint_filter_fn(dict(state), model)
+    result = model.load_state_dict(state, strict=False)
+    if result.missing_keys or result.unexpected_keys:
+        raise CheckpointError(
+            f"encoder weights do not match {type(model).__name__}: missing {result.missing_keys[:8]}, "
+            f"unexpected {result.unexpected_keys[:8]}"
+        )
+
+
+def load_backbone(
+    path: str | os.PathLike[str] | None,
+    img_size: int | None = None,
+    model_name: str = "vit_base_patch16_224",
+    patch_size: int = 16,
+    trust_checkpoint: bool = False,
+) -> VisionTransformer:
+    """Build the encoder at ``img_size`` (default: the pretraining size) with the weights at ``path``.
+
+    ``path=None`` gives a random encoder of ``model_name`` (``img_size`` required then).
+    """
+    if path is None:
+        if img_size is None:
+            raise ValueError("a random encoder needs img_size")
+        return EncoderSpec(model_name, img_size, patch_size).create()
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        state, spec = read_exported(path)
+    else:
+        state, spec = encoder_from_checkpoint(load_checkpoint(path, trust_checkpoint))
+    model = spec.create(img_size)
+    load_state_into(model, state)
+    return model
+
+
+def spec_of(path: str | os.PathLike[str], trust_checkpoint: bool = False) -> EncoderSpec:
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        return read_exported(path)[1]
+    return encoder_from_checkpoint(load_checkpoint(path, trust_checkpoint))[1]
+
+
+def file_sha256(path: str | os.PathLike[str], chunk: int = 1 << 22) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def spec_dict(spec: EncoderSpec) -> dict[str, Any]:
+    return asdict(spec)
