@@ -1,0 +1,126 @@
+"""Joint image + label-map augmentation: alignment, flip label swap, determinism, eval mode."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from pacofr.data.format import LABEL_IDS, flip_label_lut
+from pacofr.data.transforms import AugmentConfig, JointTransform
+
+
+def _gen(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def _identity_norm(**kw: object) -> AugmentConfig:
+    """No jitter and mean 0 / std 1, so output * 255 is the resampled RGB."""
+    return AugmentConfig(jitter_prob=0.0, mean=(0.0, 0.0, 0.0), std=(1 / 255, 1 / 255, 1 / 255), **kw)
+
+
+def _face(face_factory, size: int = 96, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    image, labels = face_factory(size, np.random.default_rng(seed))
+    return torch.from_numpy(image).permute(2, 0, 1).contiguous(), torch.from_numpy(labels)
+
+
+def _labels_from_colour(rgb: torch.Tensor, palette: torch.Tensor) -> torch.Tensor:
+    """Per pixel, the label whose palette colour is nearest (the image encodes its source label)."""
+    return ((rgb[:, :, None, :] - palette[None, None]) ** 2).sum(-1).argmin(-1)
+
+
+def _agreement(a: torch.Tensor, b: torch.Tensor, dy: int, dx: int) -> float:
+    """Fraction of pixels where ``a`` equals ``b`` shifted by (dy, dx), ignoring a 2-pixel border."""
+    shifted = torch.roll(b, (dy, dx), (0, 1))
+    return float((a == shifted)[2:-2, 2:-2].float().mean())
+
+
+def test_crop_and_flip_keep_image_and_labels_aligned(face_factory, label_palette) -> None:
+    image, seg = _face(face_factory)
+    transform = JointTransform(64, train=True, config=_identity_norm(crop_scale=(0.3, 1.0)))
+    palette = torch.from_numpy(label_palette.astype(np.float32))
+    lut = torch.tensor(flip_label_lut())
+    flips = 0
+    for seed in range(12):
+        out_image, out_seg, _ = transform(image, seg, _gen(seed))
+        assert out_image.shape == (3, 64, 64) and out_image.dtype == torch.float32
+        assert out_seg.shape == (64, 64) and out_seg.dtype == torch.int64
+        seen = _labels_from_colour(out_image.permute(1, 2, 0), palette)  # 0..255 via the identity normalisation
+        # The colour encodes the *source* label; a flip has renamed left/right labels since.
+        plain, flipped = _agreement(seen, out_seg, 0, 0), _agreement(seen, lut[out_seg], 0, 0)
+        assert abs(plain - flipped) > 0.003, "only one hypothesis can name the l/r parts right"
+        source_labels = lut[out_seg] if flipped > plain else out_seg
+        flips += int(flipped > plain)
+        # aligned: high agreement, and strictly the best over all one-pixel offsets
+        best = _agreement(seen, source_labels, 0, 0)
+        assert best > 0.9, f"seed {seed}: only {best:.3f} of pixels agree with their label"
+        for dy, dx in [(dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1) if (dy, dx) != (0, 0)]:
+            other = _agreement(seen, source_labels, dy, dx)
+            assert best > other + 0.005, f"seed {seed}: labels fit the image better shifted by {(dy, dx)}"
+    assert 0 < flips < 12, "both flipped and unflipped samples must occur with hflip_prob=0.5"
+
+
+def test_flip_swaps_left_right_labels() -> None:
+    image = torch.zeros(3, 32, 32, dtype=torch.uint8)
+    seg = torch.full((32, 32), LABEL_IDS["skin"], dtype=torch.int64)
+    seg[:, :16] = LABEL_IDS["l_eye"]
+    seg[:, 16:] = LABEL_IDS["r_eye"]
+    image[0, :, :16] = 200  # red marks the pixels that were l_eye
+    config = _identity_norm(crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0), hflip_prob=1.0)
+    out_image, out_seg, _ = JointTransform(32, train=True, config=config)(image, seg, _gen(0))
+    # pixels move right, and the left eye of the subject becomes the right one in label terms
+    assert torch.allclose(out_image[0, :, 16:], torch.tensor(200.0), atol=1e-3)
+    assert torch.allclose(out_image[0, :, :16], torch.tensor(0.0), atol=1e-3)
+    assert torch.all(out_seg[:, 16:] == LABEL_IDS["r_eye"])
+    assert torch.all(out_seg[:, :16] == LABEL_IDS["l_eye"])
+
+
+def test_flip_maps_landmarks(face_factory) -> None:
+    image, seg = _face(face_factory, 32)
+    meta = {"landmarks5": [[10.0, 12.0], [21.0, 12.0], [16.0, 18.0], [12.0, 24.0], [20.0, 24.0]]}
+    config = _identity_norm(crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0), hflip_prob=1.0)
+    _, _, out = JointTransform(32, train=True, config=config)(image, seg, _gen(0), meta)
+    assert out is not None
+    assert out["landmarks5"] == [
+        [31 - 21.0, 12.0],
+        [31 - 10.0, 12.0],
+        [31 - 16.0, 18.0],
+        [31 - 20.0, 24.0],
+        [31 - 12.0, 24.0],
+    ]
+    assert meta["landmarks5"][0] == [10.0, 12.0], "the input meta must not be modified"
+
+
+def test_same_generator_same_output_and_jitter_only_touches_pixels(face_factory) -> None:
+    image, seg = _face(face_factory, 64)
+    transform = JointTransform(48, train=True)
+    a = transform(image, seg, _gen(7))
+    b = transform(image, seg, _gen(7))
+    c = transform(image, seg, _gen(8))
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+    assert not torch.equal(a[0], c[0])
+    no_jitter = JointTransform(48, train=True, config=AugmentConfig(jitter_prob=0.0))(image, seg, _gen(7))
+    assert torch.equal(no_jitter[1], a[1]), "colour jitter must not change the geometry"
+
+
+def test_eval_mode_is_a_centre_crop(face_factory) -> None:
+    image, seg = _face(face_factory, 256)
+    out_image, out_seg, _ = JointTransform(224, train=False, config=_identity_norm())(image, seg, _gen(0))
+    assert torch.equal(out_seg, seg[16:240, 16:240].long())
+    assert torch.allclose(out_image, image[:, 16:240, 16:240].float(), atol=1e-3)
+    # and it ignores the generator
+    again = JointTransform(224, train=False, config=_identity_norm())(image, seg, _gen(99))
+    assert torch.equal(again[0], out_image)
+
+
+def test_default_normalisation_is_imagenet() -> None:
+    image = torch.full((3, 8, 8), 128, dtype=torch.uint8)
+    seg = torch.zeros(8, 8, dtype=torch.int64)
+    out, _, _ = JointTransform(8, train=False, config=AugmentConfig(eval_crop_fraction=1.0))(image, seg, _gen(0))
+    expected = (128 / 255 - torch.tensor([0.485, 0.456, 0.406])) / torch.tensor([0.229, 0.224, 0.225])
+    assert torch.allclose(out[:, 0, 0], expected, atol=1e-5)
+
+
+def test_bad_config_is_rejected() -> None:
+    with pytest.raises(ValueError, match="crop_scale"):
+        AugmentConfig(crop_scale=(0.0, 1.0))

@@ -1,0 +1,247 @@
+"""Shard stream: order, rank/worker balance, per-epoch coverage, corruption, exact resume, validation."""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from pacofr.data.format import read_manifest
+from pacofr.data.shards import (
+    STATS_KEY,
+    StreamStats,
+    TrainShardStream,
+    ValShardStream,
+    plan_epoch,
+    shard_order,
+)
+from pacofr.data.transforms import AugmentConfig, JointTransform
+
+SIZE = 16  # source images are 16 px: decoding stays negligible
+OUT = 12
+
+
+def _stream(root: Path, batch_size: int, **kw) -> TrainShardStream:
+    return TrainShardStream(root, batch_size, JointTransform(OUT, train=True), shuffle_buffer=4, **kw)
+
+
+def _take(stream: TrainShardStream, n: int) -> list[dict]:
+    loader = DataLoader(stream, batch_size=None, num_workers=stream.num_workers)
+    return list(itertools.islice(iter(loader), n))
+
+
+def _keys(batches: list[dict]) -> list[str]:
+    return [k for b in batches for k in b["key"]]
+
+
+def _all_keys(root: Path, split: str = "train") -> set[str]:
+    """Every key of the split, read straight from the tars (independent of the stream code)."""
+    import tarfile
+
+    keys = set()
+    for name in read_manifest(root).split(split).filenames:
+        with tarfile.open(root / name) as tar:
+            keys |= {m.name.split(".", 1)[0] for m in tar if m.isfile()}
+    return keys
+
+
+def _shard_sequence(plan: list) -> list[int]:
+    """Shards in the order the lanes (taken in order) read them, consecutive repeats merged."""
+    seq = [piece.shard for lane in plan for piece in lane]
+    return [s for i, s in enumerate(seq) if i == 0 or seq[i - 1] != s]
+
+
+def test_shard_order_depends_only_on_seed_and_epoch() -> None:
+    assert shard_order(50, seed=3, epoch=2) == shard_order(50, seed=3, epoch=2)
+    assert sorted(shard_order(50, 3, 2)) == list(range(50))
+    assert shard_order(50, 3, 2) != shard_order(50, 3, 3)
+    assert shard_order(50, 3, 2) != shard_order(50, 4, 2)
+    # the plan walks the shards in that order whatever the number of lanes (ranks x workers)
+    lengths = [5 + i % 4 for i in range(50)]
+    for slots in (1, 2, 3, 6, 64):
+        assert _shard_sequence(plan_epoch(lengths, slots, seed=3, epoch=2)) == shard_order(50, 3, 2)
+
+
+@pytest.mark.parametrize(("lengths", "slots"), [([7, 5], 6), ([7, 5, 3], 2), ([100, 1, 1, 40], 7), ([3], 3)])
+def test_plan_gives_each_lane_an_equal_share_of_every_sample_once(lengths: list[int], slots: int) -> None:
+    plan = plan_epoch(lengths, num_slots=slots, seed=0, epoch=1)
+    sizes = [sum(p.length for p in lane) for lane in plan]
+    assert max(sizes) - min(sizes) <= 1 and min(sizes) == sum(lengths) // slots
+    covered = Counter((p.shard, i) for lane in plan for p in lane for i in range(p.start, p.stop))
+    assert len(covered) == sum(lengths) and set(covered.values()) == {1}, "each sample in exactly one lane"
+
+
+def test_plan_with_fewer_samples_than_lanes_shares_samples() -> None:
+    tiny = plan_epoch([2], num_slots=5, seed=0, epoch=0)
+    assert [[(p.start, p.stop) for p in lane] for lane in tiny] == [[(0, 1)], [(1, 2)], [(0, 1)], [(1, 2)], [(0, 1)]]
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("counts", [[7, 5, 3], [2], [9, 1, 1, 4, 6]], ids=["uneven", "one-shard", "ragged"])
+def test_every_rank_yields_the_same_full_batches(tmp_path: Path, make_shards, counts: list[int]) -> None:
+    root = make_shards(tmp_path, {"train": counts}, size=SIZE)
+    bs = 2
+    for world, workers in itertools.product((1, 2, 3), (0, 1, 2)):
+        per_rank = {
+            _stream(root, bs, rank=r, world_size=world, num_workers=workers).batches_per_epoch for r in range(world)
+        }
+        assert len(per_rank) == 1, f"world={world} workers={workers}: ranks disagree on batches per epoch {per_rank}"
+        (bpe,) = per_rank
+        assert bpe >= max(1, workers)
+        assert bpe * bs * world <= sum(counts) or bpe == max(1, workers), "never promise more than the data"
+        for rank in range(world):
+            # two full epochs: the stream really delivers what it promised, with full batches
+            batches = _take(_stream(root, bs, rank=rank, world_size=world, num_workers=workers), 2 * bpe)
+            assert len(batches) == 2 * bpe
+            assert all(len(b["key"]) == bs and b["image"].shape == (bs, 3, OUT, OUT) for b in batches)
+
+
+@pytest.mark.timeout(120)
+def test_each_sample_once_per_epoch_when_counts_divide(tmp_path: Path, make_shards) -> None:
+    root = make_shards(tmp_path, {"train": [4, 4, 4, 4, 4, 4, 4, 4]}, size=SIZE)  # 32 samples
+    world, workers, bs = 2, 2, 4  # 4 lanes x 8 samples = 2 batches per lane
+    for epoch in range(2):
+        seen: list[str] = []
+        for rank in range(world):
+            stream = _stream(root, bs, rank=rank, world_size=world, num_workers=workers)
+            assert stream.batches_per_epoch == 4
+            stream.start_batch = epoch * stream.batches_per_epoch
+            seen += _keys(_take(stream, stream.batches_per_epoch))
+        assert len(seen) == 32 and set(seen) == _all_keys(root), f"epoch {epoch}: each sample exactly once"
+
+
+def test_remainder_is_dropped_or_wrapped_as_documented(tmp_path: Path, make_shards) -> None:
+    # One lane, 15 samples, batch 4: 3 batches per epoch, 12 distinct samples, 3 unseen this epoch.
+    root = make_shards(tmp_path / "a", {"train": [7, 5, 3]}, size=SIZE)
+    stream = _stream(root, 4)
+    epoch0 = _keys(_take(stream, stream.batches_per_epoch))
+    assert stream.batches_per_epoch == 3 and len(epoch0) == 12 and len(set(epoch0)) == 12
+    # Very ragged shards still split evenly: 2 ranks x 4 samples, all 8 distinct.
+    root = make_shards(tmp_path / "b", {"train": [7, 1]}, size=SIZE)
+    keys = [k for r in range(2) for k in _keys(_take(_stream(root, 2, rank=r, world_size=2), 2))]
+    assert len(keys) == 8 and set(keys) == _all_keys(root)
+    # Fewer samples than a batch per lane (3 samples, 2 ranks, batch 2): one batch per rank;
+    # rank 0 holds 1 sample and wraps (it repeats), rank 1 holds 2.
+    root = make_shards(tmp_path / "c", {"train": [3]}, size=SIZE)
+    lanes = [_keys(_take(_stream(root, 2, rank=r, world_size=2), 1)) for r in range(2)]
+    assert len(set(lanes[0])) == 1 and len(set(lanes[1])) == 2 and set(lanes[0] + lanes[1]) == _all_keys(root)
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("workers", [0, 2])
+def test_resume_continues_with_exactly_the_same_samples(tmp_path: Path, make_shards, workers: int) -> None:
+    root = make_shards(tmp_path, {"train": [7, 5, 3, 6]}, size=SIZE)
+    stream = _stream(root, 3, num_workers=workers)
+    bpe = stream.batches_per_epoch
+    total = 2 * bpe + 3  # crosses two epoch boundaries
+    reference = _take(stream, total)
+    for start in (1, bpe - 1, bpe + 2):
+        resumed = _take(_stream(root, 3, num_workers=workers, start_batch=start), total - start)
+        assert [b["key"] for b in resumed] == [b["key"] for b in reference[start:]], f"start={start}"
+        for a, b in zip(resumed, reference[start:]):
+            assert torch.equal(a["image"], b["image"]) and torch.equal(a["seg"], b["seg"])
+
+
+@pytest.mark.timeout(120)
+def test_augmentation_does_not_depend_on_worker_count(tmp_path: Path, make_shards) -> None:
+    root = make_shards(tmp_path, {"train": [6, 6]}, size=SIZE)
+    images: dict[int, dict[str, torch.Tensor]] = {}
+    for workers in (0, 2):
+        stream = _stream(root, 2, num_workers=workers)
+        batches = _take(stream, stream.batches_per_epoch)  # epoch 0 only
+        images[workers] = {k: b["image"][i] for b in batches for i, k in enumerate(b["key"])}
+    common = set(images[0]) & set(images[2])
+    assert len(common) >= 4
+    for key in common:
+        assert torch.equal(images[0][key], images[2][key]), key
+
+
+def _stats_of(batches: list[dict]) -> StreamStats:
+    latest = {}
+    for b in batches:
+        record = dict(b[STATS_KEY])
+        worker = (record.pop("rank"), record.pop("lane"))
+        latest[worker] = StreamStats(**record)
+    return sum(latest.values(), StreamStats())
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("workers", [0, 2])
+def test_corrupt_samples_and_truncated_shard_are_skipped_and_counted(
+    tmp_path: Path, make_shards, corrupt_shard, workers: int, caplog
+) -> None:
+    root = make_shards(tmp_path, {"train": [6, 6, 6, 6]}, size=SIZE)
+    names = read_manifest(root).split("train").filenames
+    good_keys = _all_keys(root)
+    bad = {
+        corrupt_shard(root / names[0], "garbage", index=1),
+        corrupt_shard(root / names[1], "missing_key", index=2),
+        corrupt_shard(root / names[2], "bad_jpeg_body", index=3),
+    }
+    corrupt_shard(root / names[3], "truncate")
+    stream = _stream(root, 2, num_workers=workers)
+    with caplog.at_level(logging.WARNING, logger="pacofr.data.shards"):
+        batches = _take(stream, 2 * stream.batches_per_epoch)
+    assert len(batches) == 2 * stream.batches_per_epoch
+    assert all(len(b["key"]) == 2 for b in batches)
+    keys = set(_keys(batches))
+    assert not keys & bad, "corrupt samples must never reach a batch"
+    assert keys <= good_keys
+    stats = stream.stats if workers == 0 else _stats_of(batches)
+    assert stats.missing_keys >= 1 and stats.unreadable_samples >= 1
+    assert stats.decode_errors >= 1 and stats.truncated_shards >= 1
+    if workers == 0:
+        assert any("truncated" in r.getMessage() for r in caplog.records)
+
+
+def test_unreadable_split_raises_instead_of_hanging(tmp_path: Path, make_shards) -> None:
+    root = make_shards(tmp_path, {"train": [3]}, size=SIZE)
+    (root / read_manifest(root).split("train").filenames[0]).write_bytes(b"not a tar at all" * 10)
+    with pytest.raises(RuntimeError, match="no readable sample"):
+        _take(_stream(root, 2), 1)
+
+
+def test_worker_count_mismatch_is_a_clear_error(tmp_path: Path, make_shards) -> None:
+    root = make_shards(tmp_path, {"train": [4]}, size=SIZE)
+    with pytest.raises(RuntimeError, match="num_workers"):
+        list(itertools.islice(DataLoader(_stream(root, 2, num_workers=2), batch_size=None), 1))
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("workers", [0, 2])
+def test_validation_sees_each_sample_once_across_ranks(tmp_path: Path, make_shards, workers: int) -> None:
+    root = make_shards(tmp_path, {"train": [2], "val": [5, 3, 3]}, size=SIZE)  # 11 val samples
+    transform = JointTransform(OUT, train=False, config=AugmentConfig())
+    for world in (1, 2, 3):
+        valid_keys: list[str] = []
+        lengths = set()
+        for rank in range(world):
+            stream = ValShardStream(root, 2, transform, rank=rank, world_size=world)
+            batches = list(DataLoader(stream, batch_size=None, num_workers=workers))
+            assert len(batches) == len(stream)
+            lengths.add(len(batches))
+            for b in batches:
+                assert b["valid"].shape == (len(b["key"]),)
+                valid_keys += [k for k, v in zip(b["key"], b["valid"].tolist()) if v]
+        assert len(lengths) == 1, f"world={world}: ranks run different numbers of val batches {lengths}"
+        assert sorted(valid_keys) == sorted(_all_keys(root, "val")), f"world={world}"
+
+
+def test_validation_pads_corrupt_samples(tmp_path: Path, make_shards, corrupt_shard) -> None:
+    root = make_shards(tmp_path, {"train": [2], "val": [4, 4]}, size=SIZE)
+    names = read_manifest(root).split("val").filenames
+    bad = corrupt_shard(root / names[0], "garbage", index=2)
+    corrupt_shard(root / names[1], "truncate")
+    stream = ValShardStream(root, 3, JointTransform(OUT, train=False), rank=0, world_size=1)
+    batches = list(stream)
+    assert len(batches) == len(stream) == 3
+    flags = torch.cat([b["valid"] for b in batches])
+    valid_keys = [k for b in batches for k, v in zip(b["key"], b["valid"].tolist()) if v]
+    assert flags.numel() == 8 and bad not in valid_keys
+    assert len(valid_keys) == len(set(valid_keys)) < 8
+    assert stream.stats.truncated_shards == 1 and stream.stats.unreadable_samples == 1
