@@ -9,7 +9,7 @@ BIN := $(VENV)/bin
 DATA_DEMO ?= data/synth-demo
 RUNS ?= runs
 
-.PHONY: setup test test-fast lint data-demo tensorboard clean
+.PHONY: setup test test-fast lint data-demo pretrain tensorboard clean
 
 # The stamp makes `setup` a no-op once done; it is redone when pyproject.toml changes.
 $(VENV)/.installed: pyproject.toml
@@ -36,6 +36,16 @@ $(DATA_DEMO)/_info.json: | setup
 
 data-demo: $(DATA_DEMO)/_info.json
 	@echo "synthetic demo dataset: $(DATA_DEMO)"
+
+# The main job: tiny PaCo-FR on the synthetic faces, on CPU (override PRETRAIN_ARGS to change anything,
+# e.g. PRETRAIN_ARGS="--trainer.max_steps 1000").
+PRETRAIN_CONFIG ?= configs/pretrain/demo_tiny.yaml
+PRETRAIN_ARGS ?=
+pretrain: data-demo
+	$(BIN)/pacofr fit --config $(PRETRAIN_CONFIG) --data.root $(DATA_DEMO) --run_dir $(RUNS)/demo_tiny $(PRETRAIN_ARGS)
+	@echo
+	@echo "checkpoints: $(RUNS)/demo_tiny/checkpoints (last.ckpt = newest)"
+	@echo "TensorBoard: make tensorboard   (or: $(BIN)/tensorboard --logdir $(RUNS))"
 
 tensorboard: setup
 	$(BIN)/tensorboard --logdir $(RUNS) --bind_all

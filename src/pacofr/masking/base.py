@@ -6,8 +6,8 @@ stay aligned with the pixels and the parsing map the model sees.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Protocol
 
 import torch
 
@@ -30,10 +30,14 @@ class MaskResult:
         }
 
 
-class Masker(Protocol):
-    """``masker(seg, generator)``: seg is the augmented label map (H, W) int64."""
+class Masker(ABC):
+    """Base of every masker: ``masker(seg, generator)`` with seg the augmented label map (H, W) int64.
+
+    A base class (not a Protocol) so configs can name any subclass by ``class_path``.
+    """
 
     patch_size: int
     mask_ratio: float
 
+    @abstractmethod
     def __call__(self, seg: torch.Tensor, generator: torch.Generator) -> MaskResult: ...

@@ -14,7 +14,7 @@ import math
 import numpy as np
 import torch
 
-from pacofr.masking.base import NO_COVERED_GROUP
+from pacofr.masking.base import NO_COVERED_GROUP, Masker
 from pacofr.masking.common import (
     RegionMaskResult,
     check_mask_ratio,
@@ -40,7 +40,7 @@ class _Uniforms:
         return self._values.pop()
 
 
-class BlockMasker:
+class BlockMasker(Masker):
     """Blockwise masking (BEiT baseline) with an exact count of ``round(N * mask_ratio)`` patches."""
 
     def __init__(

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import torch
 
-from pacofr.masking.base import NO_COVERED_GROUP
+from pacofr.masking.base import NO_COVERED_GROUP, Masker
 from pacofr.masking.common import RegionMaskResult, check_mask_ratio, num_masked_patches, sample_histograms
 
 
-class RandomMasker:
+class RandomMasker(Masker):
     """Uniformly random patches (MAE baseline); the parsing map is only used for ``region_hist``."""
 
     def __init__(self, patch_size: int = 16, mask_ratio: float = 0.75) -> None:

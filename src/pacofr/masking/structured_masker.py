@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from pacofr.data.format import MASKABLE_COMPONENTS, NUM_REGIONS, REGION_IDS
-from pacofr.masking.base import NO_COVERED_GROUP
+from pacofr.masking.base import NO_COVERED_GROUP, Masker
 from pacofr.masking.common import (
     RegionMaskResult,
     check_mask_ratio,
@@ -144,7 +144,7 @@ def proportional_fill(
     return picked
 
 
-class StructuredMasker:
+class StructuredMasker(Masker):
     """Cover one random facial component entirely, then mask the rest proportionally (see module doc)."""
 
     def __init__(

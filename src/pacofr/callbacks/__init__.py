@@ -1,0 +1,1 @@
+"""Lightning callbacks: throughput/MFU, TensorBoard images and layout."""

@@ -1,0 +1,112 @@
+"""``pacofr``: one entry for every job.
+
+- ``pacofr fit|validate --config configs/pretrain/<method>.yaml [--run_dir DIR] [--ckpt_path ...]``:
+  pretraining through LightningCLI (typed signatures of PaCoFRPretrain and PretrainDataModule).
+- further subcommands (eval, export, ...) are added by their modules in ``EXTRA_COMMANDS``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from pathlib import Path
+
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
+
+from pacofr.callbacks.checkpoint import StepCheckpoint
+from pacofr.run_folder import write_run_info
+
+LIGHTNING_COMMANDS = ("fit", "validate")
+# name -> "module:function" taking argv (list[str]) and returning an exit code
+EXTRA_COMMANDS: dict[str, str] = {}
+
+
+class RunFolderConfig(SaveConfigCallback):
+    """Saves the resolved config as ``<run_dir>/config.yaml`` (overwritten on every restart, so a
+    requeued job never crashes on an existing file) and ``run_info.json`` (code and data versions)."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs["save_to_log_dir"] = False
+        kwargs["overwrite"] = True
+        super().__init__(*args, **kwargs)
+
+    def save_config(self, trainer, pl_module, stage: str) -> None:
+        if not trainer.is_global_zero:
+            return
+        run_dir = Path(trainer.default_root_dir)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        self.parser.save(self.config, run_dir / "config.yaml", skip_none=False, overwrite=True, multifile=False)
+        extra = {"stage": stage, "world_size": trainer.world_size}
+        datamodule = getattr(trainer, "datamodule", None)
+        describe = getattr(datamodule, "describe_data", None)
+        if callable(describe):
+            extra["data"] = describe()
+        write_run_info(run_dir, extra)
+
+
+class PacofrCLI(LightningCLI):
+    """LightningCLI with a ``--run_dir``: logs (TensorBoard, ``<run_dir>/tb``), checkpoints
+    (``<run_dir>/checkpoints``) and the resolved config all live in that one folder, whose name stays
+    the same across restarts so TensorBoard curves continue."""
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        parser.add_argument(
+            "--run_dir", type=str, default="runs/default", help="Folder of this run (logs, checkpoints, config)."
+        )
+        parser.add_lightning_class_args(StepCheckpoint, "checkpoint")
+        parser.set_defaults(
+            {
+                "checkpoint.filename": "step{step:08d}",
+                "checkpoint.auto_insert_metric_name": False,
+                "checkpoint.every_n_train_steps": 1000,
+                "checkpoint.save_last": True,
+                "checkpoint.save_top_k": -1,
+            }
+        )
+
+    def before_instantiate_classes(self) -> None:
+        config = self.config[self.subcommand] if self.subcommand else self.config
+        run_dir = Path(config.run_dir)
+        config.trainer.default_root_dir = str(run_dir)
+        if config.checkpoint.dirpath is None:
+            config.checkpoint.dirpath = str(run_dir / "checkpoints")
+        plugins = config.trainer.plugins
+        if plugins is None:
+            # atomic checkpoint files (temp + rename), unless the config chose its own IO
+            config.trainer.plugins = [{"class_path": "pacofr.callbacks.checkpoint.AtomicCheckpointIO"}]
+        if config.trainer.logger in (None, True):
+            config.trainer.logger = {
+                "class_path": "lightning.pytorch.loggers.TensorBoardLogger",
+                "init_args": {"save_dir": str(run_dir), "name": "", "version": "tb", "default_hp_metric": False},
+            }
+
+
+def run_lightning(argv: list[str]) -> int:
+    from pacofr.data.datamodule import PretrainDataModule
+    from pacofr.modules.pretrain import PaCoFRPretrain
+
+    PacofrCLI(
+        PaCoFRPretrain,
+        PretrainDataModule,
+        save_config_callback=RunFolderConfig,
+        args=argv,
+    )
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in EXTRA_COMMANDS:
+        module_name, func = EXTRA_COMMANDS[argv[0]].split(":")
+        return int(getattr(importlib.import_module(module_name), func)(argv[1:]) or 0)
+    if not argv or argv[0] in ("-h", "--help") or argv[0] in LIGHTNING_COMMANDS:
+        if not argv or argv[0] in ("-h", "--help"):
+            print(f"pacofr: subcommands {', '.join([*LIGHTNING_COMMANDS, *EXTRA_COMMANDS])}; see `pacofr fit --help`")
+            return 0
+        return run_lightning(argv)
+    print(f"pacofr: unknown subcommand {argv[0]!r}; use one of {', '.join([*LIGHTNING_COMMANDS, *EXTRA_COMMANDS])}")
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
