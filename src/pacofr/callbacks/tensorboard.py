@@ -103,6 +103,7 @@ class ScalarLayout(L.Callback):
             "masking & reconstruction": ["Multiline", [r"mask/.*", r"recon/.*"]],
             "throughput": ["Multiline", [r"perf/.*"]],
             "optimisation": ["Multiline", [r"optim/.*"]],
+            "data problems": ["Multiline", [r"data/.*"]],
         }
     }
 

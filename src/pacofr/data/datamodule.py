@@ -21,6 +21,7 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader
 
+from pacofr.data.format import read_manifest
 from pacofr.data.shards import STATS_KEY, StreamStats, TrainShardStream, ValShardStream
 from pacofr.data.transforms import AugmentConfig, JointTransform
 from pacofr.masking.base import MaskResult
@@ -208,3 +209,16 @@ class PretrainDataModule(L.LightningDataModule):
         for stats in self.worker_stats.values():
             total = total + stats
         return total
+
+    def describe_data(self) -> dict[str, Any]:
+        """What ties a run to its data (written into the run folder's ``run_info.json``)."""
+        manifest = read_manifest(self.root, check_shards=False)
+        return {
+            "root": str(self.root),
+            "manifest_digest": manifest.digest(),
+            "format": manifest.format,
+            "image_size": manifest.image_size,
+            "splits": {name: info.num_samples for name, info in manifest.splits.items()},
+            "source": manifest.source,
+            "prep": manifest.prep.get("backend", ""),
+        }

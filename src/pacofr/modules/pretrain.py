@@ -266,6 +266,11 @@ class PaCoFRPretrain(L.LightningModule):
         for group in self.trainer.optimizers[0].param_groups if self.trainer.optimizers else []:
             if group.get("group", "").endswith("/decay"):
                 metrics[f"optim/lr_{group['group'].split('/')[0]}"] = torch.tensor(group["lr"])
+        datamodule = getattr(self.trainer, "datamodule", None)
+        stats = getattr(datamodule, "data_stats", None)
+        if stats is not None and self.global_step % max(1, self.trainer.log_every_n_steps) == 0:
+            # host-side counters of skipped / replaced samples and damaged shards (this rank's workers)
+            metrics.update({f"data/{k}": float(v) for k, v in stats.as_dict().items()})
         self.log("loss", total.detach(), prog_bar=True, on_step=True, on_epoch=False, logger=False)
         self.log_dict(metrics, on_step=True, on_epoch=False)
 
