@@ -80,17 +80,21 @@ def test_fit_writes_a_complete_run_folder(tmp_path, make_shards):
     assert abs(mask_ratio - 12 / 16) < 1e-6  # 64 px / 16 = 4 x 4 patches, round(16 x 0.75) = 12 masked
     # the HPARAMS tab: hyper-parameters are written as a plugin event
     assert (run_dir / "tb" / "hparams.yaml").is_file()
-    assert "custom_scalars" in "".join(events.Tags().get("tensors", [])) or _has_custom_scalars(run_dir / "tb")
+    plugins = _summary_plugins(run_dir / "tb")
+    assert "custom_scalars" in plugins, "no CUSTOM SCALARS layout"
+    assert "hparams" in plugins, "no HPARAMS summary"
+    assert "hp/val_loss" in tags["scalars"]
 
 
-def _has_custom_scalars(tb: Path) -> bool:
+def _summary_plugins(tb: Path) -> set[str]:
+    """Names of the TensorBoard plugins that summaries in the event files belong to."""
     from tensorboard.backend.event_processing import event_file_loader
 
+    names = set()
     for f in tb.glob("events.out.tfevents.*"):
         for ev in event_file_loader.EventFileLoader(str(f)).Load():
-            if ev.summary and any(v.metadata.plugin_data.plugin_name == "custom_scalars" for v in ev.summary.value):
-                return True
-    return False
+            names |= {v.metadata.plugin_data.plugin_name for v in ev.summary.value}
+    return names
 
 
 @pytest.mark.slow

@@ -94,7 +94,14 @@ class PretrainImages(L.Callback):
 
 
 class ScalarLayout(L.Callback):
-    """Groups losses, codebook health and throughput on one page of TensorBoard's CUSTOM SCALARS tab."""
+    """Groups losses, codebook health and throughput on one page of TensorBoard's CUSTOM SCALARS tab, and
+    fills the HPARAMS tab: the run's hyper-parameters against ``hp/val_loss`` (logged by validation).
+
+    Lightning's TensorBoardLogger writes the HPARAMS summary only with a metric attached, so this writes it
+    once at fit start with the metric the module logs later.
+    """
+
+    HP_METRIC = "hp/val_loss"
 
     LAYOUT = {
         "pacofr": {
@@ -110,5 +117,9 @@ class ScalarLayout(L.Callback):
     @rank_zero_only
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         writer = _writer(trainer)
-        if writer is not None:
-            writer.add_custom_scalars(self.LAYOUT)
+        if writer is None:
+            return
+        writer.add_custom_scalars(self.LAYOUT)
+        for logger in trainer.loggers:
+            if isinstance(logger, TensorBoardLogger):
+                logger.log_hyperparams(dict(pl_module.hparams), metrics={self.HP_METRIC: float("nan")})

@@ -284,7 +284,7 @@ class PaCoFRPretrain(L.LightningModule):
     # --- validation: the same losses on held-out faces -------------------------------------------------
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         total, terms, out = self.compute_losses(batch)
-        metrics = {"val/loss": total, **{f"val/{k}": v for k, v in terms.items()}}
+        metrics = {"val/loss": total, "hp/val_loss": total, **{f"val/{k}": v for k, v in terms.items()}}
         if "pred" in out:
             metrics["val/psnr_db"] = self._psnr(batch["image"], out)
         self.log_dict(metrics, on_step=False, on_epoch=True, sync_dist=True, batch_size=batch["image"].shape[0])
