@@ -9,7 +9,7 @@ BIN := $(VENV)/bin
 DATA_DEMO ?= data/synth-demo
 RUNS ?= runs
 
-.PHONY: setup test test-fast lint data-demo pretrain tensorboard clean
+.PHONY: setup test test-fast lint data-demo prep-demo pretrain tensorboard clean
 
 # The stamp makes `setup` a no-op once done; it is redone when pyproject.toml changes.
 $(VENV)/.installed: pyproject.toml
@@ -36,6 +36,15 @@ $(DATA_DEMO)/_info.json: | setup
 
 data-demo: $(DATA_DEMO)/_info.json
 	@echo "synthetic demo dataset: $(DATA_DEMO)"
+
+# The preprocessing stage over the bundled real faces + synthetic raw photos, offline backend (no weights).
+PREP_DEMO ?= data/prep-demo
+prep-demo: setup
+	$(BIN)/pacofr-prep demo-images --out $(PREP_DEMO)/raw --num-synthetic 24 --seed 0
+	$(BIN)/pacofr-prep run --input $(PREP_DEMO)/raw --out $(PREP_DEMO)/faces --backend offline --num-chunks 2 --chunk-index 0
+	$(BIN)/pacofr-prep run --input $(PREP_DEMO)/raw --out $(PREP_DEMO)/faces --backend offline --num-chunks 2 --chunk-index 1
+	$(BIN)/pacofr-prep merge --out $(PREP_DEMO)/faces
+	$(BIN)/pacofr-prep inspect $(PREP_DEMO)/faces
 
 # The main job: tiny PaCo-FR on the synthetic faces, on CPU (override PRETRAIN_ARGS to change anything,
 # e.g. PRETRAIN_ARGS="--trainer.max_steps 1000").
