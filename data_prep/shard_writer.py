@@ -9,18 +9,17 @@ from __future__ import annotations
 import io
 import json
 import os
-import struct
 import tarfile
-import zlib
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
 from PIL import Image
 
 from pacofr.data.format import KEY_IMAGE, KEY_META, KEY_SEG, shard_name
 
-_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_PNG_PARAMS = [cv2.IMWRITE_PNG_COMPRESSION, 1, cv2.IMWRITE_PNG_STRATEGY, cv2.IMWRITE_PNG_STRATEGY_RLE]
 
 
 def encode_jpeg(rgb: np.ndarray, quality: int = 95) -> bytes:
@@ -32,16 +31,11 @@ def encode_jpeg(rgb: np.ndarray, quality: int = 95) -> bytes:
     return buf.getvalue()
 
 
-def _png_chunk(kind: bytes, data: bytes) -> bytes:
-    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-
 def encode_label_png(labels: np.ndarray) -> bytes:
-    """Label map uint8 (H, W) -> lossless 8-bit greyscale PNG bytes (deterministic for the same zlib).
+    """Label map uint8 (H, W) -> lossless 8-bit greyscale PNG bytes (deterministic for one libpng).
 
-    Written directly with zlib: every row uses PNG filter 0 ("none") and deflate level 1. Label maps
-    are long runs of a few values, which deflate packs well unfiltered, and this is about 7x faster
-    than Pillow's encoder (which tries every filter on every row) at a similar size.
+    OpenCV's libpng with deflate level 1 and the run-length strategy: label rows are long runs of a few
+    values, which this packs ~30% smaller than Pillow's default and about 1.4x faster.
     """
     labels = np.asarray(labels)
     if labels.ndim != 2:
@@ -50,18 +44,10 @@ def encode_label_png(labels: np.ndarray) -> bytes:
         if labels.size and (labels.min() < 0 or labels.max() > 255):
             raise ValueError(f"label values must be in 0..255, got {labels.min()}..{labels.max()}")
         labels = labels.astype(np.uint8)
-    height, width = labels.shape
-    rows = np.zeros((height, width + 1), np.uint8)  # a leading 0 per row: filter type "none"
-    rows[:, 1:] = labels
-    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)  # 8-bit greyscale, no interlace
-    return b"".join(
-        (
-            _PNG_SIGNATURE,
-            _png_chunk(b"IHDR", header),
-            _png_chunk(b"IDAT", zlib.compress(rows.tobytes(), 1)),
-            _png_chunk(b"IEND", b""),
-        )
-    )
+    ok, png = cv2.imencode(".png", np.ascontiguousarray(labels), _PNG_PARAMS)
+    if not ok:
+        raise RuntimeError("OpenCV failed to encode a label map as PNG")
+    return png.tobytes()
 
 
 def _add_member(tar: tarfile.TarFile, name: str, payload: bytes) -> None:

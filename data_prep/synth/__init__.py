@@ -6,4 +6,6 @@ so the map is exact by construction. Entry points: :func:`data_prep.synth.genera
 the ``pacofr-prep synth`` command lives in :mod:`data_prep.synth.command`.
 """
 
-GENERATOR_VERSION = "1"
+# 2: per-sample random streams from Python's Mersenne Twister (same distributions, other draws),
+#    uint8 colouring with a shared grain tile, run-length PNG label maps; ~2.2x faster than 1.
+GENERATOR_VERSION = "2"

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+import math
+from dataclasses import dataclass, fields
 
 import numpy as np
+
+from data_prep.synth.streams import Stream
 
 HAIR_STYLES: tuple[str, ...] = ("short", "long", "bob", "bald", "bun", "curly", "fringe")
 
@@ -62,56 +65,61 @@ class IdentityParams:
     ear_size: float
 
     def to_json(self) -> dict:
-        out = asdict(self)
-        return {
-            k: (round(v, 4) if isinstance(v, float) else [round(c, 4) for c in v] if isinstance(v, tuple) else v)
-            for k, v in out.items()
-        }
+        out = {}
+        for name in _FIELD_NAMES:  # not dataclasses.asdict: it deep-copies recursively, 10x slower
+            v = getattr(self, name)
+            out[name] = round(v, 4) if isinstance(v, float) else [round(c, 4) for c in v] if isinstance(v, tuple) else v
+        return out
+
+
+_FIELD_NAMES = tuple(f.name for f in fields(IdentityParams))
 
 
 def _rgb(values: np.ndarray) -> tuple[float, float, float]:
-    clipped = np.clip(values, 0.0, 1.0)
-    return (float(clipped[0]), float(clipped[1]), float(clipped[2]))
+    return tuple(min(max(v, 0.0), 1.0) for v in values.tolist())
 
 
-def identity_rng(seed: int, identity_id: int) -> np.random.Generator:
+IDENTITY_STREAM_TAG = 0x1D
+
+
+def identity_stream(seed: int, identity_id: int) -> Stream:
     """The random stream of one identity: depends only on (seed, identity_id)."""
-    return np.random.default_rng([int(seed), int(identity_id), 0x1D])
+    return Stream(seed, identity_id, IDENTITY_STREAM_TAG)
 
 
 def sample_identity(seed: int, identity_id: int) -> IdentityParams:
     """Draw identity ``identity_id`` of dataset seed ``seed`` (same inputs -> same person)."""
     if identity_id < 0:
         raise ValueError(f"identity_id must be >= 0, got {identity_id}")
-    rng = identity_rng(seed, identity_id)
+    rng = identity_stream(seed, identity_id)
     tone = rng.uniform(0, len(_SKIN_TONES) - 1)
-    lo = int(np.floor(tone))
+    lo = int(tone)
     hi = min(lo + 1, len(_SKIN_TONES) - 1)
     skin = _SKIN_TONES[lo] * (1 - (tone - lo)) + _SKIN_TONES[hi] * (tone - lo)
-    skin = skin * rng.uniform(0.95, 1.05, 3)
-    hair = _HAIR_COLOURS[rng.integers(len(_HAIR_COLOURS))] * rng.uniform(0.85, 1.15, 3)
-    hair = _separate_from(np.clip(hair, 0, 1), np.clip(skin, 0, 1))
-    eye = _EYE_COLOURS[rng.integers(len(_EYE_COLOURS))] * rng.uniform(0.85, 1.15, 3)
-    lip = np.clip(skin * np.array([1.0, 0.62, 0.62]) * rng.uniform(0.8, 0.95), 0, 1)
+    skin = skin * rng.uniforms(0.95, 1.05, 3)
+    hair = _HAIR_COLOURS[rng.integer(len(_HAIR_COLOURS))] * rng.uniforms(0.85, 1.15, 3)
+    hair = _separate_from(np.minimum(hair, 1.0), np.minimum(skin, 1.0))  # colours are >= 0 already
+    eye = _EYE_COLOURS[rng.integer(len(_EYE_COLOURS))] * rng.uniforms(0.85, 1.15, 3)
+    lip = np.minimum(skin * np.array([1.0, 0.62, 0.62]) * rng.uniform(0.8, 0.95), 1.0)
     lip[0] = min(1.0, lip[0] + 0.08)
     return IdentityParams(
-        face_width=float(rng.uniform(0.9, 1.08)),
-        face_height=float(rng.uniform(0.94, 1.08)),
-        jaw_taper=float(rng.uniform(0.15, 0.6)),
+        face_width=rng.uniform(0.9, 1.08),
+        face_height=rng.uniform(0.94, 1.08),
+        jaw_taper=rng.uniform(0.15, 0.6),
         skin_rgb=_rgb(skin),
-        hair_style=HAIR_STYLES[int(rng.integers(len(HAIR_STYLES)))],
+        hair_style=rng.choice(HAIR_STYLES),
         hair_rgb=_rgb(hair),
-        hairline=float(rng.uniform(-0.62, -0.48)),
+        hairline=rng.uniform(-0.62, -0.48),
         eye_rgb=_rgb(eye),
-        eye_spacing=float(rng.uniform(0.38, 0.45)),
-        eye_size=float(rng.uniform(0.85, 1.15)),
-        brow_thickness=float(rng.uniform(0.035, 0.07)),
-        nose_length=float(rng.uniform(0.85, 1.15)),
-        nose_width=float(rng.uniform(0.85, 1.2)),
-        lip_width=float(rng.uniform(0.85, 1.15)),
-        lip_thickness=float(rng.uniform(0.8, 1.25)),
+        eye_spacing=rng.uniform(0.38, 0.45),
+        eye_size=rng.uniform(0.85, 1.15),
+        brow_thickness=rng.uniform(0.035, 0.07),
+        nose_length=rng.uniform(0.85, 1.15),
+        nose_width=rng.uniform(0.85, 1.2),
+        lip_width=rng.uniform(0.85, 1.15),
+        lip_thickness=rng.uniform(0.8, 1.25),
         lip_rgb=_rgb(lip),
-        ear_size=float(rng.uniform(0.9, 1.1)),
+        ear_size=rng.uniform(0.9, 1.1),
     )
 
 
@@ -119,7 +127,8 @@ def _separate_from(colour: np.ndarray, reference: np.ndarray) -> np.ndarray:
     """Darken (or, for dark references, lighten) ``colour`` until it is far enough from ``reference``."""
     out = colour.copy()
     for _ in range(20):
-        if np.linalg.norm(out - reference) >= MIN_HAIR_SKIN_DISTANCE:
+        gap = out - reference
+        if math.sqrt(float(gap @ gap)) >= MIN_HAIR_SKIN_DISTANCE:
             break
         out = out * 0.8 if reference.mean() > 0.35 else np.clip(out * 1.25 + 0.03, 0, 1)
     return out

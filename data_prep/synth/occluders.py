@@ -18,6 +18,7 @@ import numpy as np
 
 from data_prep.synth.identity import IdentityParams
 from data_prep.synth.landmarks import FaceGeometry
+from data_prep.synth.streams import Stream
 from data_prep.synth.template3d import Camera, on_surface
 
 OCCLUDER_KINDS: tuple[str, ...] = ("hand", "mask", "sunglasses", "object")
@@ -39,7 +40,7 @@ def _pts(px: np.ndarray) -> np.ndarray:
 
 
 def draw_occluder(
-    kind: str, canvas: np.ndarray, rng: np.random.Generator, cam: Camera, idp: IdentityParams, geo: FaceGeometry
+    kind: str, canvas: np.ndarray, rng: Stream, cam: Camera, idp: IdentityParams, geo: FaceGeometry
 ) -> Occluder:
     """Draw occluder ``kind`` as 1s into the zeroed uint8 ``canvas``; return its label and colour."""
     ppu = cam.pixels_per_unit
@@ -48,7 +49,7 @@ def draw_occluder(
         target = marks[rng.choice([8, 30, 48, 54, 2, 14])]
         angle = rng.uniform(-40, 40)
         palm = (0.32 * ppu, 0.4 * ppu)
-        centre = target + rng.normal(0, 0.08 * ppu, 2)
+        centre = target + rng.normals(0.08 * ppu, 2)
         cv2.ellipse(canvas, _pts(centre), _pts(np.array(palm)), angle, 0, 360, 1, -1, cv2.LINE_8, 4)
         rot = np.radians(angle)
         up = np.array([np.sin(rot), -np.cos(rot)])
@@ -71,7 +72,7 @@ def draw_occluder(
         poly = np.concatenate([top, jaw])
         cv2.fillPoly(canvas, [_pts(cam.project(poly))], 1, cv2.LINE_8, 4)
         palette = np.array([[0.55, 0.75, 0.9], [0.92, 0.92, 0.92], [0.1, 0.1, 0.12], [0.6, 0.15, 0.2]])
-        colour = tuple(float(c) for c in palette[rng.integers(len(palette))])
+        colour = tuple(float(c) for c in palette[rng.integer(len(palette))])
     elif kind == "sunglasses":
         phi = np.linspace(0, 2 * np.pi, 20, endpoint=False)
         for centre in geo.eye_centres:
@@ -79,15 +80,15 @@ def draw_occluder(
             cv2.fillPoly(canvas, [_pts(cam.project(ring))], 1, cv2.LINE_8, 4)
         bridge = cam.project(geo.eye_centres + np.array([0, -0.02, 0.1]))
         cv2.line(canvas, _pts(bridge[0]), _pts(bridge[1]), 1, max(1, int(round(0.05 * ppu))), cv2.LINE_8, 4)
-        colour = (0.05, 0.05, 0.07) if rng.random() < 0.7 else (0.25, 0.12, 0.05)
+        colour = (0.05, 0.05, 0.07) if rng.chance(0.7) else (0.25, 0.12, 0.05)
     elif kind == "object":
-        centre = marks[rng.choice([30, 57, 4, 12, 19, 24])] + rng.normal(0, 0.1 * ppu, 2)
-        n = int(rng.integers(4, 8))
-        ang = np.sort(rng.uniform(0, 2 * np.pi, n))
-        radius = rng.uniform(0.25, 0.55) * ppu * rng.uniform(0.7, 1.3, n)
+        centre = marks[rng.choice([30, 57, 4, 12, 19, 24])] + rng.normals(0.1 * ppu, 2)
+        n = 4 + rng.integer(4)
+        ang = np.sort(rng.uniforms(0, 2 * np.pi, n))
+        radius = rng.uniform(0.25, 0.55) * ppu * rng.uniforms(0.7, 1.3, n)
         poly = centre + np.stack([np.cos(ang), np.sin(ang)], 1) * radius[:, None]
         cv2.fillPoly(canvas, [_pts(cv2.convexHull(poly.astype(np.float32))[:, 0].astype(np.float64))], 1, cv2.LINE_8, 4)
-        colour = tuple(float(c) for c in rng.uniform(0.05, 0.95, 3))
+        colour = tuple(float(c) for c in rng.uniforms(0.05, 0.95, 3))
     else:
         raise ValueError(f"unknown occluder kind {kind!r} (known: {', '.join(OCCLUDER_KINDS)})")
     return Occluder(kind, OCCLUDER_LABELS[kind], OCCLUDER_MATERIALS[kind], colour)

@@ -2,6 +2,7 @@
 
 A *material* is what a pixel is coloured from: materials 0..18 are the labels' own surfaces; the
 others are details inside a label (iris, pupil, teeth, closed-eye lashes) or occluder surfaces.
+Every material lies inside one label, so the label map is a lookup of the material map.
 """
 
 from __future__ import annotations
@@ -12,8 +13,16 @@ from data_prep.synth.identity import IdentityParams
 from data_prep.synth.template3d import Expression
 from pacofr.data.format import LABEL_IDS
 
-MATERIAL_IRIS, MATERIAL_PUPIL, MATERIAL_TEETH, MATERIAL_LASH = 19, 20, 21, 22
-NUM_MATERIALS = 27  # + 23 hand, 24 mask fabric, 25 sunglass lens, 26 object (see occluders)
+MATERIAL_IRIS, MATERIAL_PUPIL, MATERIAL_TEETH, MATERIAL_LASH = 19, 20, 21, 22  # eye details: image-left eye
+# 23 hand, 24 mask fabric, 25 sunglass lens, 26 object (see occluders)
+MATERIAL_IRIS_R, MATERIAL_PUPIL_R, MATERIAL_LASH_R = 27, 28, 29  # the same details in the image-right eye
+NUM_MATERIALS = 30
+# Each eye's details have their own materials so that every material belongs to exactly one label:
+# the renderer paints only the material map and reads the label map off it (``render.MATERIAL_LABEL``).
+EYE_DETAIL_MATERIALS = {
+    -1: (MATERIAL_IRIS, MATERIAL_PUPIL, MATERIAL_LASH),
+    1: (MATERIAL_IRIS_R, MATERIAL_PUPIL_R, MATERIAL_LASH_R),
+}
 
 
 # Which image side the ``l_*`` labels (l_brow, l_eye, l_ear) name. True: the subject's own left, which

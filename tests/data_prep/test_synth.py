@@ -334,3 +334,112 @@ def test_contact_sheet_tiles_faces_maps_and_overlays():
     sheet = contact_sheet(seed=0, count=6, size=64, columns=4)
     assert sheet.shape == (2 * 64, 4 * 3 * 64, 3) and sheet.dtype == np.uint8
     assert sheet[64:, 2 * 3 * 64 :].max() == 0, "the missing tiles of the last row are padding"
+
+
+# --- fast paths agree with the straightforward definitions ---------------------------------------
+def test_linear_feature_template_matches_the_parametric_definition():
+    from data_prep.synth.landmarks import face_geometry, face_geometry_direct
+    from data_prep.synth.template3d import Expression
+
+    expressions = [
+        Expression(mouth_open=0.0, eyes_closed=False, brows_raised=0.0),
+        Expression(mouth_open=0.05, eyes_closed=True, brows_raised=0.7),  # lips apart too little for a mouth
+        Expression(mouth_open=0.4, eyes_closed=False, brows_raised=1.0),
+        Expression(mouth_open=1.0, eyes_closed=True, brows_raised=0.3),
+    ]
+    for identity in range(10):
+        idp = sample_identity(21, identity)
+        for expr in expressions:
+            fast, direct = face_geometry(idp, expr), face_geometry_direct(idp, expr)
+            assert (fast.mouth is None) == (direct.mouth is None) == (0.16 * expr.mouth_open <= 0.012)
+            for name in ("eye_centres", "nose", "upper_lip", "lower_lip", "landmarks68"):
+                np.testing.assert_allclose(getattr(fast, name), getattr(direct, name), atol=1e-12, err_msg=name)
+            for a, b in zip(fast.eyes + fast.brows, direct.eyes + direct.brows):
+                np.testing.assert_allclose(a, b, atol=1e-12)
+            if fast.mouth is not None:
+                np.testing.assert_allclose(fast.mouth, direct.mouth, atol=1e-12)
+
+
+def test_label_map_is_read_off_the_material_map_and_eye_details_stay_in_their_eye():
+    from data_prep.synth.render import MATERIAL_LABEL, rasterise
+    from data_prep.synth.scene import EYE_DETAIL_MATERIALS, MATERIAL_TEETH
+
+    seen_iris = {-1: 0, 1: 0}
+    for i in range(8):
+        scene = _scene(i, 128, yaw=0.0, glasses=False, hat=False)
+        scene = dataclasses.replace(scene, expression=dataclasses.replace(scene.expression, eyes_closed=False))
+        canvas, *_ = rasterise(scene)
+        np.testing.assert_array_equal(canvas.labels, MATERIAL_LABEL[canvas.material])
+        for side, (iris, pupil, _lash) in EYE_DETAIL_MATERIALS.items():
+            eye = canvas.labels == side_label("eye", side)
+            detail = np.isin(canvas.material, (iris, pupil))
+            assert not (detail & ~eye).any()
+            seen_iris[side] += int(detail.sum())
+        assert not ((canvas.material == MATERIAL_TEETH) & (canvas.labels != L["mouth"])).any()
+    assert seen_iris[-1] > 0 and seen_iris[1] > 0, "both eyes show an iris"
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # torchvision's image IO deprecation notice
+def test_label_png_is_lossless_for_every_reader():
+    import cv2
+    import torch
+    from torchvision.io import ImageReadMode, decode_png
+
+    from data_prep.shard_writer import encode_label_png
+
+    rng = np.random.default_rng(0)
+    maps = [
+        rng.integers(0, NUM_LABELS, (37, 53), dtype=np.uint8),  # noise: worst case for run-length packing
+        render_sample(2, 0, 96, 4)[1],
+        np.full((8, 8), 255, np.uint8),
+    ]
+    for labels in maps:
+        png = encode_label_png(labels)
+        with Image.open(io.BytesIO(png)) as img:
+            assert img.mode == "L" and img.size == labels.shape[::-1]
+            np.testing.assert_array_equal(np.array(img), labels)
+        np.testing.assert_array_equal(cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_UNCHANGED), labels)
+        decoded = decode_png(torch.frombuffer(bytearray(png), dtype=torch.uint8), mode=ImageReadMode.UNCHANGED)
+        np.testing.assert_array_equal(decoded[0].numpy(), labels)  # the training loader's decoder
+        assert encode_label_png(labels) == png, "deterministic"
+    np.testing.assert_array_equal(np.array(Image.open(io.BytesIO(encode_label_png(maps[0].astype(np.int64))))), maps[0])
+    with pytest.raises(ValueError, match="0..255"):
+        encode_label_png(np.array([[0, 300]]))
+    with pytest.raises(ValueError, match="2-D"):
+        encode_label_png(np.zeros((4, 4, 3), np.uint8))
+
+
+def test_synth_jpeg_is_byte_identical_to_the_shared_encoder():
+    from data_prep.shard_writer import encode_jpeg
+    from data_prep.synth.generate import encode_bgr_jpeg
+
+    rgb = render_sample(1, 3, 64, 4)[0]
+    assert encode_bgr_jpeg(np.ascontiguousarray(rgb[:, :, ::-1]), 95) == encode_jpeg(rgb, 95)
+
+
+def test_streams_are_keyed_deterministic_and_in_range():
+    from data_prep.synth.streams import Stream
+
+    a, b, c = Stream(1, 2, 3), Stream(1, 2, 3), Stream(1, 2, 4)
+    draws = [a.random() for _ in range(5)]
+    assert draws == [b.random() for _ in range(5)]
+    assert draws != [c.random() for _ in range(5)]
+    s = Stream(-7, 0)
+    ints = [s.integer(6) for _ in range(3000)]
+    assert set(ints) == set(range(6))
+    normals = s.normals(2.0, 4000)
+    assert abs(normals.mean()) < 0.15 and abs(normals.std() - 2.0) < 0.15
+    u = s.uniforms(-1.0, 3.0, 2000)
+    assert u.min() >= -1.0 and u.max() < 3.0 and abs(u.mean() - 1.0) < 0.1
+    with pytest.raises(ValueError):
+        s.integer(0)
+
+
+def test_label_counts_match_bincount():
+    from data_prep.synth.generate import label_counts
+
+    rng = np.random.default_rng(3)
+    maps = [rng.integers(0, NUM_LABELS, (31, 45), dtype=np.uint8), render_sample(0, 1, 96, 4)[1]]
+    maps.append(np.full((7, 9), NUM_LABELS - 1, np.uint8))
+    for labels in maps:
+        np.testing.assert_array_equal(label_counts(labels), np.bincount(labels.ravel(), minlength=NUM_LABELS))
