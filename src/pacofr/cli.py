@@ -8,17 +8,23 @@
 from __future__ import annotations
 
 import importlib
+import logging
 import sys
 from pathlib import Path
 
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
+from lightning.pytorch.plugins.environments import SLURMEnvironment
 
 from pacofr.callbacks.checkpoint import StepCheckpoint
+from pacofr.checkpointing.preemption import PreemptionHandler, catch_early_preemption_signal
+from pacofr.checkpointing.resolve import resolve_resume
+from pacofr.checkpointing.rng import RNGState
 from pacofr.run_folder import write_run_info
 
 LIGHTNING_COMMANDS = ("fit", "validate")
 # name -> "module:function" taking argv (list[str]) and returning an exit code
-EXTRA_COMMANDS: dict[str, str] = {}
+EXTRA_COMMANDS: dict[str, str] = {"eval": "pacofr.eval.cli:main", "export": "pacofr.export:main"}
+EXTRA_COMMANDS["checkpoint"] = "pacofr.checkpointing.cli:main"
 
 
 class RunFolderConfig(SaveConfigCallback):
@@ -53,7 +59,16 @@ class PacofrCLI(LightningCLI):
         parser.add_argument(
             "--run_dir", type=str, default="runs/default", help="Folder of this run (logs, checkpoints, config)."
         )
+        parser.add_argument(
+            "--resume",
+            type=str,
+            default="none",
+            help="none: start fresh; auto: newest complete checkpoint of <run_dir>/checkpoints (a no-op on a first "
+            "run; the SLURM default); or a checkpoint path. Translated to ckpt_path.",
+        )
         parser.add_lightning_class_args(StepCheckpoint, "checkpoint")
+        parser.add_lightning_class_args(PreemptionHandler, "preemption")
+        parser.add_lightning_class_args(RNGState, "rng_state")
         parser.set_defaults(
             {
                 "checkpoint.filename": "step{step:08d}",
@@ -61,6 +76,8 @@ class PacofrCLI(LightningCLI):
                 "checkpoint.every_n_train_steps": 1000,
                 "checkpoint.save_last": True,
                 "checkpoint.save_top_k": -1,
+                # a requeued run re-saving a step overwrites it (atomically) instead of writing step...-v1.ckpt
+                "checkpoint.enable_version_counter": False,
             }
         )
 
@@ -73,15 +90,51 @@ class PacofrCLI(LightningCLI):
         plugins = config.trainer.plugins
         if plugins is None:
             # atomic checkpoint files (temp + rename), unless the config chose its own IO
-            config.trainer.plugins = [{"class_path": "pacofr.callbacks.checkpoint.AtomicCheckpointIO"}]
+            plugins = config.trainer.plugins = [{"class_path": "pacofr.callbacks.checkpoint.AtomicCheckpointIO"}]
+        has_environment = isinstance(plugins, list) and any("Environment" in str(p) for p in plugins)
+        if SLURMEnvironment.detect() and isinstance(plugins, list) and not has_environment:
+            # our PreemptionHandler requeues; Lightning's own SLURM requeue would save in the signal handler
+            plugins.append(
+                {
+                    "class_path": "lightning.pytorch.plugins.environments.SLURMEnvironment",
+                    "init_args": {"auto_requeue": False},
+                }
+            )
+        if self.subcommand == "fit":
+            self._resolve_resume(config)
         if config.trainer.logger in (None, True):
             config.trainer.logger = {
                 "class_path": "lightning.pytorch.loggers.TensorBoardLogger",
                 "init_args": {"save_dir": str(run_dir), "name": "", "version": "tb", "default_hp_metric": False},
             }
 
+    @staticmethod
+    def _resolve_resume(config) -> None:
+        """``--resume`` -> ``ckpt_path`` (decided from the checkpoint folder alone: the same on every rank)."""
+        if config.resume != "none" and config.ckpt_path is not None:
+            raise ValueError(f"give either --resume ({config.resume}) or --ckpt_path ({config.ckpt_path}), not both")
+        if config.ckpt_path is None:
+            # None (a fresh start) is safe under SLURM: Lightning substitutes "hpc" only when an hpc_ckpt_N file
+            # exists in the run folder, and nothing writes one (Lightning's auto-requeue is off)
+            path = resolve_resume(config.resume, config.checkpoint.dirpath)
+            config.ckpt_path = str(path) if path is not None else None
+        if config.ckpt_path is not None and config.get("weights_only") is None:
+            config.weights_only = True  # pacofr checkpoints hold tensors and plain values only
+
+
+def _show_pacofr_info_logs() -> None:
+    """pacofr's INFO lines (resume decision, stream position, preemption) on stderr, as Lightning does its own."""
+    logger = logging.getLogger("pacofr")
+    if not logger.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+
 
 def run_lightning(argv: list[str]) -> int:
+    catch_early_preemption_signal()  # a USR1 during start-up must not kill the job before the handler exists
+    _show_pacofr_info_logs()
     from pacofr.data.datamodule import PretrainDataModule
     from pacofr.modules.pretrain import PaCoFRPretrain
 

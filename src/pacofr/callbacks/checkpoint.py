@@ -21,7 +21,26 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 
 class StepCheckpoint(ModelCheckpoint):
-    """``ModelCheckpoint`` that also writes a step checkpoint (and ``last.ckpt``) when training ends."""
+    """``ModelCheckpoint`` that also writes a step checkpoint (and ``last.ckpt``) when training ends.
+
+    Args:
+        keep_last_n: keep only the newest N periodic checkpoints (by the global step stored in each file) and
+            drop a preemption checkpoint once a newer periodic one exists; None keeps everything
+            (``pacofr.checkpointing.prune``). Other arguments: ``ModelCheckpoint``.
+    """
+
+    def __init__(self, *args: Any, keep_last_n: int | None = None, **kwargs: Any) -> None:
+        if keep_last_n is not None and keep_last_n < 1:
+            raise ValueError(f"keep_last_n must be >= 1 or None, got {keep_last_n}")
+        super().__init__(*args, **kwargs)
+        self.keep_last_n = keep_last_n
+
+    def _save_checkpoint(self, trainer: L.Trainer, filepath: str) -> None:
+        super()._save_checkpoint(trainer, filepath)
+        if self.keep_last_n is not None and trainer.is_global_zero and self.dirpath:
+            from pacofr.checkpointing.prune import prune_checkpoints
+
+            prune_checkpoints(self.dirpath, self.keep_last_n)
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         unsaved_steps = trainer.global_step > 0 and self._last_global_step_saved != trainer.global_step

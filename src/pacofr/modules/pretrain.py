@@ -125,6 +125,7 @@ class PaCoFRPretrain(L.LightningModule):
         self.register_buffer("region_lut", torch.tensor(label_to_region_lut()), persistent=False)
         self._forward = self.model
         self._codebook_outputs: dict[str, torch.Tensor] | None = None
+        self._bookkeeping_pending = False
 
     # --- set-up ---------------------------------------------------------------------------------------
     def configure_model(self) -> None:
@@ -228,6 +229,8 @@ class PaCoFRPretrain(L.LightningModule):
         return total, terms, out
 
     def training_step(self, batch: dict[str, Any], batch_idx: int):
+        self._finish_batch()  # a micro-batch without an optimiser step (gradient accumulation) left its bookkeeping
+        self._bookkeeping_pending = True
         total, terms, out = self.compute_losses(batch)
         if not self.nonfinite.check(total, self.global_step):
             self.log("loss/nonfinite_skipped", float(self.nonfinite.total), on_step=True, rank_zero_only=True)
@@ -239,8 +242,18 @@ class PaCoFRPretrain(L.LightningModule):
         self._log_step(total, terms, out, batch)
         return total
 
-    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
-        # codebook bookkeeping (usage, EMA, dead-code re-seeding) after the optimiser step, on every rank
+    def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
+        super().optimizer_step(*args, **kwargs)
+        # Bookkeeping right after the optimiser step, not in ``on_train_batch_end``: Lightning runs the module's
+        # ``on_train_batch_end`` after the callbacks', i.e. after a step checkpoint is written, so a checkpoint of
+        # step k would miss step k's codebook update and a resumed run would drift from an uninterrupted one.
+        self._finish_batch()
+
+    def _finish_batch(self) -> None:
+        """Codebook bookkeeping (usage, EMA, dead-code re-seeding) and the EMA teacher, once per batch."""
+        if not getattr(self, "_bookkeeping_pending", False):
+            return
+        self._bookkeeping_pending = False
         if self._codebook_outputs is not None:
             self.model.update_codebook_state(self._codebook_outputs)
             self._codebook_outputs = None
@@ -249,6 +262,20 @@ class PaCoFRPretrain(L.LightningModule):
             with torch.no_grad():
                 for t, s in zip(self.teacher.parameters(), self.model.encoder.parameters()):
                     t.lerp_(s.detach(), 1.0 - m)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # the run of non-finite steps continues across a resume (it decides when to stop)
+        checkpoint["pacofr_nonfinite"] = {"in_row": self.nonfinite.in_row, "total": self.nonfinite.total}
+        if self.model.codebook is not None:
+            # host-side counter that phases dead-code re-seeding; not a buffer, so not in the state dict
+            checkpoint["pacofr_codebook_updates"] = int(self.model.codebook._updates)
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        counts = checkpoint.get("pacofr_nonfinite")
+        if counts:
+            self.nonfinite.in_row, self.nonfinite.total = int(counts["in_row"]), int(counts["total"])
+        if self.model.codebook is not None and "pacofr_codebook_updates" in checkpoint:
+            self.model.codebook._updates = int(checkpoint["pacofr_codebook_updates"])
 
     def _log_step(self, total: torch.Tensor, terms: dict, out: dict, batch: dict) -> None:
         metrics = {"loss/total": total.detach()}

@@ -1,0 +1,83 @@
+"""Sharded (FSDP / torch.distributed.checkpoint) checkpoint folder -> one ordinary Lightning checkpoint file.
+
+Lightning's FSDP strategy with ``state_dict_type="sharded"`` writes a folder: the model and optimiser
+tensors as DCP shards (``*.distcp`` + ``.metadata``) and the rest (global step, loops, callbacks...) in
+``meta.pt``. ``consolidate`` reads it on one process, with no process group, through Lightning's own
+reader (``lightning.fabric.utilities.load._load_distributed_checkpoint``, the code behind
+``python -m lightning.pytorch.utilities.consolidate_checkpoint``) and writes a single file atomically.
+
+The file's ``state_dict`` has the same keys as a DDP checkpoint. FSDP's optimiser state is keyed by parameter
+name; by default it is re-keyed by position (the layout ``torch.optim`` and DDP checkpoints use), following
+the order of the names in each parameter group, which is the optimiser's own order. So ``--resume FILE``
+with the DDP preset continues the run (FSDP -> DDP). ``optimizer_keys="names"`` keeps FSDP's layout.
+``weights_only`` keeps only the weights (and step/hyper-parameters), e.g. for export or a fresh optimiser.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from lightning.fabric.utilities.load import _load_distributed_checkpoint
+from lightning.pytorch.utilities.consolidate_checkpoint import _format_checkpoint
+
+from pacofr.callbacks.checkpoint import AtomicCheckpointIO
+from pacofr.checkpointing.resolve import DCP_METADATA, CheckpointUnreadable
+
+
+def load_sharded_checkpoint(sharded_dir: str | os.PathLike[str]) -> dict[str, Any]:
+    """A Lightning sharded checkpoint folder as one in-memory Lightning checkpoint dict."""
+    sharded_dir = Path(sharded_dir)
+    if not sharded_dir.is_dir():
+        raise CheckpointUnreadable(f"{sharded_dir}: not a folder (a sharded checkpoint is a folder of shards)")
+    if not (sharded_dir / DCP_METADATA).is_file():
+        raise CheckpointUnreadable(f"{sharded_dir}: no {DCP_METADATA}: not a complete torch.distributed.checkpoint")
+    checkpoint = _load_distributed_checkpoint(sharded_dir)
+    return _format_checkpoint(checkpoint)
+
+
+def positional_optimizer_state(state: dict[str, Any]) -> dict[str, Any]:
+    """An optimiser state dict keyed by parameter name (FSDP) -> keyed by position (``torch.optim`` layout).
+
+    Positions run over the parameter groups in order, as ``Optimizer.state_dict()`` numbers them; a state
+    that is already positional is returned unchanged.
+    """
+    groups = state.get("param_groups", [])
+    names = [name for group in groups for name in group["params"]]
+    if not names or not all(isinstance(n, str) for n in names):
+        return state
+    if len(set(names)) != len(names):
+        raise ValueError("optimizer state lists a parameter name twice; cannot re-key it by position")
+    position = {name: i for i, name in enumerate(names)}
+    unknown = sorted(set(state.get("state", {})) - set(position))
+    if unknown:
+        raise ValueError(f"optimizer state has entries for parameters in no group: {unknown[:5]}")
+    new_groups, start = [], 0
+    for group in groups:
+        count = len(group["params"])
+        new_groups.append({**group, "params": list(range(start, start + count))})
+        start += count
+    return {"state": {position[n]: v for n, v in state.get("state", {}).items()}, "param_groups": new_groups}
+
+
+def consolidate(
+    sharded_dir: str | os.PathLike[str],
+    out: str | os.PathLike[str],
+    weights_only: bool = False,
+    optimizer_keys: str = "positional",
+) -> Path:
+    """Write ``sharded_dir`` as the single file ``out`` (atomically). ``weights_only`` keeps only
+    ``state_dict`` plus the global step and hyper-parameters; ``optimizer_keys``: ``positional`` (DDP, plain
+    optimisers) or ``names`` (FSDP's layout). Returns ``out``."""
+    if optimizer_keys not in ("positional", "names"):
+        raise ValueError(f"optimizer_keys must be 'positional' or 'names', got {optimizer_keys!r}")
+    checkpoint = load_sharded_checkpoint(sharded_dir)
+    if optimizer_keys == "positional" and "optimizer_states" in checkpoint:
+        checkpoint["optimizer_states"] = [positional_optimizer_state(s) for s in checkpoint["optimizer_states"]]
+    if weights_only:
+        keep = ("state_dict", "global_step", "epoch", "hyper_parameters", "hparams_name", "pytorch-lightning_version")
+        checkpoint = {k: v for k, v in checkpoint.items() if k in keep}
+    out = Path(out)
+    AtomicCheckpointIO().save_checkpoint(checkpoint, out)
+    return out
