@@ -9,7 +9,7 @@ BIN := $(VENV)/bin
 DATA_DEMO ?= data/synth-demo
 RUNS ?= runs
 
-.PHONY: setup test test-fast lint data-demo prep-demo pretrain tensorboard clean
+.PHONY: setup test test-fast lint data-demo prep-demo pretrain eval-demo tensorboard clean
 
 # The stamp makes `setup` a no-op once done; it is redone when pyproject.toml changes.
 $(VENV)/.installed: pyproject.toml
@@ -55,6 +55,15 @@ pretrain: data-demo
 	@echo
 	@echo "checkpoints: $(RUNS)/demo_tiny/checkpoints (last.ckpt = newest)"
 	@echo "TensorBoard: make tensorboard   (or: $(BIN)/tensorboard --logdir $(RUNS))"
+
+# The synthetic benchmark suite on the demo checkpoint (trained first with `make pretrain` if missing):
+# parsing, landmarks, head pose and verification probes, each also scored with occluders; prints one
+# table and writes results/*.json beside the checkpoint. EVAL_ARGS adds `pacofr eval` flags.
+EVAL_CKPT ?= $(RUNS)/demo_tiny/checkpoints/last.ckpt
+EVAL_ARGS ?=
+eval-demo: data-demo
+	test -f $(EVAL_CKPT) || $(MAKE) pretrain
+	$(BIN)/pacofr eval --suite synth --model.encoder_ckpt $(EVAL_CKPT) --data.root $(DATA_DEMO) $(EVAL_ARGS)
 
 tensorboard: setup
 	$(BIN)/tensorboard --logdir $(RUNS) --bind_all

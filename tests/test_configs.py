@@ -10,6 +10,8 @@ import yaml
 
 from pacofr.cli import PacofrCLI
 from pacofr.data.datamodule import PretrainDataModule
+from pacofr.eval.cli import EvalCLI, make_cli
+from pacofr.eval.tasks import TASKS
 from pacofr.modules.pretrain import PaCoFRPretrain
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -82,3 +84,21 @@ def test_baselines_differ_only_where_intended():
     assert paco.model.use_codebook and paco.model.spatial_weight > 0 and paco.model.incubation_steps > 0
     for key in ("encoder_size", "img_size", "decoder_depth", "decoder_dim", "base_lr", "weight_decay"):
         assert mae.model[key] == fsfm.model[key] == paco.model[key], key
+
+
+class ParseOnlyEvalCLI(EvalCLI):
+    """Parses and validates like `pacofr eval`, without loading the checkpoint or the data."""
+
+    def instantiate_classes(self) -> None:
+        pass
+
+
+@pytest.mark.parametrize("task", sorted(TASKS))
+def test_eval_config_parses(task: str):
+    """Every benchmark task has configs/eval/<task>.yaml, and it parses with the eval CLI's parser."""
+    path = CONFIGS / "eval" / f"{task}.yaml"
+    args = ["--config", str(path), "--model.encoder_ckpt", "runs/x/checkpoints/last.ckpt", "--data.root", "data/x"]
+    config = make_cli(args, ParseOnlyEvalCLI).config
+    assert config.model.task == config.data.task == task  # linked
+    assert config.data.img_size == config.model.img_size
+    assert config.model.mode in ("probe", "finetune")

@@ -7,16 +7,22 @@
                       pretrained_cfg_overlay={"file": ".../encoder.safetensors", "num_classes": 0})
 
 loads it strictly (``num_classes: 0`` in the overlay tells timm the file has no classifier).
+
+Command line: ``pacofr export --ckpt CKPT --out encoder.safetensors [--format timm]``.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
+import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 from pacofr.eval.backbone import (
     SIDECAR_SUFFIX,
+    CheckpointError,
     encoder_from_checkpoint,
     file_sha256,
     load_checkpoint,
@@ -53,3 +59,32 @@ def export_encoder(
     meta = {**spec_dict(spec), "format": format, "source": str(ckpt), "source_sha256": file_sha256(ckpt)}
     target.with_suffix(SIDECAR_SUFFIX).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
     return target
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``pacofr export``: write the encoder, print where it went and how timm loads it."""
+    parser = argparse.ArgumentParser(prog="pacofr export", description="Export the encoder of a pacofr checkpoint.")
+    parser.add_argument("--ckpt", required=True, help="pretraining checkpoint (.ckpt)")
+    parser.add_argument("--out", required=True, help="output .safetensors path, or a folder (encoder.safetensors)")
+    parser.add_argument("--format", default="timm", choices=EXPORT_FORMATS, help="export format")
+    parser.add_argument(
+        "--trust_checkpoint", action="store_true", help="allow a checkpoint that weights-only loading refuses"
+    )
+    args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
+    try:
+        target = export_encoder(args.ckpt, args.out, args.format, args.trust_checkpoint)
+    except (CheckpointError, FileNotFoundError) as err:
+        print(f"pacofr export: error: {err}", file=sys.stderr)
+        return 2
+    meta = json.loads(target.with_suffix(SIDECAR_SUFFIX).read_text())
+    print(f"wrote {target} and {target.with_suffix(SIDECAR_SUFFIX).name}")
+    print(
+        f"load with: timm.create_model({meta['model_name']!r}, pretrained=True, num_classes=0, "
+        f"img_size={meta['img_size']}, patch_size={meta['patch_size']}, "
+        f"pretrained_cfg_overlay={{'file': {str(target)!r}, 'num_classes': 0}})"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

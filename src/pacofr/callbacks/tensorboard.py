@@ -111,6 +111,7 @@ class ScalarLayout(L.Callback):
             "throughput": ["Multiline", [r"perf/.*"]],
             "optimisation": ["Multiline", [r"optim/.*"]],
             "data problems": ["Multiline", [r"data/.*"]],
+            "online probe": ["Multiline", [r"probe/.*"]],
         }
     }
 
