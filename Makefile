@@ -9,7 +9,7 @@ BIN := $(VENV)/bin
 DATA_DEMO ?= data/synth-demo
 RUNS ?= runs
 
-.PHONY: setup test test-fast lint data-demo prep-demo pretrain eval-demo tensorboard clean
+.PHONY: setup test test-fast lint data-demo prep-demo pretrain eval-demo bench tensorboard clean
 
 # The stamp makes `setup` a no-op once done; it is redone when pyproject.toml changes.
 $(VENV)/.installed: pyproject.toml
@@ -64,6 +64,15 @@ EVAL_ARGS ?=
 eval-demo: data-demo
 	test -f $(EVAL_CKPT) || $(MAKE) pretrain
 	$(BIN)/pacofr eval --suite synth --model.encoder_ckpt $(EVAL_CKPT) --data.root $(DATA_DEMO) $(EVAL_ARGS)
+
+# CPU benchmarks on the demo data: training step (tiny: MAE vs PaCo-FR, eager/compiled, Lightning overhead)
+# and the input pipeline on one core (vs bare webdataset+PIL, decoders, cores per GPU). GPU: bench/RESULTS.md.
+BENCH_TRAIN_ARGS ?= --threads 1
+BENCH_DATA_ARGS ?=
+bench: data-demo
+	OMP_NUM_THREADS=1 $(BIN)/python bench/train_step.py $(BENCH_TRAIN_ARGS)
+	$(BIN)/python bench/data.py --root $(DATA_DEMO) $(BENCH_DATA_ARGS)
+	$(BIN)/python bench/synth.py
 
 tensorboard: setup
 	$(BIN)/tensorboard --logdir $(RUNS) --bind_all

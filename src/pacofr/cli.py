@@ -23,8 +23,11 @@ from pacofr.run_folder import write_run_info
 
 LIGHTNING_COMMANDS = ("fit", "validate")
 # name -> "module:function" taking argv (list[str]) and returning an exit code
-EXTRA_COMMANDS: dict[str, str] = {"eval": "pacofr.eval.cli:main", "export": "pacofr.export:main"}
-EXTRA_COMMANDS["checkpoint"] = "pacofr.checkpointing.cli:main"
+EXTRA_COMMANDS: dict[str, str] = {
+    "eval": "pacofr.eval.cli:main",
+    "export": "pacofr.export:main",
+    "checkpoint": "pacofr.checkpointing.cli:main",
+}
 
 
 class RunFolderConfig(SaveConfigCallback):

@@ -1,0 +1,365 @@
+"""Input-pipeline speed per CPU core, next to a bare webdataset + PIL decode loop over the same shards.
+
+    .venv/bin/python bench/data.py [--root data/synth-demo] [--images 512] [--gpu-rate 4600]
+
+Runs on ONE core (affinity pinned, one torch/OpenCV thread), in-process, in the same run:
+
+* ``bare_pil``      : ``webdataset.WebDataset`` over the shards, PIL decode of the JPEG to an RGB array;
+* ``bare_pil+seg``  : the same plus PIL decode of the parsing map (work the real pipeline cannot skip);
+* ``pipeline``      : the real thing: ``PretrainDataModule.train_dataloader()`` (``TrainShardStream``: read,
+  header checks, torchvision decode, joint augmentation, ``StructuredMasker``, collate), first batch untimed
+  (it fills the shuffle buffer);
+* ``stages``        : the pipeline's per-image cost split by stage (library functions called one by one);
+* ``decoders``      : JPEG and PNG decode alone from memory: PIL, ``torchvision.io``, OpenCV and
+  ``simplejpeg`` (each only if importable).
+
+Figures are images per CPU-second of this process (on a shared machine wall time also counts the time
+other processes held the core; wall-clock rates are printed too). Prints a markdown table, one JSON line
+per row and a summary line: pipeline / bare ratio against the 0.8 goal, the fastest decoders, and the CPU
+cores per GPU needed to feed ``--gpu-rate`` images/s.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import argparse  # noqa: E402
+import io  # noqa: E402
+import itertools  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+from collections.abc import Callable, Iterator  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import Any  # noqa: E402
+
+# the repo root (for bench.common) and src/ (pacofr without an installed package, e.g. on a bare GPU node)
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import webdataset as wds  # noqa: E402
+from PIL import Image  # noqa: E402
+from torchvision.io import ImageReadMode, decode_jpeg, decode_png  # noqa: E402
+
+from bench.common import emit_json, environment, markdown_table  # noqa: E402
+from pacofr.data.datamodule import PretrainDataModule  # noqa: E402
+from pacofr.data.format import KEY_IMAGE, KEY_SEG, read_manifest  # noqa: E402
+from pacofr.data.shards import StreamStats, decode_sample, derive_seed, iter_shard  # noqa: E402
+from pacofr.data.transforms import JointTransform  # noqa: E402
+from pacofr.masking import StructuredMasker  # noqa: E402
+
+GOAL_RATIO = 0.8
+
+
+class Clock:
+    """Wall and process-CPU seconds of a block."""
+
+    def __enter__(self) -> Clock:
+        self.wall0, self.cpu0 = time.perf_counter(), time.process_time()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.wall = time.perf_counter() - self.wall0
+        self.cpu = time.process_time() - self.cpu0
+
+
+def pin_one_core() -> int | None:
+    """Run on one core only (the first one allowed); returns it, or None where affinity is unsupported.
+    Worker processes started later inherit the pin: :func:`workers_loop` lifts it first."""
+    torch.set_num_threads(1)
+    try:
+        import cv2
+
+        cv2.setNumThreads(1)
+    except ImportError:
+        pass
+    if hasattr(os, "sched_setaffinity"):
+        core = sorted(os.sched_getaffinity(0))[0]
+        os.sched_setaffinity(0, {core})
+        return core
+    return None
+
+
+def shard_urls(root: Path, split: str) -> list[str]:
+    info = read_manifest(root).split(split)
+    return [str(root / name) for name in info.filenames]
+
+
+def endless(make: Callable[[], Iterator]) -> Iterator:
+    """Restart an iterator factory whenever it runs out (small test datasets)."""
+    while True:
+        got = False
+        for item in make():
+            got = True
+            yield item
+        if not got:
+            raise RuntimeError("the shards hold no sample")
+
+
+def rate_row(name: str, images: int, clock: Clock, **extra: Any) -> dict[str, Any]:
+    return {
+        "bench": "data",
+        "row": name,
+        "images": images,
+        "img_per_cpu_s": round(images / clock.cpu, 1),
+        "img_per_s_wall": round(images / clock.wall, 1),
+        "ms_per_img_cpu": round(1000 * clock.cpu / images, 3),
+        **extra,
+    }
+
+
+# --- the bare loops -------------------------------------------------------------------------------------
+def bare_loop(urls: list[str], images: int, with_seg: bool) -> Clock:
+    def samples():
+        return iter(wds.WebDataset(urls, shardshuffle=False, empty_check=False))
+
+    stream = endless(samples)
+    next(stream)  # open the first shard outside the clock
+    with Clock() as clock:
+        for sample in itertools.islice(stream, images):
+            array = np.asarray(Image.open(io.BytesIO(sample[KEY_IMAGE])).convert("RGB"))
+            if with_seg:
+                np.asarray(Image.open(io.BytesIO(sample[KEY_SEG])))
+            del array
+    return clock
+
+
+# --- the real pipeline --------------------------------------------------------------------------------------
+def pipeline_datamodule(args: argparse.Namespace, workers: int) -> PretrainDataModule:
+    return PretrainDataModule(
+        root=str(args.root),
+        batch_size=args.batch,
+        num_workers=workers,
+        image_size=args.image_size,
+        seed=0,
+        masker=StructuredMasker(patch_size=args.patch_size, mask_ratio=args.mask_ratio),
+        shuffle_buffer=args.shuffle_buffer,
+    )
+
+
+def pipeline_loop(args: argparse.Namespace) -> tuple[Clock, int]:
+    loader = iter(pipeline_datamodule(args, 0).train_dataloader())
+    first = next(loader)  # fills the shuffle buffer: not steady state
+    for key in ("image", "mask", "region_hist", "covered_patches"):
+        if key not in first:
+            raise RuntimeError(f"pipeline batch lacks {key!r}: got {sorted(first)}")
+    batches = max(1, args.images // args.batch)
+    with Clock() as clock:
+        for _ in range(batches):
+            next(loader)
+    return clock, batches * args.batch
+
+
+def workers_loop(args: argparse.Namespace, cores: set[int] | None) -> tuple[Clock, int]:
+    """The DataLoader with ``--workers`` processes (wall time; the CPU clock of this process misses them)."""
+    if cores is not None and hasattr(os, "sched_setaffinity"):
+        os.sched_setaffinity(0, cores)
+    loader = iter(pipeline_datamodule(args, args.workers).train_dataloader())
+    for _ in range(args.workers):  # every worker's first batch fills its shuffle buffer
+        next(loader)
+    batches = max(args.workers, args.images // args.batch)
+    with Clock() as clock:
+        for _ in range(batches):
+            next(loader)
+    return clock, batches * args.batch
+
+
+def stage_costs(args: argparse.Namespace) -> dict[str, float]:
+    """ms of CPU per image for each pipeline stage, through the library's own functions."""
+    root = Path(args.root)
+    info = read_manifest(root).split("train")
+    transform = JointTransform(args.image_size, train=True)
+    masker = StructuredMasker(patch_size=args.patch_size, mask_ratio=args.mask_ratio)
+    stats = StreamStats()
+    raws: list[dict] = []
+    cpu = dict.fromkeys(("read+check", "decode", "augment", "mask", "collate"), 0.0)
+
+    def read_all():
+        for name, length in zip(info.filenames, info.shard_lengths):
+            for _, raw in iter_shard(root / name, length, stats, lambda msg: None):
+                if raw is not None:
+                    yield raw
+
+    stream = endless(read_all)
+    t = time.process_time()
+    raws = list(itertools.islice(stream, args.stage_images))
+    cpu["read+check"] = time.process_time() - t
+    items = []
+    for raw in raws:
+        t = time.process_time()
+        image, seg = decode_sample(raw)
+        t1 = time.process_time()
+        gen = torch.Generator().manual_seed(derive_seed("augment", 0, 0, raw["__key__"]))
+        image, seg, _ = transform(image, seg, gen)
+        t2 = time.process_time()
+        mask = masker(seg, torch.Generator().manual_seed(derive_seed("mask", 0, 0, raw["__key__"]))).as_dict()
+        t3 = time.process_time()
+        cpu["decode"] += t1 - t
+        cpu["augment"] += t2 - t1
+        cpu["mask"] += t3 - t2
+        items.append({"image": image, "seg": seg, **mask})
+    t = time.process_time()
+    for start in range(0, len(items), args.batch):
+        chunk = items[start : start + args.batch]
+        {name: torch.stack([item[name] for item in chunk]) for name in chunk[0]}
+    cpu["collate"] = time.process_time() - t
+    return {stage: round(1000 * seconds / len(raws), 3) for stage, seconds in cpu.items()}
+
+
+# --- decoders alone ------------------------------------------------------------------------------------------
+def jpeg_decoders() -> dict[str, Callable[[bytes], Any]]:
+    found: dict[str, Callable[[bytes], Any]] = {
+        "PIL": lambda b: np.asarray(Image.open(io.BytesIO(b)).convert("RGB")),
+        "torchvision.io": lambda b: decode_jpeg(
+            torch.frombuffer(bytearray(b), dtype=torch.uint8), mode=ImageReadMode.RGB
+        ),
+    }
+    try:
+        import cv2
+
+        found["opencv"] = lambda b: cv2.cvtColor(
+            cv2.imdecode(np.frombuffer(b, np.uint8), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB
+        )
+    except ImportError:
+        pass
+    try:
+        import simplejpeg
+
+        found["simplejpeg"] = lambda b: simplejpeg.decode_jpeg(b, colorspace="RGB")
+    except ImportError:
+        pass
+    return found
+
+
+def png_decoders() -> dict[str, Callable[[bytes], Any]]:
+    found: dict[str, Callable[[bytes], Any]] = {
+        "PIL": lambda b: np.asarray(Image.open(io.BytesIO(b))),
+        "torchvision.io": lambda b: decode_png(
+            torch.frombuffer(bytearray(b), dtype=torch.uint8), mode=ImageReadMode.UNCHANGED
+        ),
+    }
+    try:
+        import cv2
+
+        found["opencv"] = lambda b: cv2.imdecode(np.frombuffer(b, np.uint8), cv2.IMREAD_UNCHANGED)
+    except ImportError:
+        pass
+    return found
+
+
+def decoder_rows(urls: list[str], count: int, repeats: int) -> list[dict[str, Any]]:
+    samples = list(itertools.islice(endless(lambda: iter(wds.WebDataset(urls, shardshuffle=False))), count))
+    blobs = {"jpeg": [s[KEY_IMAGE] for s in samples], "png": [s[KEY_SEG] for s in samples]}
+    rows = []
+    for kind, decoders in (("jpeg", jpeg_decoders()), ("png", png_decoders())):
+        reference = None
+        for name, decode in decoders.items():
+            first = np.asarray(decode(blobs[kind][0]))
+            shape = first.shape if first.ndim == 2 or first.shape[-1] in (1, 3) else first.transpose(1, 2, 0).shape
+            if reference is None:
+                reference = shape
+            elif tuple(s for s in shape if s != 1) != tuple(s for s in reference if s != 1):
+                raise RuntimeError(f"{name} decoded {kind} to {shape}, PIL to {reference}")
+            best = None
+            for _ in range(repeats):  # best of a few passes: the least disturbed by other processes
+                with Clock() as clock:
+                    for blob in blobs[kind]:
+                        decode(blob)
+                best = clock if best is None or clock.cpu < best.cpu else best
+            rows.append(rate_row(f"decode {kind}: {name}", len(blobs[kind]), best, kind=kind, decoder=name))
+    return rows
+
+
+# --- main ------------------------------------------------------------------------------------------------------
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--root", type=Path, default=Path("data/synth-demo"), help="pacofr-faces/1 dataset folder")
+    p.add_argument("--split", default="train")
+    p.add_argument("--images", type=int, default=512, help="timed images per loop")
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--image-size", type=int, default=224, help="pipeline output side")
+    p.add_argument("--patch-size", type=int, default=16)
+    p.add_argument("--mask-ratio", type=float, default=0.75)
+    p.add_argument("--shuffle-buffer", type=int, default=256)
+    p.add_argument("--stage-images", type=int, default=256, help="images for the per-stage split")
+    p.add_argument("--decode-images", type=int, default=256, help="images for the decoder comparison")
+    p.add_argument("--decode-repeats", type=int, default=3)
+    p.add_argument("--gpu-rate", type=float, default=4600.0, help="GPU training images/s to feed (per GPU)")
+    p.add_argument("--all-cores", action="store_true", help="do not pin to one core")
+    p.add_argument("--workers", type=int, default=0, help="also time the DataLoader with this many worker processes")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    if not (args.root / "_info.json").exists():
+        sys.exit(f"no dataset at {args.root}: run `make data-demo` or pass --root (a pacofr-faces/1 folder)")
+    cores = set(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
+    core = None if args.all_cores else pin_one_core()
+    urls = shard_urls(args.root, args.split)
+
+    rows: list[dict[str, Any]] = []
+    # bare first and last: their spread shows how much the machine's load moved during the run
+    rows.append(rate_row("bare_pil", args.images, bare_loop(urls, args.images, with_seg=False), baseline=True))
+    clock, n = pipeline_loop(args)
+    rows.append(rate_row("pipeline", n, clock, batch=args.batch, image_size=args.image_size))
+    rows.append(rate_row("bare_pil+seg", args.images, bare_loop(urls, args.images, with_seg=True)))
+    rows.append(rate_row("bare_pil (again)", args.images, bare_loop(urls, args.images, with_seg=False)))
+    stages = stage_costs(args)
+    rows.extend(decoder_rows(urls, args.decode_images, args.decode_repeats))
+    if args.workers > 0:
+        clock, n = workers_loop(args, cores)
+        per_worker = round(n / clock.wall / args.workers, 1)
+        rows.append(rate_row(f"pipeline, {args.workers} workers", n, clock, img_per_s_per_worker=per_worker))
+        rows[-1].update(img_per_cpu_s=None, ms_per_img_cpu=None)  # the workers' CPU time is not ours
+
+    bare = [r["img_per_cpu_s"] for r in rows if r["row"].startswith("bare_pil") and "+seg" not in r["row"]]
+    bare_rate = sum(bare) / len(bare)
+    pipe = next(r for r in rows if r["row"] == "pipeline")
+    ratio = pipe["img_per_cpu_s"] / bare_rate
+    fastest = {}
+    for kind in ("jpeg", "png"):
+        mine = [r for r in rows if r.get("kind") == kind]
+        fastest[kind] = max(mine, key=lambda r: r["img_per_cpu_s"])["decoder"]
+    env = environment(f"cpu core {core}" if core is not None else "cpu (all cores)")
+    summary = {
+        "bench": "data_summary",
+        "pipeline_img_per_cpu_s": pipe["img_per_cpu_s"],
+        "bare_pil_img_per_cpu_s": round(bare_rate, 1),
+        "pipeline_over_bare": round(ratio, 4),
+        "goal": GOAL_RATIO,
+        "stage_ms_per_img_cpu": stages,
+        "fastest_decoder": fastest,
+        "gpu_rate": args.gpu_rate,
+        "cores_per_gpu": round(args.gpu_rate / pipe["img_per_cpu_s"], 1),
+        "image_size": args.image_size,
+        "source_image_size": read_manifest(args.root).image_size,
+        "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+        "env": env,
+    }
+
+    sizes = f"{summary['source_image_size']} px -> {args.image_size} px"
+    print(f"\n## Data pipeline: {args.root} ({sizes}), {env['device']}\n")
+    columns = [
+        ("row", "loop"),
+        ("img_per_cpu_s", "img/CPU-s"),
+        ("ms_per_img_cpu", "ms/img"),
+        ("img_per_s_wall", "img/s wall"),
+    ]
+    print(markdown_table(rows, columns))
+    print()
+    print(f"- pipeline / bare webdataset+PIL: {ratio:.3f} (goal >= {GOAL_RATIO})")
+    print(f"- pipeline stages, ms of CPU per image: {stages}")
+    print(f"- fastest decoders: JPEG {fastest['jpeg']}, PNG {fastest['png']}")
+    print(f"- CPU cores per GPU to feed {args.gpu_rate:g} img/s: {summary['cores_per_gpu']}")
+    print()
+    for row in rows:
+        emit_json(row)
+    emit_json(summary)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,661 @@
+"""Training-step speed of PaCo-FR next to a plain MAE step built from the same code, in one run.
+
+    .venv/bin/python bench/train_step.py                       # CPU: tiny (configs/pretrain/demo_tiny.yaml)
+    .venv/bin/python bench/train_step.py --size base --batch 256 --peak 790     # one H100/H200, < 5 min
+
+Rows (each: images/s, step time, achieved TFLOP/s, MFU against ``--peak``, peak memory and memory per image):
+
+* ``mae``    : ``use_codebook=False``, ``spatial_weight=0``, ``covered_weight=0`` (same encoder/decoder);
+* ``pacofr`` : the configured method (codebook, replaced patches, spatial head, covered weight);
+
+each eager and ``torch.compile``d (the library's compile: the model forward), through a bare loop
+(``compute_losses`` -> backward -> grad clipping as configured -> fused AdamW -> lr schedule -> codebook
+bookkeeping), plus the compiled PaCo-FR step through ``Trainer.fit`` (in-memory pre-made batches, logger,
+callbacks, progress bar and logging cadence as configured) for Lightning's loop overhead. Input is
+synthetic: random images, random masks with exactly the model's masked count, random region histograms.
+Incubation is off (it measures the main step). bf16 autocast on CUDA, fp32 on CPU.
+
+Timing: CUDA synchronises only at both ends of the timed window (no per-step sync, so the host can run
+ahead as in training); CPU takes the median of per-step wall times (robust on a shared machine).
+Prints a markdown table, one JSON line per row and one summary JSON line (ratios, overhead, goals).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import gc
+import statistics
+import sys
+import tempfile
+import time
+import traceback
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+# the repo root (for bench.common) and src/ (pacofr without an installed package, e.g. on a bare GPU node)
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import lightning as L  # noqa: E402
+import torch  # noqa: E402
+import yaml  # noqa: E402
+from torch.optim.lr_scheduler import LambdaLR  # noqa: E402
+from torch.utils.data import DataLoader, Dataset  # noqa: E402
+
+from bench.common import (  # noqa: E402
+    device_name,
+    emit_json,
+    environment,
+    markdown_table,
+    peak_rss_bytes,
+    reset_peak_rss,
+    rss_bytes,
+)
+from pacofr.data.format import NUM_LABELS, NUM_REGIONS  # noqa: E402
+from pacofr.modules.pretrain import PaCoFRPretrain  # noqa: E402
+from pacofr.optim import build_adamw, param_groups, scaled_lr, warmup_cosine  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIGS = {"tiny": REPO / "configs/pretrain/demo_tiny.yaml", "other": REPO / "configs/pretrain/pacofr_vit_b16.yaml"}
+GOALS = {"pacofr_over_mae": 0.95, "mfu": 0.40, "lightning_overhead_pct": 3.0}
+
+
+# --- configuration ------------------------------------------------------------------------------------
+def load_config(path: Path) -> dict[str, Any]:
+    with open(path) as fh:
+        return yaml.safe_load(fh)
+
+
+def model_kwargs(config: dict[str, Any], args: argparse.Namespace, method: str) -> dict[str, Any]:
+    """The config's model section for ``method`` (pacofr = as configured, mae = its plain-MAE twin)."""
+    kwargs = dict(config["model"])
+    if args.size != kwargs.get("encoder_size"):
+        # another size than the config's: its decoder defaults too, unless given explicitly
+        kwargs.update(encoder_size=args.size, decoder_depth=None, decoder_dim=None)
+    kwargs["img_size"] = args.img_size
+    for name in ("decoder_depth", "decoder_dim"):
+        if getattr(args, name) is not None:
+            kwargs[name] = getattr(args, name)
+    kwargs.update(incubation_steps=0, compile=False, grad_checkpointing=args.grad_checkpointing)
+    if method == "mae":
+        kwargs.update(use_codebook=False, spatial_weight=0.0, covered_weight=0.0)
+    return kwargs
+
+
+# --- synthetic input ----------------------------------------------------------------------------------
+def synthetic_batches(module: PaCoFRPretrain, batch: int, count: int, device: torch.device, seed: int) -> list[dict]:
+    """``count`` batches shaped like the data module's (image, mask, covered, region_hist, seg)."""
+    model = module.model
+    n, s = model.num_patches, module.hparams.img_size
+    gen = torch.Generator().manual_seed(seed)
+    out = []
+    for _ in range(count):
+        order = torch.rand(batch, n, generator=gen).argsort(dim=1)
+        mask = torch.zeros(batch, n, dtype=torch.bool).scatter_(1, order[:, : model.num_masked], True)
+        # the "covered component": the first few masked patches of each image (a subset of the mask)
+        covered_patches = torch.zeros_like(mask).scatter_(1, order[:, : max(1, model.num_masked // 8)], True)
+        hist = torch.rand(batch, n, NUM_REGIONS, generator=gen).pow(4)
+        out.append(
+            {
+                "image": torch.randn(batch, 3, s, s, generator=gen),
+                "mask": mask,
+                "covered": torch.randint(0, 6, (batch,), generator=gen),
+                "covered_patches": covered_patches,
+                "region_hist": hist / hist.sum(-1, keepdim=True),
+                "seg": torch.randint(0, NUM_LABELS, (batch, s, s), generator=gen, dtype=torch.uint8),
+            }
+        )
+    return [{k: v.to(device, non_blocking=False) for k, v in b.items()} for b in out]
+
+
+# --- the bare loop --------------------------------------------------------------------------------------
+def bare_optimizer(module: PaCoFRPretrain, batch: int, total_steps: int) -> tuple[torch.optim.Optimizer, LambdaLR]:
+    """The module's AdamW groups and warmup-cosine schedule, without a Trainer (fused on CUDA)."""
+    hp = module.hparams
+    no_decay = {"model." + n for n in module.model.no_weight_decay()}
+    named = [(n, p) for n, p in module.named_parameters() if p.requires_grad]
+    groups = [g for g in param_groups(named, hp.weight_decay, no_decay_names=no_decay) if g["params"]]
+    optimizer = build_adamw(groups, lr=scaled_lr(hp.base_lr, batch), betas=tuple(hp.betas))
+    schedule = LambdaLR(optimizer, lambda step: warmup_cosine(step, hp.warmup_steps, total_steps, hp.min_lr_ratio))
+    return optimizer, schedule
+
+
+def bare_step_fn(
+    module: PaCoFRPretrain,
+    batches: list[dict],
+    autocast: Callable,
+    clip: float | None,
+    steps: int,
+    compute: Callable | None = None,
+):
+    """One training step as a closure; ``compute`` replaces ``module.compute_losses`` (e.g. compiled)."""
+    compute = compute or module.compute_losses
+    optimizer, schedule = bare_optimizer(module, batches[0]["image"].shape[0], steps)
+    params = [p for p in module.parameters() if p.requires_grad]
+    counter = {"i": 0}
+
+    def step() -> None:
+        batch = batches[counter["i"] % len(batches)]
+        counter["i"] += 1
+        with autocast():
+            total, _, out = compute(batch)
+        total.backward()
+        if clip:
+            torch.nn.utils.clip_grad_norm_(params, clip)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        schedule.step()
+        if "target_code" in out:
+            module.model.update_codebook_state({"target": out["target"], "target_code": out["target_code"]})
+
+    return step, optimizer
+
+
+# --- measurement ----------------------------------------------------------------------------------------
+@dataclass
+class Measurement:
+    label: str
+    method: str
+    mode: str  # eager | compiled (the model forward, as the library does) | compiled+losses (compute_losses)
+    loop: str
+    batch: int
+    step_s: float
+    first_step_s: float
+    peak_mem_bytes: int | None = None
+    static_mem_bytes: int | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def memory_reset(device: torch.device) -> int | None:
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+        return torch.cuda.memory_allocated(device)
+    reset_peak_rss()
+    return rss_bytes()
+
+
+def memory_peak(device: torch.device) -> int | None:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device)
+    return peak_rss_bytes()
+
+
+def memory_now(device: torch.device) -> int | None:
+    if device.type == "cuda":
+        return torch.cuda.memory_allocated(device)
+    return rss_bytes()
+
+
+def time_loop(
+    step: Callable[[], None], warmup: int, steps: int, device: torch.device, probe: Callable[[], None] = lambda: None
+) -> tuple[float, float]:
+    """(seconds per step, seconds of the first step: compile time when compiled); ``probe`` runs just before
+    and just after the timed window."""
+    t0 = time.perf_counter()
+    step()
+    sync(device)
+    first = time.perf_counter() - t0
+    for _ in range(max(0, warmup - 1)):
+        step()
+    sync(device)
+    probe()
+    per_step = []
+    start = time.perf_counter()
+    for _ in range(steps):
+        t = time.perf_counter()
+        step()
+        per_step.append(time.perf_counter() - t)
+    sync(device)
+    window = time.perf_counter() - start
+    probe()
+    return (window / steps if device.type == "cuda" else statistics.median(per_step)), first
+
+
+def compiled_graphs() -> int:
+    from torch._dynamo.utils import counters
+
+    return int(counters["stats"].get("unique_graphs", 0))
+
+
+def dynamo_counters() -> dict[str, Any]:
+    """Graph breaks and graphs compiled so far (torch._dynamo's own counters)."""
+    from torch._dynamo.utils import counters
+
+    breaks = {str(reason): int(n) for reason, n in counters["graph_break"].items()}
+    return {"graph_breaks": sum(breaks.values()), "graph_break_reasons": breaks, **dict(counters["stats"])}
+
+
+# --- Lightning ------------------------------------------------------------------------------------------
+class _Cycle(Dataset):
+    def __init__(self, batches: list[dict], length: int):
+        self.batches, self.length = batches, length
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, i: int) -> dict:
+        return self.batches[i % len(self.batches)]
+
+
+class PremadeBatches(L.LightningDataModule):
+    """Pre-made device batches; ``batch_size`` is what the module's lr scaling reads."""
+
+    def __init__(self, batches: list[dict], length: int):
+        super().__init__()
+        self.batches, self.length = batches, length
+        self.batch_size = int(batches[0]["image"].shape[0])
+
+    def train_dataloader(self) -> DataLoader:
+        return DataLoader(_Cycle(self.batches, self.length), batch_size=None, num_workers=0)
+
+
+class StepClock(L.Callback):
+    """Times Lightning steps from batch start to batch start (every hook, fetch and transfer included)."""
+
+    def __init__(self, warmup: int, steps: int):
+        self.warmup, self.steps = warmup, steps
+        self.starts: list[float] = []
+        self.window_start = self.window_end = None
+        self.first_start: float | None = None
+        self.first_step_s: float | None = None
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        step = trainer.global_step
+        device = batch["image"].device
+        if step == 0:
+            self.first_start = time.perf_counter()
+        if step == 1:
+            sync(device)
+            self.first_step_s = time.perf_counter() - self.first_start
+        if step == self.warmup:
+            sync(device)
+            self.window_start = time.perf_counter()
+        if self.warmup <= step <= self.warmup + self.steps:
+            self.starts.append(time.perf_counter())
+        if step == self.warmup + self.steps:
+            sync(device)
+            self.window_end = time.perf_counter()
+
+    def step_s(self, device: torch.device) -> float:
+        if self.window_start is None or self.window_end is None:
+            raise RuntimeError("the Lightning run ended before the timed window closed")
+        if device.type == "cuda":
+            return (self.window_end - self.window_start) / self.steps
+        return statistics.median(b - a for a, b in zip(self.starts, self.starts[1:]))
+
+
+# Callbacks that evaluate on their own data every N steps (not per-step loop work; they need the real dataset).
+NEEDS_DATASET = {"OnlineProbe"}
+
+
+def build_callbacks(config: dict[str, Any]) -> tuple[list[L.Callback], list[str]]:
+    """The config's trainer callbacks (from class_path / init_args) but those in NEEDS_DATASET; and their names."""
+    import importlib
+
+    callbacks, names = [], []
+    for spec in config.get("trainer", {}).get("callbacks") or []:
+        module_name, _, cls_name = spec["class_path"].rpartition(".")
+        if cls_name in NEEDS_DATASET:
+            continue
+        cls = getattr(importlib.import_module(module_name), cls_name)
+        callbacks.append(cls(**(spec.get("init_args") or {})))
+        names.append(cls_name)
+    return callbacks, names
+
+
+def lightning_run(
+    module: PaCoFRPretrain,
+    batches: list[dict],
+    config: dict,
+    args: argparse.Namespace,
+    device: torch.device,
+    extra_callbacks: list[L.Callback] = (),
+) -> tuple[float, float, dict]:
+    trainer_cfg = config.get("trainer", {})
+    clock = StepClock(args.warmup, args.steps)
+    progress_bar = trainer_cfg.get("enable_progress_bar", True) if args.progress_bar is None else args.progress_bar
+    settings = {
+        "precision": "bf16-mixed" if args.bf16 else "32-true",
+        "log_every_n_steps": args.log_every or trainer_cfg.get("log_every_n_steps", 50),
+        "gradient_clip_val": trainer_cfg.get("gradient_clip_val"),
+        "enable_progress_bar": progress_bar,
+    }
+    callbacks, callback_names = build_callbacks(config)
+    with tempfile.TemporaryDirectory() as tmp:
+        trainer = L.Trainer(
+            accelerator=device.type,
+            devices=1,
+            max_steps=args.warmup + args.steps + 1,  # one more: the window closes at the start of the last
+            limit_val_batches=0,
+            num_sanity_val_steps=0,
+            enable_checkpointing=False,
+            enable_model_summary=False,
+            logger=L.pytorch.loggers.TensorBoardLogger(tmp, name="", version="tb", default_hp_metric=False),
+            callbacks=[*callbacks, *extra_callbacks, clock],
+            default_root_dir=tmp,
+            **settings,
+        )
+        # the progress bar writes to stdout: keep stdout for the table and the JSON lines
+        with contextlib.redirect_stdout(sys.stderr):
+            trainer.fit(module, datamodule=PremadeBatches(batches, args.warmup + args.steps + 1))
+    return clock.step_s(device), clock.first_step_s or float("nan"), {**settings, "callbacks": callback_names}
+
+
+# --- host-device sync finder (CUDA) ----------------------------------------------------------------------
+@contextlib.contextmanager
+def record_syncs(sink: dict[str, int]):
+    """Count CUDA host-device synchronisations by the innermost project/Lightning source line causing them."""
+    original = warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if "synchroniz" not in str(message):
+            return original(message, category, filename, lineno, file, line)
+        frames = [f for f in traceback.extract_stack()[:-1] if "/warnings.py" not in f.filename]
+        ours = [f for f in frames if "/pacofr/" in f.filename or "/lightning/" in f.filename or "bench/" in f.filename]
+        where = ours[-1] if ours else frames[-1]
+        key = f"{where.filename.split('site-packages/')[-1]}:{where.lineno} ({where.line})"
+        sink[key] = sink.get(key, 0) + 1
+
+    warnings.showwarning = show
+    torch.cuda.set_sync_debug_mode("warn")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("always")
+            warnings.showwarning = show
+            yield sink
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+        warnings.showwarning = original
+
+
+class SyncProbe(L.Callback):
+    """Records the host-device syncs of one Lightning step (the one after warm-up), hooks included."""
+
+    def __init__(self, step: int, sink: dict[str, int]):
+        self.step, self.sink, self.ctx = step, sink, None
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        # from the start of one step to the start of the next: every hook of the step is inside
+        if trainer.global_step == self.step and batch["image"].is_cuda:
+            self.ctx = record_syncs(self.sink)
+            self.ctx.__enter__()
+        elif trainer.global_step == self.step + 1 and self.ctx is not None:
+            self.ctx.__exit__(None, None, None)
+            self.ctx = None
+
+
+# --- largest batch (CUDA) ----------------------------------------------------------------------------------
+def find_max_batch(
+    make_module: Callable[[], PaCoFRPretrain], start: int, limit: int, device: torch.device, autocast, clip
+) -> dict:
+    """Doubling then bisection over the batch size; a batch fits when two eager steps run without OOM."""
+    module = make_module().to(device).train()
+
+    def fits(batch: int) -> bool:
+        batches = None
+        try:
+            batches = synthetic_batches(module, batch, 1, device, seed=batch)
+            step, optimizer = bare_step_fn(module, batches, autocast, clip, 10)
+            step()
+            step()
+            sync(device)
+            return True
+        except torch.OutOfMemoryError:
+            return False
+        finally:
+            module.zero_grad(set_to_none=True)
+            del batches
+            gc.collect()
+            torch.cuda.empty_cache()
+
+    lo, hi = 0, None
+    b = start
+    while b <= limit:
+        if fits(b):
+            lo, b = b, b * 2
+        else:
+            hi = b
+            break
+    if hi is None:
+        return {"max_batch": lo, "limited_by": f"--max-batch-limit {limit}"}
+    resolution = max(8, lo // 32)
+    while hi - lo > resolution:
+        mid = (lo + hi) // 2
+        lo, hi = (mid, hi) if fits(mid) else (lo, mid)
+    return {"max_batch": lo, "first_oom": hi, "resolution": resolution}
+
+
+# --- main ---------------------------------------------------------------------------------------------------
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    cuda = torch.cuda.is_available()
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--size", choices=["tiny", "small", "base", "large"], default="base" if cuda else "tiny")
+    p.add_argument("--config", type=Path, default=None, help="pretrain config (default: demo_tiny for tiny, else b16)")
+    p.add_argument("--img-size", type=int, default=None, help="default: the config's model.img_size")
+    p.add_argument("--decoder-depth", type=int, default=None)
+    p.add_argument("--decoder-dim", type=int, default=None)
+    p.add_argument("--batch", type=int, default=None, help="default: the config's data.batch_size")
+    p.add_argument("--steps", type=int, default=None, help="timed steps (default 20 CUDA, 8 CPU)")
+    p.add_argument("--warmup", type=int, default=None, help="untimed steps first (default 5 CUDA, 2 CPU)")
+    p.add_argument("--compile-warmup", type=int, default=3, help="extra untimed steps for compiled rows")
+    p.add_argument("--peak", type=float, default=None, help="dense bf16 TFLOP/s for MFU (default 790 on CUDA)")
+    p.add_argument("--device", default="cuda" if cuda else "cpu")
+    p.add_argument("--no-compile", dest="compile", action="store_false", help="eager rows only")
+    p.add_argument("--compile-losses", action="store_true", help="add rows with compute_losses compiled whole")
+    p.add_argument("--compile-backend", default="inductor", help="torch.compile backend (aot_eager: quick CPU check)")
+    p.add_argument("--no-lightning", dest="lightning", action="store_false", help="skip the Trainer.fit row")
+    p.add_argument("--grad-checkpointing", action="store_true", help="recompute blocks in backward (all rows)")
+    p.add_argument("--progress-bar", dest="progress_bar", action="store_true", default=None)
+    p.add_argument("--no-progress-bar", dest="progress_bar", action="store_false")
+    p.add_argument("--log-every", type=int, default=None, help="Lightning log_every_n_steps (default: config's)")
+    p.add_argument("--find-max-batch", action="store_true", help="CUDA: largest eager PaCo-FR batch that fits")
+    p.add_argument("--max-batch-limit", type=int, default=8192)
+    p.add_argument("--sync-debug", action="store_true", help="CUDA: list host-device syncs of one step per loop")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args(argv)
+    args.config = args.config or CONFIGS["tiny" if args.size == "tiny" else "other"]
+    on_cuda = args.device.startswith("cuda")
+    args.steps = args.steps or (20 if on_cuda else 8)
+    args.warmup = max(1, args.warmup if args.warmup is not None else (5 if on_cuda else 2))
+    args.peak = args.peak or (790.0 if on_cuda else None)
+    args.bf16 = on_cuda
+    return args
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    device = torch.device(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    config = load_config(args.config)
+    args.img_size = args.img_size or int(config["model"]["img_size"])
+    args.batch = args.batch or int(config.get("data", {}).get("batch_size", 32))
+    clip = config.get("trainer", {}).get("gradient_clip_val")
+
+    def autocast():
+        if args.bf16:
+            return torch.autocast(device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def make_module(method: str) -> PaCoFRPretrain:
+        torch.manual_seed(args.seed)
+        return PaCoFRPretrain(**model_kwargs(config, args, method))
+
+    rows: list[Measurement] = []
+    flops: dict[str, float] = {}
+    syncs: dict[str, dict[str, int]] = {}
+    kept: dict[str, Any] = {}
+    modes = ["eager"] + (["compiled"] if args.compile else []) + (["compiled+losses"] if args.compile_losses else [])
+    lightning_mode = "compiled" if args.compile else "eager"
+    for mode in modes:
+        for method in ("mae", "pacofr"):
+            module = make_module(method).to(device).train()
+            flops[method] = module.flops_per_image()
+            batches = synthetic_batches(module, args.batch, 2, device, args.seed)
+            compute = None
+            if mode != "eager":
+                torch._dynamo.reset()  # fresh caches: this row compiles its own graphs
+                torch._dynamo.utils.counters.clear()  # and counts only its own graph breaks
+                module.hparams.compile = True
+                if args.compile_backend == "inductor":
+                    module.configure_model()  # the library's compile: torch.compile(model)
+                else:
+                    object.__setattr__(module, "_forward", torch.compile(module.model, backend=args.compile_backend))
+                if mode == "compiled+losses":
+                    compute = torch.compile(module.compute_losses, backend=args.compile_backend)
+            base_mem = memory_reset(device)
+            step, optimizer = bare_step_fn(module, batches, autocast, clip, args.warmup + args.steps, compute)
+            warmup = args.warmup + (args.compile_warmup if mode != "eager" else 0)
+            graphs = []  # graphs compiled before / after the timed window: a recompile inside it skews the row
+            step_s, first = time_loop(step, warmup, args.steps, device, lambda g=graphs: g.append(compiled_graphs()))
+            peak = memory_peak(device)
+            static = memory_now(device)  # parameters, optimizer state, batches (grads are None here)
+            label = f"{method} {mode}"
+            row = Measurement(label, method, mode, "bare", args.batch, step_s, first, peak, static)
+            if device.type != "cuda" and base_mem is not None and peak is not None:
+                row.peak_mem_bytes, row.static_mem_bytes = peak - base_mem, None  # RSS growth over the run
+            if mode != "eager":
+                row.extra.update(dynamo_counters(), recompiled_while_timed=graphs[-1] - graphs[0])
+            rows.append(row)
+            if args.sync_debug and device.type == "cuda":
+                with record_syncs(syncs.setdefault(f"bare {label}", {})):
+                    step()
+                    sync(device)
+            del optimizer, step, compute
+            if method == "pacofr" and mode == lightning_mode:
+                kept.update(module=module, batches=batches)  # the Lightning row reuses it (no second compile)
+            else:
+                del module, batches
+            gc.collect()
+
+    if args.lightning:
+        module, batches = kept["module"], kept["batches"]
+        memory_reset(device)
+        probes = [SyncProbe(args.warmup, syncs.setdefault("lightning pacofr", {}))] if args.sync_debug else []
+        step_s, first, settings = lightning_run(module, batches, config, args, device, probes)
+        label = f"pacofr {lightning_mode} (Trainer.fit)"
+        row = Measurement(label, "pacofr", lightning_mode, "lightning", args.batch, step_s, first, memory_peak(device))
+        if device.type != "cuda":
+            row.peak_mem_bytes = None  # the RSS mark is not reset inside fit; memory is the bare rows' business
+        row.extra.update(settings)
+        rows.append(row)
+        del module, batches, kept
+        gc.collect()
+
+    max_batch = None
+    if args.find_max_batch:
+        if device.type != "cuda":
+            print("--find-max-batch needs CUDA; skipped", file=sys.stderr)
+        else:
+            max_batch = find_max_batch(
+                lambda: make_module("pacofr"), args.batch, args.max_batch_limit, device, autocast, clip
+            )
+    report(rows, flops, args, device, clip, syncs, max_batch)
+
+
+def report(rows, flops, args, device, clip, syncs, max_batch) -> None:
+    env = environment(device_name(device))
+    records = []
+    for r in rows:
+        ips = r.batch / r.step_s
+        tflops = ips * flops[r.method] / 1e12
+        rec = {
+            "bench": "train_step",
+            "row": r.label,
+            "method": r.method,
+            "mode": r.mode,
+            "compiled": r.mode != "eager",
+            "loop": r.loop,
+            "size": args.size,
+            "img_size": args.img_size,
+            "batch": r.batch,
+            "steps": args.steps,
+            "grad_checkpointing": args.grad_checkpointing,
+            "precision": "bf16-autocast" if args.bf16 else "fp32",
+            "img_per_s": round(ips, 2),
+            "step_ms": round(1000 * r.step_s, 3),
+            "first_step_s": round(r.first_step_s, 2),
+            "gflop_per_img": round(flops[r.method] / 1e9, 4),
+            "tflops": round(tflops, 4),
+            "mfu": round(tflops / args.peak, 4) if args.peak else None,
+            "peak_mem_gib": round(r.peak_mem_bytes / 2**30, 3) if r.peak_mem_bytes is not None else None,
+            "mem_kind": "max_memory_allocated" if device.type == "cuda" else "RSS growth",
+        }
+        if r.peak_mem_bytes is not None:
+            activations = r.peak_mem_bytes - (r.static_mem_bytes or 0)
+            rec["mem_per_img_mib"] = round(activations / r.batch / 2**20, 3)
+        rec.update(r.extra)
+        records.append(rec)
+
+    def find(method: str, mode: str, loop: str = "bare") -> dict | None:
+        for rec in records:
+            if rec["method"] == method and rec["mode"] == mode and rec["loop"] == loop:
+                return rec
+        return None
+
+    summary: dict[str, Any] = {"bench": "train_step_summary", "size": args.size, "batch": args.batch}
+    for mode in ("eager", "compiled", "compiled+losses"):
+        mae, paco = find("mae", mode), find("pacofr", mode)
+        if mae and paco:
+            summary[f"pacofr_over_mae_{mode}"] = round(paco["img_per_s"] / mae["img_per_s"], 4)
+    lightning_mode = "compiled" if args.compile else "eager"
+    light = find("pacofr", lightning_mode, "lightning")
+    bare = find("pacofr", lightning_mode)
+    if light and bare:
+        summary["lightning_overhead_pct"] = round(100 * (light["step_ms"] / bare["step_ms"] - 1), 2)
+    best = find("pacofr", lightning_mode)
+    if best and best["mfu"] is not None:
+        summary["pacofr_mfu"] = best["mfu"]
+    summary["goals"] = GOALS
+    if syncs:
+        summary["host_device_syncs_per_step"] = syncs
+    if max_batch:
+        summary["find_max_batch"] = max_batch
+    summary["gradient_clip_val"] = clip
+    summary["config"] = str(args.config.relative_to(REPO) if args.config.is_relative_to(REPO) else args.config)
+    summary["command"] = " ".join([Path(sys.argv[0]).name, *sys.argv[1:]])
+    summary["env"] = env
+
+    print(f"\n## Training step: {args.size}, {args.img_size}px, batch {args.batch}, {env['device']}\n")
+    columns = [
+        ("row", "step"),
+        ("img_per_s", "img/s"),
+        ("step_ms", "step ms"),
+        ("gflop_per_img", "GFLOP/img"),
+        ("tflops", "TFLOP/s"),
+        ("mfu", f"MFU@{args.peak:g}" if args.peak else "MFU"),
+        ("peak_mem_gib", "peak GiB"),
+        ("mem_per_img_mib", "MiB/img"),
+        ("first_step_s", "1st step s"),
+    ]
+    print(markdown_table(records, columns))
+    print()
+    keys = ["pacofr_over_mae_eager", "pacofr_over_mae_compiled", "pacofr_over_mae_compiled+losses"]
+    for key in [*keys, "lightning_overhead_pct", "pacofr_mfu"]:
+        if key in summary:
+            print(f"- {key}: {summary[key]}")
+    if max_batch:
+        print(f"- largest PaCo-FR batch (eager): {max_batch}")
+    print()
+    for rec in records:
+        emit_json(rec)
+    emit_json(summary)
+
+
+if __name__ == "__main__":
+    main()
