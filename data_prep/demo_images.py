@@ -76,7 +76,8 @@ def _paste_faces(rng, faces: dict[str, Image.Image], count: int) -> Image.Image:
     return canvas
 
 
-def _png_bomb(width: int = 50000, height: int = 50000) -> bytes:
+def png_bomb(width: int = 50000, height: int = 50000) -> bytes:
+    """A valid PNG header declaring a huge image (a decompression bomb) with a few bytes of data."""
     buf = io.BytesIO()
     Image.new("L", (1, 1)).save(buf, format="PNG")
     data = bytearray(buf.getvalue())
@@ -116,6 +117,6 @@ def write_demo_images(out: str | os.PathLike[str], num_synthetic: int = 24, seed
     buf = io.BytesIO()
     astro.save(buf, format="JPEG", quality=90)
     (out / "bad/truncated.jpg").write_bytes(buf.getvalue()[: len(buf.getvalue()) // 3])
-    (out / "bad/bomb.png").write_bytes(_png_bomb())
+    (out / "bad/bomb.png").write_bytes(png_bomb())
     _background(rng, 640, 480).save(out / "bad/no_face.jpg", quality=90)
     return {"real": len(faces), "synthetic": num_synthetic, "variants": 5, "bad": 5}

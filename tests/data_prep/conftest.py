@@ -8,14 +8,14 @@ from __future__ import annotations
 
 import argparse
 import io
-import struct
-import zlib
 from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
 from PIL import Image
+
+from data_prep.demo_images import png_bomb
 
 # Hand-marked eye centres of scikit-image's astronaut (x, y), image-left eye first.
 ASTRONAUT_EYES = np.array([[203.8, 101.3], [246.3, 103.3]])
@@ -66,17 +66,6 @@ def lfw_face_on_canvas(index: int, side: int = 160, canvas: int = 320) -> np.nda
     return np.stack([out] * 3, axis=-1)
 
 
-def png_bomb(width: int = 40000, height: int = 40000) -> bytes:
-    """A valid PNG header declaring a huge image (a decompression bomb) with a few bytes of data."""
-    buf = io.BytesIO()
-    Image.new("L", (1, 1)).save(buf, format="PNG")
-    data = bytearray(buf.getvalue())
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    data[16:29] = ihdr
-    data[29:33] = struct.pack(">I", zlib.crc32(b"IHDR" + ihdr) & 0xFFFFFFFF)
-    return bytes(data)
-
-
 def exif_rotated_jpeg(upright: np.ndarray) -> bytes:
     """Pixels stored turned 90 degrees counter-clockwise, with EXIF orientation 6 saying how to undo it."""
     stored = Image.fromarray(np.ascontiguousarray(np.rot90(upright, k=1)))
@@ -113,7 +102,7 @@ def build_fixture_folder(root: Path) -> Path:
     buf = io.BytesIO()
     astro.save(buf, format="JPEG", quality=90)
     (root / "bad/truncated.jpg").write_bytes(buf.getvalue()[: len(buf.getvalue()) // 3])
-    (root / "bad/bomb.png").write_bytes(png_bomb())
+    (root / "bad/bomb.png").write_bytes(png_bomb(40000, 40000))
     Image.fromarray(astronaut()[100:116, 200:216]).save(root / "bad/tiny.png")
     yy, xx = np.mgrid[0:300, 0:400]
     smooth = np.dstack([xx * 255 // 400, yy * 255 // 300, np.full_like(xx, 90)]).astype(np.uint8)
