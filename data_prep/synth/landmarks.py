@@ -281,15 +281,18 @@ def face_geometry(idp: IdentityParams, expr: Expression) -> FaceGeometry:
         idp,
         np.concatenate([template.lift, _JAW_LIFT]),
     )
-    jaw = pts[n:]
-    parts = template.parts
+    return _assemble(pts, n, template.parts, idp)
+
+
+def _assemble(pts: np.ndarray, n: int, parts, idp: IdentityParams) -> FaceGeometry:
+    """FaceGeometry from the surface points: feature points first, the jaw from index ``n`` on."""
     (eye_l, marks_l, centre_l), (eye_r, marks_r, centre_r) = parts.eyes
     (brow_l, bmarks_l), (brow_r, bmarks_r) = parts.brows
     nose_pts, nose_marks = parts.nose
     upper_lip, lower_lip, mouth, mouth_marks = parts.mouth
     # iBUG brows run from the image left to the image right: the image-left brow's marks reversed
     landmarks = np.concatenate(
-        [jaw, pts[bmarks_l][::-1], pts[bmarks_r], pts[nose_marks], pts[marks_l], pts[marks_r], pts[mouth_marks]]
+        [pts[n:], pts[bmarks_l][::-1], pts[bmarks_r], pts[nose_marks], pts[marks_l], pts[marks_r], pts[mouth_marks]]
     )
     assert landmarks.shape == (68, 3)
     return FaceGeometry(
@@ -312,24 +315,7 @@ def face_geometry_direct(idp: IdentityParams, expr: Expression) -> FaceGeometry:
     n = len(u)
     jaw_u, jaw_v = _jaw_plane(idp)
     pts = on_surface(np.concatenate([u, jaw_u]), np.concatenate([v, jaw_v]), idp, np.concatenate([lift, _JAW_LIFT]))
-    (eye_l, marks_l, centre_l), (eye_r, marks_r, centre_r) = parts.eyes
-    (brow_l, bmarks_l), (brow_r, bmarks_r) = parts.brows
-    nose_pts, nose_marks = parts.nose
-    upper_lip, lower_lip, mouth, mouth_marks = parts.mouth
-    landmarks = np.concatenate(
-        [pts[n:], pts[bmarks_l][::-1], pts[bmarks_r], pts[nose_marks], pts[marks_l], pts[marks_r], pts[mouth_marks]]
-    )
-    return FaceGeometry(
-        eye_centres=np.concatenate([pts[centre_l], pts[centre_r]]),
-        eyes=[pts[eye_l], pts[eye_r]],
-        iris_radius=0.062 * idp.eye_size,
-        brows=[pts[brow_l], pts[brow_r]],
-        nose=pts[nose_pts],
-        upper_lip=pts[upper_lip],
-        lower_lip=pts[lower_lip],
-        mouth=None if mouth is None else pts[mouth],
-        landmarks68=landmarks,
-    )
+    return _assemble(pts, n, parts, idp)
 
 
 def landmarks5_from(landmarks68_px: np.ndarray, eye_centres_px: np.ndarray) -> np.ndarray:
