@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from data_prep.shard_writer import ShardSink, encode_jpeg, encode_label_png
 from pacofr.data.format import (
@@ -178,3 +179,25 @@ def face_factory() -> Callable[[int, np.random.Generator], tuple[np.ndarray, np.
 def label_palette() -> np.ndarray:
     """``LABEL_PALETTE[label] -> RGB``: the colour a label gets in the synthetic images."""
     return LABEL_PALETTE
+
+
+def timm_from_export(path: str | Path) -> torch.nn.Module:
+    """What a user of ``pacofr export`` runs: plain ``timm.create_model`` on the file and its sidecar json."""
+    import json
+
+    import timm
+
+    meta = json.loads(Path(path).with_suffix(".json").read_text())
+    return timm.create_model(
+        meta["model_name"],
+        pretrained=True,
+        num_classes=0,
+        img_size=meta["img_size"],
+        pretrained_cfg_overlay={"file": str(path), "num_classes": 0},
+    ).eval()
+
+
+@pytest.fixture
+def load_exported() -> Callable[[str | Path], torch.nn.Module]:
+    """``load_exported(path) -> timm model``: the timm call ``pacofr export`` prints."""
+    return timm_from_export

@@ -24,20 +24,14 @@ def fake_pretraining_checkpoint(path, img_size: int = 32) -> torch.nn.Module:
     return encoder.eval()
 
 
-def test_export_then_timm_loads_strictly_with_equal_features(tmp_path):
+def test_export_then_timm_loads_strictly_with_equal_features(tmp_path, load_exported):
     ckpt = tmp_path / "last.ckpt"
     encoder = fake_pretraining_checkpoint(ckpt)
     out = export_encoder(ckpt, tmp_path / "export")
     assert out.name == "encoder.safetensors"
     meta = json.loads(out.with_suffix(".json").read_text())
     assert meta["model_name"] == "vit_tiny_patch16_224" and meta["img_size"] == 32 and meta["format"] == "timm"
-    model = timm.create_model(
-        meta["model_name"],
-        pretrained=True,
-        num_classes=0,
-        img_size=meta["img_size"],
-        pretrained_cfg_overlay={"file": str(out), "num_classes": 0},
-    ).eval()
+    model = load_exported(out)
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         torch.testing.assert_close(model(x), encoder(x))

@@ -11,7 +11,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import timm
 import torch
 from eval_layouts import write_300w, write_pretraining_checkpoint, write_synth
 
@@ -103,20 +102,13 @@ def test_synth_configs_hold_the_suite_settings(task):
     assert config.model.task == config.data.task == task
 
 
-def test_export_round_trip(tmp_path, capsys):
+def test_export_round_trip(tmp_path, capsys, load_exported):
     ckpt = tmp_path / "last.ckpt"
     encoder = write_pretraining_checkpoint(ckpt, img_size=32).eval()
     target = tmp_path / "export" / "encoder.safetensors"
     assert pacofr(["export", "--ckpt", str(ckpt), "--out", str(target)]) == 0
     assert "timm.create_model('vit_tiny_patch16_224'" in capsys.readouterr().out
-    meta = json.loads(target.with_suffix(".json").read_text())
-    model = timm.create_model(
-        meta["model_name"],
-        pretrained=True,
-        num_classes=0,
-        img_size=meta["img_size"],
-        pretrained_cfg_overlay={"file": str(target), "num_classes": 0},
-    ).eval()
+    model = load_exported(target)
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         torch.testing.assert_close(model(x), encoder(x))
