@@ -7,9 +7,12 @@ Runs on ONE core (affinity pinned, one torch/OpenCV thread), in-process, in the 
 * ``bare_pil``      : ``webdataset.WebDataset`` over the shards, PIL decode of the JPEG to an RGB array;
 * ``bare_pil+seg``  : the same plus PIL decode of the parsing map (work the real pipeline cannot skip);
 * ``pipeline``      : the real thing: ``PretrainDataModule.train_dataloader()`` (``TrainShardStream``: read,
-  header checks, torchvision decode, joint augmentation, ``StructuredMasker``, collate), first batch untimed
-  (it fills the shuffle buffer);
-* ``stages``        : the pipeline's per-image cost split by stage (library functions called one by one);
+  header checks, decode (simplejpeg + OpenCV), uint8 joint augmentation (OpenCV), collate,
+  ``StructuredMasker.batch``), first batch untimed (it fills the shuffle buffer). It yields uint8 images;
+  the float conversion and normalisation run on the GPU (``on_after_batch_transfer``), so they are not in
+  this per-core rate;
+* ``stages``        : the pipeline's per-image cost split by stage (library functions called one by one; the
+  GPU-side normalisation timed on the CPU for reference);
 * ``decoders``      : JPEG and PNG decode alone from memory: PIL, ``torchvision.io``, OpenCV and
   ``simplejpeg`` (each only if importable).
 
@@ -47,8 +50,15 @@ from torchvision.io import ImageReadMode, decode_jpeg, decode_png  # noqa: E402
 from bench.common import emit_json, environment, markdown_table  # noqa: E402
 from pacofr.data.datamodule import PretrainDataModule  # noqa: E402
 from pacofr.data.format import KEY_IMAGE, KEY_SEG, read_manifest  # noqa: E402
-from pacofr.data.shards import StreamStats, decode_sample, derive_seed, iter_shard  # noqa: E402
-from pacofr.data.transforms import JointTransform  # noqa: E402
+from pacofr.data.shards import (  # noqa: E402
+    StreamStats,
+    collate,
+    decode_arrays,
+    derive_seed,
+    iter_shard,
+    masker_labels,
+)
+from pacofr.data.transforms import JointTransform, normalize_images  # noqa: E402
 from pacofr.masking import StructuredMasker  # noqa: E402
 
 GOAL_RATIO = 0.8
@@ -167,8 +177,10 @@ def workers_loop(args: argparse.Namespace, cores: set[int] | None) -> tuple[Cloc
     return clock, batches * args.batch
 
 
-def stage_costs(args: argparse.Namespace) -> dict[str, float]:
-    """ms of CPU per image for each pipeline stage, through the library's own functions."""
+def stage_costs(args: argparse.Namespace) -> tuple[dict[str, float], float]:
+    """ms of CPU per image for each pipeline stage, through the library's own functions, and the ms per
+    image of the normalisation (uint8 -> float32, mean/std) timed on the CPU for reference: in training
+    it runs on the GPU (``PretrainDataModule.on_after_batch_transfer``), outside the workers' rate."""
     root = Path(args.root)
     info = read_manifest(root).split("train")
     transform = JointTransform(args.image_size, train=True)
@@ -190,23 +202,28 @@ def stage_costs(args: argparse.Namespace) -> dict[str, float]:
     items = []
     for raw in raws:
         t = time.process_time()
-        image, seg = decode_sample(raw)
+        image, seg = decode_arrays(raw)
         t1 = time.process_time()
         gen = torch.Generator().manual_seed(derive_seed("augment", 0, 0, raw["__key__"]))
-        image, seg, _ = transform(image, seg, gen)
+        image, seg, _ = transform.apply(image, seg, gen)
         t2 = time.process_time()
-        mask = masker(seg, torch.Generator().manual_seed(derive_seed("mask", 0, 0, raw["__key__"]))).as_dict()
-        t3 = time.process_time()
         cpu["decode"] += t1 - t
         cpu["augment"] += t2 - t1
-        cpu["mask"] += t3 - t2
-        items.append({"image": image, "seg": seg, **mask})
-    t = time.process_time()
-    for start in range(0, len(items), args.batch):
-        chunk = items[start : start + args.batch]
-        {name: torch.stack([item[name] for item in chunk]) for name in chunk[0]}
-    cpu["collate"] = time.process_time() - t
-    return {stage: round(1000 * seconds / len(raws), 3) for stage, seconds in cpu.items()}
+        items.append({"image": image, "seg": seg, "key": raw["__key__"]})
+    normalise = 0.0
+    for start in range(0, len(items), args.batch):  # one batch alive at a time, as in the loader
+        t = time.process_time()
+        batch = collate(items[start : start + args.batch])
+        t1 = time.process_time()
+        gens = [torch.Generator().manual_seed(derive_seed("mask", 0, 0, key)) for key in batch["key"]]
+        batch.update(masker.batch(masker_labels(masker, batch["seg"].numpy()), gens))
+        t2 = time.process_time()
+        normalize_images(batch["image"], transform.config.mean, transform.config.std)
+        cpu["collate"] += t1 - t
+        cpu["mask"] += t2 - t1
+        normalise += time.process_time() - t2
+    normalise_ms = round(1000 * normalise / len(raws), 3)
+    return {stage: round(1000 * seconds / len(raws), 3) for stage, seconds in cpu.items()}, normalise_ms
 
 
 # --- decoders alone ------------------------------------------------------------------------------------------
@@ -308,7 +325,7 @@ def main(argv: list[str] | None = None) -> None:
     rows.append(rate_row("pipeline", n, clock, batch=args.batch, image_size=args.image_size))
     rows.append(rate_row("bare_pil+seg", args.images, bare_loop(urls, args.images, with_seg=True)))
     rows.append(rate_row("bare_pil (again)", args.images, bare_loop(urls, args.images, with_seg=False)))
-    stages = stage_costs(args)
+    stages, normalise_ms = stage_costs(args)
     rows.extend(decoder_rows(urls, args.decode_images, args.decode_repeats))
     if args.workers > 0:
         clock, n = workers_loop(args, cores)
@@ -332,6 +349,7 @@ def main(argv: list[str] | None = None) -> None:
         "pipeline_over_bare": round(ratio, 4),
         "goal": GOAL_RATIO,
         "stage_ms_per_img_cpu": stages,
+        "normalise_ms_per_img_cpu_done_on_gpu": normalise_ms,
         "fastest_decoder": fastest,
         "gpu_rate": args.gpu_rate,
         "cores_per_gpu": round(args.gpu_rate / pipe["img_per_cpu_s"], 1),
@@ -353,6 +371,7 @@ def main(argv: list[str] | None = None) -> None:
     print()
     print(f"- pipeline / bare webdataset+PIL: {ratio:.3f} (goal >= {GOAL_RATIO})")
     print(f"- pipeline stages, ms of CPU per image: {stages}")
+    print(f"- not in the workers (runs on the GPU): uint8 -> normalised float32, {normalise_ms} ms/img on this CPU")
     print(f"- fastest decoders: JPEG {fastest['jpeg']}, PNG {fastest['png']}")
     print(f"- CPU cores per GPU to feed {args.gpu_rate:g} img/s: {summary['cores_per_gpu']}")
     print()

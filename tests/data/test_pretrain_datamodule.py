@@ -46,8 +46,16 @@ def test_batches_follow_the_contract_with_a_masker(tmp_path: Path, make_shards) 
     dm = _module(root, batch_size=3, masker=ExactCountRandomMasker())
     batch = next(iter(dm.train_dataloader()))
     n = (OUT // PATCH) ** 2
+    # the workers hand over uint8; the model gets float32 / int64 after the device transfer hook
+    assert batch["image"].dtype == torch.uint8 and batch["image"].shape == (3, 3, OUT, OUT)
+    assert batch["seg"].dtype == torch.uint8 and batch["seg"].shape == (3, OUT, OUT)
+    pixels = batch["image"].clone()
+    batch = dm.on_after_batch_transfer(batch, 0)
     assert batch["image"].dtype == torch.float32 and batch["image"].shape == (3, 3, OUT, OUT)
+    assert batch["image"].is_contiguous()
     assert batch["seg"].dtype == torch.int64 and batch["seg"].shape == (3, OUT, OUT)
+    mean, std = torch.tensor(dm.augment.mean).view(3, 1, 1), torch.tensor(dm.augment.std).view(3, 1, 1)
+    torch.testing.assert_close(batch["image"], (pixels.float() / 255 - mean) / std)
     assert isinstance(batch["key"], list) and len(batch["key"]) == 3
     assert batch["mask"].dtype == torch.bool and batch["mask"].shape == (3, n)
     assert batch["mask"].sum(1).tolist() == [12, 12, 12]
@@ -96,10 +104,12 @@ class KeyRecorder(L.LightningModule):
         self.weight = torch.nn.Parameter(torch.zeros(1))
         self.seen: list[list[str]] = []
         self.leaked_stats = False
+        self.input_dtypes: set[tuple[torch.dtype, torch.dtype]] = set()
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         self.seen.append(list(batch["key"]))
         self.leaked_stats |= STATS_KEY in batch
+        self.input_dtypes.add((batch["image"].dtype, batch["seg"].dtype))
         return ((self.weight - batch["image"].mean()) ** 2).sum()
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
@@ -131,6 +141,7 @@ def test_lightning_stop_and_resume_sees_exactly_the_remaining_samples(
     root = make_shards(tmp_path / "data", {"train": [5, 4, 3]}, size=SIZE)  # 12 samples: 6 (w0) / 4 (w2) batches/epoch
     full, dm_full, _ = _fit(root, tmp_path / "ckpt", max_steps=7, workers=workers)
     assert len(full.seen) == 14 and not full.leaked_stats  # 7 optimizer steps x 2 accumulated batches
+    assert full.input_dtypes == {(torch.float32, torch.int64)}, "the transfer hook must hand the model floats"
     ckpt = tmp_path / "ckpt" / "step=4.ckpt"
     saved = torch.load(ckpt, weights_only=False)
     assert saved["PretrainDataModule"]["batches_consumed"] == 8

@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from pacofr.data.format import read_manifest
+from pacofr.data.format import NUM_REGIONS, read_manifest
 from pacofr.data.shards import (
     STATS_KEY,
     StreamStats,
@@ -21,6 +21,7 @@ from pacofr.data.shards import (
     shard_order,
 )
 from pacofr.data.transforms import AugmentConfig, JointTransform
+from pacofr.masking.base import NO_COVERED_GROUP, MaskResult
 
 SIZE = 16  # source images are 16 px: decoding stays negligible
 OUT = 12
@@ -245,3 +246,30 @@ def test_validation_pads_corrupt_samples(tmp_path: Path, make_shards, corrupt_sh
     assert flags.numel() == 8 and bad not in valid_keys
     assert len(valid_keys) == len(set(valid_keys)) < 8
     assert stream.stats.truncated_shards == 1 and stream.stats.unreadable_samples == 1
+
+
+class _DtypeRecordingMasker:
+    """Masks nothing; records the dtype of every label map it is handed (``label_dtype`` if set)."""
+
+    def __init__(self, label_dtype: torch.dtype | None = None) -> None:
+        self.patch_size, self.mask_ratio, self.seen = 4, 0.0, set()
+        if label_dtype is not None:
+            self.label_dtype = label_dtype
+
+    def __call__(self, seg: torch.Tensor, generator: torch.Generator) -> MaskResult:
+        self.seen.add(seg.dtype)
+        n = (seg.shape[0] // 4) * (seg.shape[1] // 4)
+        return MaskResult(torch.zeros(n, dtype=torch.bool), NO_COVERED_GROUP, torch.zeros(n, NUM_REGIONS))
+
+
+@pytest.mark.parametrize(("declared", "expected"), [(None, torch.int64), (torch.uint8, torch.uint8)])
+def test_batches_stay_uint8_and_maskers_get_their_label_dtype(
+    tmp_path: Path, make_shards, declared: torch.dtype | None, expected: torch.dtype
+) -> None:
+    root = make_shards(tmp_path, {"train": [4]}, size=SIZE)
+    masker = _DtypeRecordingMasker(declared)
+    batch = next(iter(_stream(root, 2, masker=masker)))
+    assert batch["image"].dtype == torch.uint8 and batch["image"].shape == (2, 3, OUT, OUT)
+    assert batch["seg"].dtype == torch.uint8 and batch["seg"].shape == (2, OUT, OUT)
+    assert batch["image"].is_contiguous(memory_format=torch.channels_last), "collated HWC, viewed as NCHW"
+    assert masker.seen == {expected}

@@ -131,6 +131,19 @@ def test_batched_or_float_maps_are_rejected(name: str) -> None:
         masker(torch.zeros(224, 200, dtype=torch.long), generator)
 
 
+@pytest.mark.parametrize("name", NAMES)
+def test_uint8_maps_give_the_same_result_as_int64(name: str) -> None:
+    """The data workers pass the decoder's uint8 map to maskers that declare ``label_dtype = uint8``."""
+    masker = build_masker(name)
+    assert masker.label_dtype == torch.uint8
+    for seed, seg in enumerate(random_faces(6, seed=17)):
+        wide = masker(seg.long(), torch.Generator().manual_seed(seed))
+        narrow = masker(seg.to(torch.uint8), torch.Generator().manual_seed(seed))
+        assert torch.equal(wide.mask, narrow.mask) and wide.covered == narrow.covered
+        assert torch.equal(wide.region_hist, narrow.region_hist)
+        assert torch.equal(wide.covered_patches, narrow.covered_patches)
+
+
 def test_registry() -> None:
     assert isinstance(build_masker("random"), RandomMasker)
     masker = build_masker("structured", patch_size=8, mask_ratio=0.5, component_probs={"nose": 1.0})
@@ -154,3 +167,15 @@ def test_timing_per_call(name: str) -> None:
         rounds.append((time.process_time() - start) / len(faces) * 1e3)
     mean_ms, best_ms = sum(rounds) / len(rounds), min(rounds)
     print(f"\n{name} masker at 224x224, patch 16: {mean_ms:.3f} ms CPU per call on average (best round {best_ms:.3f})")
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_batch_stacks_the_per_sample_results(name: str) -> None:
+    masker = build_masker(name)
+    maps = random_faces(3, seed=23)
+    batched = masker.batch(torch.stack(maps), [torch.Generator().manual_seed(i) for i in range(3)])
+    for i, seg in enumerate(maps):
+        alone = masker(seg, torch.Generator().manual_seed(i)).as_dict()
+        assert set(batched) == set(alone)
+        for key, value in alone.items():
+            assert torch.equal(batched[key][i], value), f"{name}: {key} of sample {i}"

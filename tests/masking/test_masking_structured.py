@@ -171,3 +171,30 @@ def test_bad_configuration_is_a_clear_error() -> None:
     with pytest.raises(ValueError, match="touch_threshold"):
         StructuredMasker(touch_threshold=1.0)
     assert num_masked_patches(196, 0.75) == 147
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {},
+        {"boundary_neighbours": True},
+        {"touch_threshold": 0.2},
+        {"mask_ratio": 0.4},
+        {"component_probs": {"hair": 1}},
+    ],
+)
+def test_batch_equals_one_call_per_sample(options: dict) -> None:
+    """The data workers call ``batch``: it must give every sample exactly what a call for it alone gives."""
+    masker = StructuredMasker(**options)
+    maps = random_faces(24, seed=29) + [crafted_face(), torch.zeros(224, 224, dtype=torch.long)]  # last: no cover
+    segs = torch.stack(maps).to(torch.uint8)
+    batched = masker.batch(segs, [torch.Generator().manual_seed(100 + i) for i in range(len(maps))])
+    assert set(batched) == {"mask", "covered", "region_hist", "covered_patches"}
+    assert int(batched["covered"][-1]) == NO_COVERED_GROUP
+    for i, seg in enumerate(maps):
+        alone = masker(seg, torch.Generator().manual_seed(100 + i))
+        assert torch.equal(batched["mask"][i], alone.mask), f"sample {i}"
+        assert int(batched["covered"][i]) == alone.covered
+        assert torch.equal(batched["covered_patches"][i], alone.covered_patches)
+        torch.testing.assert_close(batched["region_hist"][i], alone.region_hist, rtol=0, atol=0)
+    assert (batched["mask"].sum(1) == num_masked_patches(196, masker.mask_ratio)).all()

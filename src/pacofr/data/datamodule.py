@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader
 
 from pacofr.data.format import read_manifest
 from pacofr.data.shards import STATS_KEY, StreamStats, TrainShardStream, ValShardStream
-from pacofr.data.transforms import AugmentConfig, JointTransform
+from pacofr.data.transforms import AugmentConfig, JointTransform, normalize_images
 from pacofr.masking.base import MaskResult
 
 log = logging.getLogger(__name__)
@@ -35,9 +35,17 @@ MaskerFn = Callable[[torch.Tensor, torch.Generator], MaskResult]
 
 
 class PretrainDataModule(L.LightningDataModule):
-    """Train/val batches ``{"image": f32 [B,3,S,S], "seg": i64 [B,S,S], "key": list[str]}``.
+    """Train/val batches ``{"image": f32 [B,3,S,S], "seg": i64 [B,S,S], "key": list[str]}``, as the
+    LightningModule sees them.
 
-    With a ``masker`` (built per sample in the workers, after augmentation) batches also hold
+    The loaders yield ``image`` uint8 [B,3,S,S] (0..255 RGB) and ``seg`` uint8 [B,S,S]: the workers
+    stay in uint8 and collate a fraction of the bytes. :meth:`on_after_batch_transfer` (run by
+    Lightning on the device, after the copy) turns them into normalised float32 images
+    (``augment.mean/std``, :func:`~pacofr.data.transforms.normalize_images`) and int64 label maps.
+    Code that iterates a loader itself, outside a Trainer, calls :meth:`to_model_input` on each batch.
+
+    With a ``masker`` (built in the workers after augmentation, one ``masker.batch`` call per batch,
+    each sample drawn from its own seeded generator) batches also hold
     ``"mask": bool [B,N]``, ``"covered": i64 [B]``, ``"region_hist": f32 [B,N,9]``. Val batches
     add ``"valid": bool [B]`` (False on padding that evens out the ranks). The train stream is
     infinite: train by ``max_steps``.
@@ -200,6 +208,23 @@ class PretrainDataModule(L.LightningDataModule):
             stage = "train" if self.trainer is None or self.trainer.training else "val"
             counts = {k: v for k, v in record.items() if k not in ("rank", "lane")}
             self.worker_stats[(stage, record["rank"], record["lane"])] = StreamStats(**counts)
+        return batch
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """On the device: uint8 images -> normalised float32, uint8 label maps -> int64."""
+        return self.to_model_input(batch)
+
+    def to_model_input(self, batch: Any) -> Any:
+        """The loader's uint8 ``image``/``seg`` as the model takes them (float32 normalised, int64);
+        already converted entries are left alone, so calling it twice is harmless."""
+        if not isinstance(batch, dict):
+            return batch
+        image = batch.get("image")
+        if isinstance(image, torch.Tensor) and image.dtype == torch.uint8:
+            batch["image"] = normalize_images(image, self.augment.mean, self.augment.std)
+        seg = batch.get("seg")
+        if isinstance(seg, torch.Tensor) and seg.dtype == torch.uint8:
+            batch["seg"] = seg.to(torch.int64)
         return batch
 
     @property

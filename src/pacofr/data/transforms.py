@@ -5,22 +5,35 @@ together so they stay pixel-aligned; labels are resampled with nearest-exact (sa
 convention as the image's bilinear resize) and a flip swaps the left/right label ids with
 ``format.flip_label_lut()``. Colour jitter touches the image only. Every random draw comes from
 the ``torch.Generator`` passed in, so the result is a pure function of (inputs, generator state).
+
+Speed: the data workers run :meth:`JointTransform.apply` on uint8 HWC arrays with OpenCV (one
+resize per map, saturating uint8 colour ops) and hand uint8 to the collate step; the float
+conversion and mean/std normalisation (:func:`normalize_images`) run on the training device, in
+``PretrainDataModule.on_after_batch_transfer``. Float work on the CPU was most of the pipeline's
+cost. ``JointTransform.__call__`` keeps the float contract (apply + normalise) for direct use.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
+import cv2
+import numpy as np
 import torch
-from torchvision.transforms import InterpolationMode
 from torchvision.transforms.v2 import functional as F
 
 from pacofr.data.format import LANDMARK5_FLIP_ORDER, flip_label_lut
 
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
 IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
+# torchvision's grayscale weights (ITU-R 601-2 as in PIL), used by its contrast and saturation ops
+_GRAY_WEIGHTS = np.array([0.2989, 0.587, 0.114], dtype=np.float64)
+# torchvision converts float results to uint8 by truncation; OpenCV's saturating ops round to nearest.
+# Shifting by just under half a level makes OpenCV's rounding a truncation (up to float ties).
+_TRUNCATE = -0.5 + 1e-4
 
 
 @dataclass
@@ -51,8 +64,32 @@ class AugmentConfig:
             raise ValueError(f"eval_crop_fraction must be in (0, 1], got {self.eval_crop_fraction}")
 
 
-def _uniform(gen: torch.Generator, lo: float, hi: float) -> float:
-    return lo + (hi - lo) * torch.rand((), generator=gen).item()
+@lru_cache(maxsize=16)
+def _mean_std(
+    mean: tuple[float, ...], std: tuple[float, ...], device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The (3, 1, 1) constants on ``device``, built once: a fresh host list -> GPU copy per batch can block."""
+    as_tensor = lambda values: torch.tensor(values, dtype=torch.float32, device=device).view(3, 1, 1)  # noqa: E731
+    return as_tensor(mean), as_tensor(std)
+
+
+def normalize_images(
+    images: torch.Tensor,
+    mean: tuple[float, float, float] = IMAGENET_MEAN,
+    std: tuple[float, float, float] = IMAGENET_STD,
+) -> torch.Tensor:
+    """uint8 ``(..., 3, H, W)`` -> contiguous float32 ``(x / 255 - mean) / std`` on the images' device.
+
+    The one place the network-input normalisation is defined: the datamodule calls it on the
+    device after the batch transfer, :meth:`JointTransform.__call__` on the CPU.
+    """
+    if images.dtype != torch.uint8:
+        raise TypeError(f"normalize_images takes uint8 images, got {images.dtype}")
+    if images.dim() < 3 or images.shape[-3] != 3:
+        raise ValueError(f"images must be (..., 3, H, W), got shape {tuple(images.shape)}")
+    mean_t, std_t = _mean_std(tuple(mean), tuple(std), images.device)
+    out = images.to(torch.float32).div_(255.0).sub_(mean_t).div_(std_t)
+    return out.contiguous()
 
 
 def sample_resized_crop(
@@ -62,8 +99,10 @@ def sample_resized_crop(
     area = height * width
     log_lo, log_hi = math.log(ratio[0]), math.log(ratio[1])
     for _ in range(10):
-        target_area = area * _uniform(gen, *scale)
-        aspect = math.exp(_uniform(gen, log_lo, log_hi))
+        # torch.rand(2) yields the same two numbers as two scalar draws, in one call
+        u_area, u_aspect = torch.rand(2, generator=gen).tolist()
+        target_area = area * (scale[0] + (scale[1] - scale[0]) * u_area)
+        aspect = math.exp(log_lo + (log_hi - log_lo) * u_aspect)
         w = round(math.sqrt(target_area * aspect))
         h = round(math.sqrt(target_area / aspect))
         if 0 < w <= width and 0 < h <= height:
@@ -95,11 +134,83 @@ def _map_landmarks(
     return mapped
 
 
-class JointTransform:
-    """``(image uint8 [3,H,W], seg uint8/int64 [H,W], gen, meta) -> (image float32 [3,S,S], seg int64 [S,S], meta)``.
+# Shrinking by at most this factor uses plain bilinear: its taps still cover every source pixel,
+# so antialiasing changes a few edge pixels by a few levels (mean ~0.3 level at 256 -> 224).
+PLAIN_BILINEAR_MAX_SHRINK = 1.25
 
-    ``train=True``: random resized crop + flip (joint), colour jitter (image), normalise.
-    ``train=False``: resize to ``size / eval_crop_fraction`` and centre crop ``size`` (joint), normalise.
+
+def resize_crop_image(image: np.ndarray, box: tuple[int, int, int, int], size: int) -> np.ndarray:
+    """uint8 ``(H, W, 3)`` crop ``box`` -> ``(size, size, 3)``, bilinear (pixel centres), antialiased
+    where it shrinks by more than :data:`PLAIN_BILINEAR_MAX_SHRINK`.
+
+    Enlarging or mildly shrinking (all 224 crops of the default 256 px faces): OpenCV's bilinear
+    resize, torchvision's convention to within one grey level and ~2x faster than torch's uint8
+    kernel. Stronger shrinking (larger sources): torch's antialiased uint8 bilinear kernel, exactly
+    what ``F.resized_crop(antialias=True)`` computes, so it does not alias.
+    """
+    top, left, h, w = box
+    crop = image[top : top + h, left : left + w]
+    if max(h, w) <= size * PLAIN_BILINEAR_MAX_SHRINK:
+        return cv2.resize(crop, (size, size), interpolation=cv2.INTER_LINEAR)
+    tensor = torch.from_numpy(np.ascontiguousarray(crop)).permute(2, 0, 1).unsqueeze(0)  # channels-last view
+    out = torch.nn.functional.interpolate(tensor, size=(size, size), mode="bilinear", antialias=True)
+    return np.ascontiguousarray(out[0].permute(1, 2, 0).numpy())
+
+
+def resize_crop_labels(seg: np.ndarray, box: tuple[int, int, int, int], size: int) -> np.ndarray:
+    """uint8 ``(H, W)`` label map crop ``box`` -> ``(size, size)``, nearest-exact (pixel centres)."""
+    top, left, h, w = box
+    return cv2.resize(seg[top : top + h, left : left + w], (size, size), interpolation=cv2.INTER_NEAREST_EXACT)
+
+
+def _scale_shift(image: np.ndarray, scale: float, shift: float) -> np.ndarray:
+    """``trunc(clamp(scale * x + shift, 0, 255))`` per pixel, in one saturating uint8 pass."""
+    return cv2.addWeighted(image, scale, image, 0.0, shift + _TRUNCATE)
+
+
+def jitter_colours(
+    image: np.ndarray, brightness: float | None, contrast: float | None, saturation: float | None
+) -> np.ndarray:
+    """torchvision's ``adjust_brightness``, ``adjust_contrast``, ``adjust_saturation`` on uint8 HWC RGB,
+    in that order (None skips one), with uint8 results clamped and truncated after each as torchvision does.
+
+    Each op is one saturating OpenCV pass. The contrast mean is torchvision's mean grey level
+    ``mean(floor(0.2989 r + 0.587 g + 0.114 b))`` taken as the weighted channel means minus the
+    floor's average half level; saturation blends each pixel with its exact (not floored) grey.
+    Both differ from torchvision by at most one or two grey levels (``tests/data``).
+    """
+    out = image
+    if brightness is not None:
+        out = _scale_shift(out, brightness, 0.0)
+    if contrast is not None:
+        channel_means = np.asarray(cv2.mean(out)[:3])
+        grey_mean = float(channel_means @ _GRAY_WEIGHTS) - 0.5
+        out = _scale_shift(out, contrast, (1.0 - contrast) * max(grey_mean, 0.0))
+    if saturation is not None:
+        # s * x + (1 - s) * grey(x) for every channel: one 3x4 colour matrix (the grey's floor as -0.5 on average)
+        matrix = np.zeros((3, 4), dtype=np.float32)
+        matrix[:, :3] = saturation * np.eye(3) + (1.0 - saturation) * _GRAY_WEIGHTS[None, :]
+        matrix[:, 3] = -(1.0 - saturation) * 0.5 + _TRUNCATE
+        out = cv2.transform(out, matrix)
+    return out
+
+
+def _flip_lut_256() -> np.ndarray:
+    """``flip_label_lut()`` as a 256-entry uint8 table (ids beyond the labels map to themselves)."""
+    lut = np.arange(256, dtype=np.uint8)
+    flip = flip_label_lut()
+    lut[: len(flip)] = flip
+    return lut
+
+
+class JointTransform:
+    """Joint augmentation; :meth:`apply` (uint8 HWC arrays, used by the data workers) or ``__call__``.
+
+    ``__call__(image uint8 [3,H,W], seg [H,W], gen, meta) -> (image float32 [3,S,S], seg int64 [S,S], meta)``,
+    normalised with ``config.mean/std`` (the same numbers :func:`normalize_images` gives on the device).
+
+    ``train=True``: random resized crop + flip (joint), colour jitter (image).
+    ``train=False``: resize to ``size / eval_crop_fraction`` and centre crop ``size`` (joint).
     If ``meta`` holds ``landmarks5`` they are mapped the same way (a new dict is returned).
     """
 
@@ -107,40 +218,72 @@ class JointTransform:
         self.size = size
         self.train = train
         self.config = config or AugmentConfig()
-        self._flip_lut = torch.tensor(flip_label_lut(), dtype=torch.int64)
-        self._mean = torch.tensor(self.config.mean, dtype=torch.float32).view(3, 1, 1)
-        self._std = torch.tensor(self.config.std, dtype=torch.float32).view(3, 1, 1)
+        self._flip_lut = _flip_lut_256()
 
-    def _geometry(self, height: int, width: int, gen: torch.Generator) -> tuple[tuple[int, int, int, int], bool]:
+    def _sample(
+        self, height: int, width: int, gen: torch.Generator
+    ) -> tuple[tuple[int, int, int, int], bool, list[float] | None]:
+        """Everything random, drawn up front: crop box, flip, and (training) the colour jitter's uniforms."""
         cfg = self.config
         if self.train:
             box = sample_resized_crop(height, width, cfg.crop_scale, cfg.crop_ratio, gen)
-            flip = bool(torch.rand((), generator=gen).item() < cfg.hflip_prob)
-            return box, flip
+            # flip, then jitter's apply/brightness/contrast/saturation/hue: the same numbers as six scalar
+            # draws in that order, in one call (nothing draws from the generator after them)
+            flip_u, *colour = torch.rand(6, generator=gen).tolist()
+            return box, flip_u < cfg.hflip_prob, colour
         # Eval: the centre crop of a (size / fraction) resize is the centre box of side
         # fraction * min(H, W) in source pixels, resized to `size` in one step.
         side = min(height, width) * cfg.eval_crop_fraction
         h = w = max(1, round(side))
-        return ((height - h) // 2, (width - w) // 2, h, w), False
+        return ((height - h) // 2, (width - w) // 2, h, w), False, None
 
-    def _jitter(self, image: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    def _jitter(self, image: np.ndarray, uniforms: list[float]) -> np.ndarray:
         cfg = self.config
-        if torch.rand((), generator=gen).item() >= cfg.jitter_prob:
+        apply_u, u_b, u_c, u_s, u_h = uniforms
+        if apply_u >= cfg.jitter_prob:
             return image
-        # Always draw all factors (fixed number of draws) so one setting does not shift another's.
-        b = _uniform(gen, max(0.0, 1 - cfg.brightness), 1 + cfg.brightness)
-        c = _uniform(gen, max(0.0, 1 - cfg.contrast), 1 + cfg.contrast)
-        s = _uniform(gen, max(0.0, 1 - cfg.saturation), 1 + cfg.saturation)
-        hue = _uniform(gen, -cfg.hue, cfg.hue)
-        if cfg.brightness > 0:
-            image = F.adjust_brightness(image, b)
-        if cfg.contrast > 0:
-            image = F.adjust_contrast(image, c)
-        if cfg.saturation > 0:
-            image = F.adjust_saturation(image, s)
-        if cfg.hue > 0:
-            image = F.adjust_hue(image, hue)
+        # All factors are drawn (fixed number of draws) so one setting does not shift another's.
+        b = max(0.0, 1 - cfg.brightness) + (1 + cfg.brightness - max(0.0, 1 - cfg.brightness)) * u_b
+        c = max(0.0, 1 - cfg.contrast) + (1 + cfg.contrast - max(0.0, 1 - cfg.contrast)) * u_c
+        s = max(0.0, 1 - cfg.saturation) + (1 + cfg.saturation - max(0.0, 1 - cfg.saturation)) * u_s
+        hue = -cfg.hue + 2 * cfg.hue * u_h
+        image = jitter_colours(
+            image,
+            b if cfg.brightness > 0 else None,
+            c if cfg.contrast > 0 else None,
+            s if cfg.saturation > 0 else None,
+        )
+        if cfg.hue > 0:  # rare and costly anyway: torchvision's op on a CHW view
+            shifted = F.adjust_hue(torch.from_numpy(image).permute(2, 0, 1), hue)
+            image = np.ascontiguousarray(shifted.permute(1, 2, 0).numpy())
         return image
+
+    def apply(
+        self,
+        image: np.ndarray,
+        seg: np.ndarray,
+        gen: torch.Generator,
+        meta: dict[str, Any] | None = None,
+    ) -> tuple[np.ndarray, np.ndarray, dict[str, Any] | None]:
+        """``(image uint8 (H,W,3) RGB, seg uint8 (H,W), gen, meta) -> (uint8 (S,S,3), uint8 (S,S), meta)``."""
+        if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+            raise ValueError(f"image must be uint8 (H, W, 3), got {image.dtype} {image.shape}")
+        if seg.dtype != np.uint8:
+            raise ValueError(f"seg must be uint8 (H, W), got {seg.dtype}")
+        if seg.shape != image.shape[:2]:
+            raise ValueError(f"seg {seg.shape} does not match image {image.shape[:2]}")
+        height, width = seg.shape
+        box, flip, colour = self._sample(height, width, gen)
+        image = resize_crop_image(image, box, self.size)
+        seg_out = resize_crop_labels(seg, box, self.size)
+        if flip:
+            image = cv2.flip(image, 1)
+            seg_out = cv2.LUT(cv2.flip(seg_out, 1), self._flip_lut)
+        if colour is not None:
+            image = self._jitter(image, colour)
+        if meta is not None and meta.get("landmarks5") is not None:
+            meta = dict(meta, landmarks5=_map_landmarks(meta["landmarks5"], box, self.size, flip))
+        return image, seg_out, meta
 
     def __call__(
         self,
@@ -153,19 +296,8 @@ class JointTransform:
             raise ValueError(f"image must be uint8 [3,H,W], got {image.dtype} {tuple(image.shape)}")
         if seg.shape != image.shape[1:]:
             raise ValueError(f"seg {tuple(seg.shape)} does not match image {tuple(image.shape[1:])}")
-        height, width = seg.shape
-        box, flip = self._geometry(height, width, gen)
-        top, left, h, w = box
-        out = [self.size, self.size]
-        image = F.resized_crop(image, top, left, h, w, out, InterpolationMode.BILINEAR, antialias=True)
-        seg_out = F.resized_crop(seg.to(torch.uint8)[None], top, left, h, w, out, InterpolationMode.NEAREST_EXACT)[0]
-        seg_out = seg_out.to(torch.int64)
-        if flip:
-            image = image.flip(-1)
-            seg_out = self._flip_lut[seg_out.flip(-1)]
-        if self.train:
-            image = self._jitter(image, gen)
-        image = (image.to(torch.float32) / 255.0 - self._mean) / self._std
-        if meta is not None and meta.get("landmarks5") is not None:
-            meta = dict(meta, landmarks5=_map_landmarks(meta["landmarks5"], box, self.size, flip))
-        return image.contiguous(), seg_out.contiguous(), meta
+        hwc = np.ascontiguousarray(image.permute(1, 2, 0).numpy())
+        out_image, out_seg, meta = self.apply(hwc, seg.to(torch.uint8).numpy(), gen, meta)
+        chw = torch.from_numpy(out_image).permute(2, 0, 1)
+        normalised = normalize_images(chw, self.config.mean, self.config.std)
+        return normalised, torch.from_numpy(out_seg).to(torch.int64), meta

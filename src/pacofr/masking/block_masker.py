@@ -43,6 +43,8 @@ class _Uniforms:
 class BlockMasker(Masker):
     """Blockwise masking (BEiT baseline) with an exact count of ``round(N * mask_ratio)`` patches."""
 
+    label_dtype = torch.uint8  # the map only feeds patch_region_histograms, which takes any integer dtype
+
     def __init__(
         self,
         patch_size: int = 16,

@@ -11,6 +11,8 @@ from pacofr.masking.common import RegionMaskResult, check_mask_ratio, num_masked
 class RandomMasker(Masker):
     """Uniformly random patches (MAE baseline); the parsing map is only used for ``region_hist``."""
 
+    label_dtype = torch.uint8  # the map only feeds patch_region_histograms, which takes any integer dtype
+
     def __init__(self, patch_size: int = 16, mask_ratio: float = 0.75) -> None:
         self.patch_size = int(patch_size)
         self.mask_ratio = check_mask_ratio(mask_ratio)
