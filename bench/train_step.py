@@ -16,7 +16,11 @@ synthetic: random images, random masks with exactly the model's masked count, ra
 Incubation is off (it measures the main step). bf16 autocast on CUDA, fp32 on CPU.
 
 Timing: CUDA synchronises only at both ends of the timed window (no per-step sync, so the host can run
-ahead as in training); CPU takes the median of per-step wall times (robust on a shared machine).
+ahead as in training). CPU takes the median of per-step process CPU times (``time.process_time``: the
+step's cost, not the load of a shared machine; "1st step s" stays wall time) and, by default
+(``--interleave``), times the bare rows together, one step of each in turn, so that what load remains
+(caches, memory bandwidth) falls on every row alike. Timed one after the other in wall time, the same
+build measured 0.73x and 1.04x PaCo-FR/MAE compiled in two runs on the loaded 2-core CI machine.
 Prints a markdown table, one JSON line per row and one summary JSON line (ratios, overhead, goals).
 """
 
@@ -56,6 +60,7 @@ from bench.common import (  # noqa: E402
     rss_bytes,
 )
 from pacofr.data.format import NUM_LABELS, NUM_REGIONS  # noqa: E402
+from pacofr.modules.nonfinite import NonFiniteGuard  # noqa: E402
 from pacofr.modules.pretrain import PaCoFRPretrain  # noqa: E402
 from pacofr.optim import build_adamw, param_groups, scaled_lr, warmup_cosine  # noqa: E402
 
@@ -114,12 +119,12 @@ def synthetic_batches(module: PaCoFRPretrain, batch: int, count: int, device: to
 
 # --- the bare loop --------------------------------------------------------------------------------------
 def bare_optimizer(module: PaCoFRPretrain, batch: int, total_steps: int) -> tuple[torch.optim.Optimizer, LambdaLR]:
-    """The module's AdamW groups and warmup-cosine schedule, without a Trainer (fused on CUDA)."""
+    """The module's AdamW groups and warmup-cosine schedule, without a Trainer (fused, as the module's)."""
     hp = module.hparams
     no_decay = {"model." + n for n in module.model.no_weight_decay()}
     named = [(n, p) for n, p in module.named_parameters() if p.requires_grad]
     groups = [g for g in param_groups(named, hp.weight_decay, no_decay_names=no_decay) if g["params"]]
-    optimizer = build_adamw(groups, lr=scaled_lr(hp.base_lr, batch), betas=tuple(hp.betas))
+    optimizer = build_adamw(groups, lr=scaled_lr(hp.base_lr, batch), betas=tuple(hp.betas), fused=True)
     schedule = LambdaLR(optimizer, lambda step: warmup_cosine(step, hp.warmup_steps, total_steps, hp.min_lr_ratio))
     return optimizer, schedule
 
@@ -132,10 +137,14 @@ def bare_step_fn(
     steps: int,
     compute: Callable | None = None,
 ):
-    """One training step as a closure; ``compute`` replaces ``module.compute_losses`` (e.g. compiled)."""
+    """One training step as a closure; ``compute`` replaces ``module.compute_losses`` (e.g. compiled).
+
+    The non-finite guard runs as in ``training_step``, on the device: the all-ranks flag goes to the fused
+    AdamW as ``found_inf`` and gates the codebook bookkeeping (no host sync)."""
     compute = compute or module.compute_losses
     optimizer, schedule = bare_optimizer(module, batches[0]["image"].shape[0], steps)
     params = [p for p in module.parameters() if p.requires_grad]
+    guard = NonFiniteGuard(module.hparams.max_nonfinite_steps)
     counter = {"i": 0}
 
     def step() -> None:
@@ -143,14 +152,16 @@ def bare_step_fn(
         counter["i"] += 1
         with autocast():
             total, _, out = compute(batch)
+        finite = guard.observe(total, counter["i"])
         total.backward()
         if clip:
             torch.nn.utils.clip_grad_norm_(params, clip)
+        optimizer.found_inf = 1.0 - finite
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         schedule.step()
         if "target_code" in out:
-            module.model.update_codebook_state({"target": out["target"], "target_code": out["target_code"]})
+            module.model.codebook.update_state(out["target"], out["target_code"], apply=finite)
 
     return step, optimizer
 
@@ -168,6 +179,13 @@ class Measurement:
     peak_mem_bytes: int | None = None
     static_mem_bytes: int | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+
+
+def step_clock(device: torch.device) -> float:
+    """The clock of per-step times: wall time on CUDA; on CPU the process's CPU time, i.e. what the step
+    costs, without the time the scheduler gives the other jobs of a shared machine (with one thread and
+    more runnable jobs than cores, wall time measures the load as much as the step)."""
+    return time.perf_counter() if device.type == "cuda" else time.process_time()
 
 
 def sync(device: torch.device) -> None:
@@ -213,13 +231,35 @@ def time_loop(
     per_step = []
     start = time.perf_counter()
     for _ in range(steps):
-        t = time.perf_counter()
+        t = step_clock(device)
         step()
-        per_step.append(time.perf_counter() - t)
+        per_step.append(step_clock(device) - t)
     sync(device)
     window = time.perf_counter() - start
     probe()
+    if not steps:
+        return float("nan"), first
     return (window / steps if device.type == "cuda" else statistics.median(per_step)), first
+
+
+def time_interleaved(prepared: list[tuple], steps: int, device: torch.device) -> None:
+    """Time warmed-up rows together, one step of each in turn (``--interleave``, the CPU default): on a shared
+    machine the load drifts over minutes, and timed one after the other the rows would each see another load.
+    Sets each row's ``step_s`` (median) and the graphs compiled inside the window (any row)."""
+    per_step: list[list[float]] = [[] for _ in prepared]
+    graphs_before = compiled_graphs()
+    for _ in range(steps):
+        for times, (_, step, *_) in zip(per_step, prepared):
+            sync(device)
+            t = step_clock(device)
+            step()
+            sync(device)
+            times.append(step_clock(device) - t)
+    recompiled = compiled_graphs() - graphs_before
+    for times, (row, *_) in zip(per_step, prepared):
+        row.step_s = statistics.median(times)
+        if row.mode != "eager":
+            row.extra["recompiled_while_timed"] = recompiled
 
 
 def compiled_graphs() -> int:
@@ -282,7 +322,7 @@ class StepClock(L.Callback):
             sync(device)
             self.window_start = time.perf_counter()
         if self.warmup <= step <= self.warmup + self.steps:
-            self.starts.append(time.perf_counter())
+            self.starts.append(step_clock(device))
         if step == self.warmup + self.steps:
             sync(device)
             self.window_end = time.perf_counter()
@@ -463,6 +503,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--max-batch-limit", type=int, default=8192)
     p.add_argument("--sync-debug", action="store_true", help="CUDA: list host-device syncs of one step per loop")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    p.add_argument(
+        "--interleave",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="time the bare rows together, one step of each in turn (default: on CPU; CUDA times each row alone)",
+    )
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
     args.config = args.config or CONFIGS["tiny" if args.size == "tiny" else "other"]
@@ -471,6 +517,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.warmup = max(1, args.warmup if args.warmup is not None else (5 if on_cuda else 2))
     args.peak = args.peak or (790.0 if on_cuda else None)
     args.bf16 = on_cuda
+    args.interleave = (not on_cuda) if args.interleave is None else args.interleave
     return args
 
 
@@ -497,6 +544,7 @@ def main(argv: list[str] | None = None) -> None:
         return PaCoFRPretrain(**model_kwargs(config, args, method))
 
     rows: list[Measurement] = []
+    interleaved: list[tuple] = []  # (row, step, optimizer, module, batches) of rows timed together
     flops: dict[str, float] = {}
     syncs: dict[str, dict[str, int]] = {}
     kept: dict[str, Any] = {}
@@ -509,7 +557,8 @@ def main(argv: list[str] | None = None) -> None:
             batches = synthetic_batches(module, args.batch, 2, device, args.seed)
             compute = None
             if mode != "eager":
-                torch._dynamo.reset()  # fresh caches: this row compiles its own graphs
+                if not args.interleave:
+                    torch._dynamo.reset()  # fresh caches: this row compiles its own graphs
                 torch._dynamo.utils.counters.clear()  # and counts only its own graph breaks
                 module.hparams.compile = True
                 if args.compile_backend == "inductor":
@@ -522,7 +571,8 @@ def main(argv: list[str] | None = None) -> None:
             step, optimizer = bare_step_fn(module, batches, autocast, clip, args.warmup + args.steps, compute)
             warmup = args.warmup + (args.compile_warmup if mode != "eager" else 0)
             graphs = []  # graphs compiled before / after the timed window: a recompile inside it skews the row
-            step_s, first = time_loop(step, warmup, args.steps, device, lambda g=graphs: g.append(compiled_graphs()))
+            timed = 0 if args.interleave else args.steps  # interleaved rows are timed together below
+            step_s, first = time_loop(step, warmup, timed, device, lambda g=graphs: g.append(compiled_graphs()))
             peak = memory_peak(device)
             static = memory_now(device)  # parameters, optimizer state, batches (grads are None here)
             label = f"{method} {mode}"
@@ -536,12 +586,23 @@ def main(argv: list[str] | None = None) -> None:
                 with record_syncs(syncs.setdefault(f"bare {label}", {})):
                     step()
                     sync(device)
+            if args.interleave:
+                interleaved.append((row, step, optimizer, module, batches))
+                continue
             del optimizer, step, compute
             if method == "pacofr" and mode == lightning_mode:
                 kept.update(module=module, batches=batches)  # the Lightning row reuses it (no second compile)
             else:
                 del module, batches
             gc.collect()
+
+    if interleaved:
+        time_interleaved(interleaved, args.steps, device)
+        for row, _, _, module, batches in interleaved:
+            if row.method == "pacofr" and row.mode == lightning_mode:
+                kept.update(module=module, batches=batches)
+        interleaved.clear()
+        gc.collect()
 
     if args.lightning:
         module, batches = kept["module"], kept["batches"]

@@ -123,6 +123,14 @@ class PacofrCLI(LightningCLI):
             config.ckpt_path = str(path) if path is not None else None
         if config.ckpt_path is not None and config.get("weights_only") is None:
             config.weights_only = True  # pacofr checkpoints hold tensors and plain values only
+        sharded = config.ckpt_path is not None and Path(config.ckpt_path).is_dir()
+        if sharded and "fsdp" not in str(config.trainer.strategy).lower():
+            # only FSDP reads a folder of shards; anything else needs the one-file form first
+            raise ValueError(
+                f"{config.ckpt_path} is a sharded (FSDP) checkpoint and this run does not use FSDP. Make one file "
+                f"with `pacofr checkpoint consolidate {config.ckpt_path} --out CONSOLIDATED.ckpt` and resume "
+                "with `--resume CONSOLIDATED.ckpt`, or keep the FSDP preset (configs/trainer/fsdp*.yaml)."
+            )
 
 
 def _show_pacofr_info_logs() -> None:

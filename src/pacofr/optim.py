@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 import torch
 from torch import nn
@@ -15,7 +15,10 @@ def scaled_lr(base_lr: float, global_batch: int, reference_batch: int = 256) -> 
 
 
 def param_groups(
-    named_params: Iterable[tuple[str, nn.Parameter]], weight_decay: float, no_decay_names: Iterable[str] = ()
+    named_params: Iterable[tuple[str, nn.Parameter]],
+    weight_decay: float,
+    no_decay_names: Iterable[str] = (),
+    ndim: Mapping[str, int] | None = None,
 ) -> list[dict]:
     """Two AdamW groups: decayed weights, and everything that must not decay.
 
@@ -23,13 +26,15 @@ def param_groups(
     ``no_weight_decay()`` (position embeddings, class/mask tokens, the codebook) matched as suffixes of
     the full parameter name, so a name given by a sub-module matches below its prefix. Every parameter
     is included, even one idle for now (incubation): AdamW skips parameters whose grad is None.
+    ``ndim`` maps names to the parameters' dimensions as built, for wrappers (FSDP) that flatten them.
     """
     skip = tuple(no_decay_names)
     decay, no_decay = [], []
     for name, param in named_params:
         if not param.requires_grad:
             continue
-        if param.ndim <= 1 or any(name == s or name.endswith("." + s) for s in skip):
+        dims = ndim[name] if ndim is not None else param.ndim
+        if dims <= 1 or any(name == s or name.endswith("." + s) for s in skip):
             no_decay.append(param)
         else:
             decay.append(param)

@@ -1,24 +1,63 @@
 """Distributed strategies with typed, YAML-friendly arguments.
 
 DDP and FSDP are a config swap (``configs/trainer/ddp.yaml`` / ``fsdp.yaml``) over the same module code.
-FSDP wraps each transformer block (timm ``Block``) as its own unit, the usual policy for ViTs.
+FSDP wraps each transformer block (timm ``Block``) as its own unit, the usual policy for ViTs. The candidate
+codebook is a unit of its own that is *replicated* (``NO_SHARD``): it is small, and its bookkeeping (EMA
+prototypes, dead-code re-seeding) rewrites codes between steps, outside any forward, where a sharded parameter
+would only be this rank's slice.
+
+FSDP also runs on CPU processes over gloo (``configs/trainer/fsdp_cpu.yaml``): torch's FSDP works there once it
+is told the device explicitly, but Lightning passes ``device_id=None`` for CPU, which torch then rejects ("FSDP
+needs a non-CPU accelerator device"). The CPU path is what the tests and the CPU SLURM variant exercise.
 """
 
 from __future__ import annotations
 
+import shutil
 from datetime import timedelta
-from typing import Literal
+from pathlib import Path
+from typing import Any, Literal
 
+import torch
+from lightning.fabric.strategies.fsdp import (
+    _get_full_state_dict_context,
+    _move_torchmetrics_to_device,
+    _setup_activation_checkpointing,
+)
+from lightning.fabric.strategies.model_parallel import _load_raw_module_state
+from lightning.fabric.utilities.load import _lazy_load, _materialize_tensors
 from lightning.pytorch.strategies import FSDPStrategy
+from lightning.pytorch.trainer.states import TrainerFn
 from timm.models.vision_transformer import Block
+from torch import nn
+from torch.distributed.fsdp.wrap import CustomPolicy
+
+from pacofr.checkpointing import optim_keys
+
+
+def wrap_policy(module: nn.Module) -> bool | dict:
+    """FSDP unit per ViT block (sharded as configured); the codebook as a replicated unit."""
+    from torch.distributed.fsdp import ShardingStrategy
+
+    from pacofr.models.codebook import CandidateCodebook
+
+    if isinstance(module, Block):
+        return True
+    if isinstance(module, CandidateCodebook):
+        # replicated over every rank: the world group, not the (intra, inter) pair a hybrid root hands down
+        return {"sharding_strategy": ShardingStrategy.NO_SHARD, "process_group": torch.distributed.group.WORLD}
+    return False
 
 
 class BlockFSDPStrategy(FSDPStrategy):
     """FSDP with one wrap unit per transformer block.
 
     Args:
-        sharding_strategy: ``FULL_SHARD`` (ZeRO-3 across all ranks) or ``HYBRID_SHARD`` (shard inside a node,
-            replicate across nodes: less inter-node traffic) or ``SHARD_GRAD_OP`` (ZeRO-2).
+        sharding_strategy: ``FULL_SHARD`` (ZeRO-3 across all ranks) or ``SHARD_GRAD_OP`` (ZeRO-2) or
+            ``HYBRID_SHARD`` (shard inside a node, replicate across nodes: less inter-node traffic). The node
+            groups are built from the job's layout (``num_nodes`` x ``devices``), not left to torch, which
+            takes the node size from the accelerators *this process* sees: 1 on CPU hosts and under
+            ``--gpus-per-task=1``, so every process became a "node" and the gradients came out wrong.
         state_dict_type: ``sharded`` (each rank writes its shard: fast, needs ``pacofr checkpoint consolidate``
             for a single file) or ``full`` (rank 0 gathers one file).
         activation_checkpointing: recompute block activations in backward (less memory, ~30% more compute).
@@ -34,7 +73,7 @@ class BlockFSDPStrategy(FSDPStrategy):
         process_group_backend: str | None = None,
     ):
         super().__init__(
-            auto_wrap_policy={Block},
+            auto_wrap_policy=CustomPolicy(wrap_policy),
             activation_checkpointing_policy={Block} if activation_checkpointing else None,
             sharding_strategy=sharding_strategy,
             state_dict_type=state_dict_type,
@@ -42,3 +81,109 @@ class BlockFSDPStrategy(FSDPStrategy):
             process_group_backend=process_group_backend,
             use_orig_params=True,  # keeps per-parameter names, so AdamW groups (no decay on norms...) work
         )
+
+    def _hybrid_process_groups(self) -> tuple[Any, Any]:
+        """(intra-node, inter-node) groups of this rank, from Lightning's rank layout (node-major)."""
+        per_node, nodes = self.num_processes, self.num_nodes
+        intra, _ = torch.distributed.new_subgroups_by_enumeration(
+            [[node * per_node + i for i in range(per_node)] for node in range(nodes)]
+        )
+        inter, _ = torch.distributed.new_subgroups_by_enumeration(
+            [[node * per_node + i for node in range(nodes)] for i in range(per_node)]
+        )
+        return intra, inter
+
+    def _setup_model(self, model: nn.Module) -> nn.Module:
+        from torch.distributed.fsdp import ShardingStrategy
+
+        hybrid = self.sharding_strategy in (ShardingStrategy.HYBRID_SHARD, ShardingStrategy._HYBRID_SHARD_ZERO2)
+        if hybrid and "process_group" not in self.kwargs and "device_mesh" not in self.kwargs:
+            self.kwargs["process_group"] = self._hybrid_process_groups()
+        if self.root_device.type != "cpu":
+            return super()._setup_model(model)
+        from torch.distributed.fsdp import FullyShardedDataParallel
+
+        if any(isinstance(m, FullyShardedDataParallel) for m in model.modules()):
+            raise RuntimeError("the model is already wrapped in FSDP; pacofr wraps it itself (one unit per block)")
+        wrapped = FullyShardedDataParallel(
+            module=model,
+            cpu_offload=self.cpu_offload,
+            mixed_precision=self.mixed_precision_config,
+            sharding_strategy=self.sharding_strategy,
+            device_id=torch.device("cpu"),  # explicit: with None torch refuses CPU-only hosts
+            **self.kwargs,
+        )
+        # the rest of what Lightning's _setup_model does after wrapping
+        _move_torchmetrics_to_device(wrapped, self.root_device)
+        _setup_activation_checkpointing(wrapped, self._activation_checkpointing_kwargs)
+        return wrapped
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], filepath: Any, storage_options: Any = None) -> None:
+        """Sharded checkpoints are written to a hidden sibling folder and renamed into place once complete.
+
+        torch.distributed.checkpoint writes its ``.metadata`` last, but rewriting an existing folder (the
+        preemption checkpoint, ``last.ckpt``) would leave old metadata beside half-new shards if the job died
+        mid-write. A hidden name is never a resume candidate, so a crash at any point leaves either the old
+        checkpoint or the new one, never a mix.
+        """
+        if self._state_dict_type != "sharded":
+            return super().save_checkpoint(checkpoint, filepath, storage_options)
+        final = Path(self.broadcast(str(filepath)))
+        partial = final.parent / f".{final.name}.partial"
+        if self.global_rank == 0 and partial.exists():
+            shutil.rmtree(partial)  # left by a job that died mid-write
+        self.barrier("pacofr-sharded-save-start")
+        super().save_checkpoint(checkpoint, partial, storage_options)
+        self.barrier("pacofr-sharded-save-written")  # every shard and meta.pt are on disk
+        if self.global_rank == 0:
+            old = final.parent / f".{final.name}.old"
+            if final.exists():
+                if old.exists():
+                    shutil.rmtree(old) if old.is_dir() else old.unlink()
+                final.rename(old)
+            partial.rename(final)
+            if old.exists():
+                shutil.rmtree(old) if old.is_dir() else old.unlink()
+        self.barrier("pacofr-sharded-save-renamed")
+
+    def load_checkpoint(self, checkpoint_path: Any, weights_only: bool | None = None) -> dict[str, Any]:
+        """Also resumes from a single-file checkpoint written by DDP or by ``pacofr checkpoint consolidate``.
+
+        Lightning maps such a file's position-keyed optimiser state onto the *model's* parameter order, but
+        pacofr's optimiser groups run in another order; the names recorded with the checkpoint
+        (``pacofr.checkpointing.optim_keys``) key the state by name instead, the layout FSDP loads.
+        """
+        path = Path(self.broadcast(str(checkpoint_path)))
+        if not path.is_file():
+            return super().load_checkpoint(path, weights_only)
+        from torch.distributed.fsdp import FullyShardedDataParallel
+
+        checkpoint = _lazy_load(path)
+        legacy = tuple(getattr(self.lightning_module, "legacy_state_prefixes", ()))
+        for key in [k for k in checkpoint["state_dict"] if legacy and k.startswith(legacy)]:
+            del checkpoint["state_dict"][key]
+        _load_raw_module_state(
+            checkpoint.pop("state_dict"), module=self.model, world_size=self.world_size,
+            strict=self.lightning_module.strict_loading,
+        )  # fmt: skip
+        checkpoint = _materialize_tensors(checkpoint)
+        states = checkpoint.get("optimizer_states")
+        if states is None or self.lightning_module.trainer.state.fn != TrainerFn.FITTING:
+            return checkpoint
+        if len(states) != len(self.optimizers):
+            raise RuntimeError(f"checkpoint has {len(states)} optimiser states, this run {len(self.optimizers)}")
+        recorded = checkpoint.get(optim_keys.NAMES_KEY) or []
+        with _get_full_state_dict_context(self.model, world_size=self.world_size, rank0_only=False):
+            for i, (optimizer, state) in enumerate(zip(self.optimizers, states)):
+                saved = optim_keys.saved_group_names(state, recorded[i] if i < len(recorded) else None)
+                if saved is None:
+                    raise optim_keys.OptimizerLayoutError(
+                        f"{path}: position-keyed optimiser state without recorded parameter names (a checkpoint "
+                        "from before pacofr recorded them): FSDP cannot tell which state is whose. Resume it once "
+                        "with the DDP preset, whose checkpoints record the names."
+                    )
+                named = optim_keys.to_name_keyed(state, saved)
+                optimizer.load_state_dict(
+                    FullyShardedDataParallel.optim_state_dict_to_load(self.model, optimizer, named)
+                )
+        return checkpoint

@@ -1,7 +1,8 @@
 """``pacofr checkpoint consolidate``: a sharded checkpoint written by 2 gloo processes with
 torch.distributed.checkpoint in Lightning's FSDP layout (model and optimiser as DTensor shards, the rest in
 ``meta.pt``) becomes one file whose weights and optimiser state equal the originals, and whose optimiser state
-loads into a plain (DDP-style) optimiser. FSDP itself needs GPUs, so the shards come from DTensors."""
+loads into a plain (DDP-style) optimiser. The shards come from DTensors here, so the layout is checked on its
+own; test_fsdp_cpu.py consolidates what a real FSDP run wrote and resumes it under DDP."""
 
 from __future__ import annotations
 

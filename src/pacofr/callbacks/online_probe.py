@@ -23,6 +23,7 @@ import torch
 from pacofr.eval.crop import IMAGENET_MEAN, IMAGENET_STD, crop_resize, to_tensor_image
 from pacofr.eval.datasets import SynthFaces
 from pacofr.eval.probes import KNNProbe, RidgeProbe
+from pacofr.fsdp_calls import call_unsharded, is_fsdp
 
 POSE_AXES = ("yaw", "pitch", "roll")
 
@@ -59,6 +60,7 @@ class OnlineProbe(L.Callback):
         self.every, self.batch_size, self.pool = every_n_steps, batch_size, pool
         self.ridge_alpha, self.num_folds, self.knn_k = ridge_alpha, num_folds, knn_k
         self.images: torch.Tensor | None = None  # this process's share, normalised, on the CPU
+        self.num_chosen = 0  # probe images over all ranks
         self.pose: torch.Tensor | None = None
         self.identity: torch.Tensor | None = None
         self.index: torch.Tensor | None = None
@@ -76,6 +78,7 @@ class OnlineProbe(L.Callback):
         n = min(self.num_samples, len(faces))
         chosen = np.unique(np.linspace(0, len(faces) - 1, n).round().astype(int))
         mine = chosen[trainer.global_rank :: trainer.world_size]
+        self.num_chosen = len(chosen)
         encoder = _encoder(pl_module)
         size = int(encoder.patch_embed.img_size[0])
         augment = getattr(trainer.datamodule, "augment", None)
@@ -108,13 +111,18 @@ class OnlineProbe(L.Callback):
         was_training = encoder.training
         encoder.eval()
         out = []
+        mine = self.images.shape[0]
+        # FSDP: every rank runs the same number of forwards (each gathers the weights), even with a smaller share
+        largest_share = -(-self.num_chosen // trainer.world_size) if is_fsdp(trainer) else mine
         try:
-            for start in range(0, self.images.shape[0], self.batch_size):
-                x = self.images[start : start + self.batch_size].to(pl_module.device)
+            for start in range(0, largest_share, self.batch_size):
+                x = self.images[start : start + self.batch_size]
+                if x.shape[0] == 0:
+                    x = torch.zeros(1, *self.images.shape[1:])  # a stand-in so this rank joins the gather
                 with trainer.precision_plugin.forward_context():
-                    tokens = encoder.forward_features(x)
+                    tokens = call_unsharded(trainer, encoder.forward_features, x.to(pl_module.device))
                 pooled = tokens[:, encoder.num_prefix_tokens :].mean(1) if self.pool == "avg" else tokens[:, 0]
-                out.append(pooled.float())
+                out.append(pooled.float()[: max(0, min(self.batch_size, mine - start))])
         finally:
             encoder.train(was_training)
         return torch.cat(out) if out else torch.empty(0, encoder.embed_dim, device=pl_module.device)

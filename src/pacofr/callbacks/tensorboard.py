@@ -13,6 +13,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from torchvision.utils import make_grid
 
 from pacofr.data.format import NUM_REGIONS
+from pacofr.fsdp_calls import call_unsharded, is_fsdp
 
 # One colour per region group (format.REGION_NAMES order), for region-map renderings.
 REGION_COLOURS = (
@@ -66,19 +67,26 @@ class PretrainImages(L.Callback):
         self.every = max(1, every_n_steps)
         self.num_images = num_images
 
-    @rank_zero_only
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx) -> None:
         step = trainer.global_step
         if step % self.every != 0 and step != 1:
             return
+        sharded = is_fsdp(trainer)  # FSDP: every rank joins the forward that gathers the weights
+        if not sharded and not trainer.is_global_zero:
+            return
         writer = _writer(trainer)
-        if writer is None:
+        if writer is None and not sharded:
             return
         was_training = pl_module.training
         pl_module.eval()
-        with torch.no_grad():
-            views = pl_module.visualise(batch, self.num_images)
+        # fork the RNG: the grid's forward draws random replaced patches, and a monitor must not change which
+        # random numbers training sees next (DDP runs this on rank 0 only, FSDP on every rank: same training)
+        devices = [pl_module.device] if pl_module.device.type == "cuda" else []
+        with torch.no_grad(), torch.random.fork_rng(devices=devices):
+            views = call_unsharded(trainer, pl_module.visualise, batch, self.num_images)
         pl_module.train(was_training)
+        if writer is None or not trainer.is_global_zero:
+            return
         # rows: one sample each, columns: the views
         columns = [views[k].float().clamp(0, 1).cpu() for k in views]
         tiles = torch.stack(columns, dim=1).flatten(0, 1)

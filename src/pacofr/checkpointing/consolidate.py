@@ -8,8 +8,9 @@ reader (``lightning.fabric.utilities.load._load_distributed_checkpoint``, the co
 
 The file's ``state_dict`` has the same keys as a DDP checkpoint. FSDP's optimiser state is keyed by parameter
 name; by default it is re-keyed by position (the layout ``torch.optim`` and DDP checkpoints use), following
-the order of the names in each parameter group, which is the optimiser's own order. So ``--resume FILE``
-with the DDP preset continues the run (FSDP -> DDP). ``optimizer_keys="names"`` keeps FSDP's layout.
+the order of the names in each parameter group, which is the optimiser's own order, and those names are
+recorded beside it (``optim_keys.NAMES_KEY``), so a DDP resume maps each state to its parameter by name
+whatever order its own groups have (FSDP -> DDP). ``optimizer_keys="names"`` keeps FSDP's layout.
 ``weights_only`` keeps only the weights (and step/hyper-parameters), e.g. for export or a fresh optimiser.
 """
 
@@ -23,6 +24,7 @@ from lightning.fabric.utilities.load import _load_distributed_checkpoint
 from lightning.pytorch.utilities.consolidate_checkpoint import _format_checkpoint
 
 from pacofr.callbacks.checkpoint import AtomicCheckpointIO
+from pacofr.checkpointing import optim_keys
 from pacofr.checkpointing.resolve import DCP_METADATA, CheckpointUnreadable
 
 
@@ -73,8 +75,12 @@ def consolidate(
     if optimizer_keys not in ("positional", "names"):
         raise ValueError(f"optimizer_keys must be 'positional' or 'names', got {optimizer_keys!r}")
     checkpoint = load_sharded_checkpoint(sharded_dir)
-    if optimizer_keys == "positional" and "optimizer_states" in checkpoint:
-        checkpoint["optimizer_states"] = [positional_optimizer_state(s) for s in checkpoint["optimizer_states"]]
+    states = checkpoint.get("optimizer_states")
+    if states and all(optim_keys.is_name_keyed(s) for s in states):
+        # the names straight from FSDP's layout: the authority on which state is whose
+        checkpoint[optim_keys.NAMES_KEY] = [[list(g["params"]) for g in s["param_groups"]] for s in states]
+    if optimizer_keys == "positional" and states:
+        checkpoint["optimizer_states"] = [positional_optimizer_state(s) for s in states]
     if weights_only:
         keep = ("state_dict", "global_step", "epoch", "hyper_parameters", "hparams_name", "pytorch-lightning_version")
         checkpoint = {k: v for k, v in checkpoint.items() if k in keep}

@@ -11,9 +11,10 @@ patch's candidates. Two codebook update rules:
   its EMA prototype (``||sg(proto_k*) - g(c_k*)||^2``), so the codes stay pixel-aligned.
 
 State (usage counters, a ring buffer of recent patches, EMA tables) lives in device buffers and is
-updated by :meth:`CandidateCodebook.update_state` with tensor ops only (no host sync). Under DDP the
-counts and sums are all-reduced and re-seeded codes broadcast from rank 0, so every rank keeps the same
-codebook; DDP's own buffer broadcast is then unnecessary (``broadcast_buffers=False`` saves traffic).
+updated by :meth:`CandidateCodebook.update_state` with tensor ops only (no host sync). Under DDP/FSDP the
+counts and sums are all-reduced, the recent-patch rows all-gathered and re-seeded codes broadcast from rank 0,
+so every rank keeps the same codebook state; DDP's own buffer broadcast is then unnecessary
+(``broadcast_buffers=False`` saves traffic), and a checkpoint holding any rank's copy resumes exactly.
 """
 
 from __future__ import annotations
@@ -40,6 +41,15 @@ def _all_reduce_sum_(t: torch.Tensor) -> torch.Tensor:
     if _distributed():
         dist.all_reduce(t, op=dist.ReduceOp.SUM)
     return t
+
+
+def _all_gather_rows(t: torch.Tensor) -> torch.Tensor:
+    """(n, ...) on each rank -> (world * n, ...) on every rank, in rank order."""
+    if not _distributed():
+        return t
+    parts = [torch.empty_like(t) for _ in range(dist.get_world_size())]
+    dist.all_gather(parts, t.contiguous())
+    return torch.cat(parts)
 
 
 def _broadcast_(t: torch.Tensor) -> torch.Tensor:
@@ -232,33 +242,47 @@ class CandidateCodebook(nn.Module):
 
     # --- state updates (call after the optimiser step, outside the compiled forward) -----------------
     @torch.no_grad()
-    def update_state(self, patches: torch.Tensor, target_code: torch.Tensor) -> None:
+    def update_state(self, patches: torch.Tensor, target_code: torch.Tensor, apply: torch.Tensor | None = None) -> None:
         """Usage counters, recent-patch buffer, EMA prototypes, and (every ``reseed_every`` calls) dead-code
-        re-seeding. ``patches`` (B, N, P) normalised pixels, ``target_code`` (B, N) from :meth:`forward`."""
+        re-seeding. ``patches`` (B, N, P) normalised pixels, ``target_code`` (B, N) from :meth:`forward`.
+
+        ``apply``: an optional device scalar (bool or 0/1) that gates the whole update without a host sync;
+        where it is false (a skipped non-finite step) every buffer is left exactly as it was. The host-side
+        call counter still advances, so re-seeding keeps its cadence in steps (a re-seeding that falls on a
+        skipped step is skipped, the next comes ``reseed_every`` calls later)."""
         flat = patches.detach().reshape(-1, self.patch_dim).float()
         codes = target_code.reshape(-1)
-        counts = _all_reduce_sum_(self.code_counts(codes))
-        self.steps_since_used.copy_(torch.where(counts > 0, 0, self.steps_since_used + 1))
+        take = None if apply is None else apply.to(device=flat.device, dtype=torch.bool).reshape(())
 
-        # ring buffer of recent patches: a fixed number of random rows per step
-        n = self.buffer_writes_per_step
-        rows = torch.randint(flat.shape[0], (n,), device=flat.device)
+        def gated(new: torch.Tensor, old: torch.Tensor) -> torch.Tensor:
+            return new if take is None else torch.where(take, new, old)
+
+        counts = _all_reduce_sum_(self.code_counts(codes))
+        self.steps_since_used.copy_(gated(torch.where(counts > 0, 0, self.steps_since_used + 1), self.steps_since_used))
+
+        # ring buffer of recent patches: a fixed number of random rows per step from every rank, so every rank
+        # holds the same buffer (a sharded checkpoint stores one rank's copy of a replicated buffer, any rank's)
+        rows = torch.randint(flat.shape[0], (self.buffer_writes_per_step,), device=flat.device)
+        picked = _all_gather_rows(flat[rows])[-self.recent_patches.shape[0] :]
+        n = picked.shape[0]
         slots = (self.recent_count + torch.arange(n, device=flat.device)) % self.recent_patches.shape[0]
-        self.recent_patches.index_copy_(0, slots, flat[rows])
-        self.recent_count.add_(n)
+        self.recent_patches.index_copy_(0, slots, gated(picked, self.recent_patches[slots]))
+        self.recent_count.copy_(gated(self.recent_count + n, self.recent_count))
 
         if self.update == "ema":
             sums = _all_reduce_sum_(torch.zeros_like(self.ema_sum).index_add_(0, codes, flat))
-            self.ema_count.mul_(self.ema_decay).add_(counts, alpha=1 - self.ema_decay)
-            self.ema_sum.mul_(self.ema_decay).add_(sums, alpha=1 - self.ema_decay)
+            decay = self.ema_decay
+            self.ema_count.copy_(gated(self.ema_count.mul(decay).add_(counts, alpha=1 - decay), self.ema_count))
+            self.ema_sum.copy_(gated(self.ema_sum.mul(decay).add_(sums, alpha=1 - decay), self.ema_sum))
 
         self._updates += 1
         if self.reseed_every > 0 and self._updates % self.reseed_every == 0:
-            self.reseed_dead_codes()
+            self.reseed_dead_codes(apply=take)
 
     @torch.no_grad()
-    def reseed_dead_codes(self) -> torch.Tensor:
-        """Re-seed every code unused for ``dead_after`` updates from a random recent patch.
+    def reseed_dead_codes(self, apply: torch.Tensor | None = None) -> torch.Tensor:
+        """Re-seed every code unused for ``dead_after`` updates from a random recent patch (none where the
+        optional device flag ``apply`` is false).
 
         EMA mode puts the patch itself in the prototype table. In both modes the code vector becomes the
         (noised) code of the live code nearest to that patch, i.e. the busy cluster is split in two. Returns
@@ -270,6 +294,8 @@ class CandidateCodebook(nn.Module):
         pick = (torch.rand(k, device=device) * filled).long().clamp(max=self.recent_patches.shape[0] - 1)
         samples = self.recent_patches[pick]  # (K, P)
         dead = (self.steps_since_used >= self.dead_after) & (filled > 0)
+        if apply is not None:
+            dead = dead & apply.to(device=device, dtype=torch.bool).reshape(())
 
         dist_to_live = squared_distances(samples, self.alignment_prototypes())
         dist_to_live = dist_to_live.masked_fill(dead.unsqueeze(0), float("inf"))

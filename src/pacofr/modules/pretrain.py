@@ -22,13 +22,16 @@ from lightning.pytorch.utilities import rank_zero_info
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torch.optim.lr_scheduler import LambdaLR
 
+from pacofr.checkpointing import optim_keys
 from pacofr.data.format import label_to_region_lut
+from pacofr.fsdp_calls import is_fsdp, original_param_name, unwrap_fsdp
 from pacofr.losses.codebook import codebook_loss
 from pacofr.losses.reconstruction import psnr, reconstruction_loss
 from pacofr.losses.spatial import affinity_consistency_loss, spatial_consistency_loss
 from pacofr.models.paco_fr import PaCoFRModel
 from pacofr.models.patches import unpatchify
-from pacofr.modules.nonfinite import NonFiniteGuard
+from pacofr.modules.host_reader import LaggedHostReader
+from pacofr.modules.nonfinite import NonFiniteGuard, skips_on_device
 from pacofr.modules.spatial_head import SpatialHead
 from pacofr.optim import build_adamw, param_groups, scaled_lr, warmup_cosine
 
@@ -121,9 +124,11 @@ class PaCoFRPretrain(L.LightningModule):
             self.model.set_grad_checkpointing(True)
         self.incubation_steps = incubation_steps if use_codebook else 0
         self._incubation_names = {"model." + n for n in self.model.incubation_parameter_names()}
+        self._param_ndim = {n: p.ndim for n, p in self.named_parameters()}  # before any wrapper flattens them
         self.nonfinite = NonFiniteGuard(max_nonfinite_steps)
         self.register_buffer("region_lut", torch.tensor(label_to_region_lut()), persistent=False)
-        self._forward = self.model
+        # an alias outside the module registry: registered, it would put every weight in the state dict twice
+        object.__setattr__(self, "_forward", self.model)
         self._codebook_outputs: dict[str, torch.Tensor] | None = None
         self._bookkeeping_pending = False
 
@@ -140,22 +145,40 @@ class PaCoFRPretrain(L.LightningModule):
             raise ValueError("the data module must expose `batch_size` to scale the learning rate")
         return per_device * self.trainer.world_size * self.trainer.accumulate_grad_batches
 
-    def configure_optimizers(self):
+    def named_param_groups(self) -> list[dict]:
+        """The AdamW groups ``configure_optimizers`` builds, each with a ``names`` list beside ``params``.
+
+        Names and shapes are the module's as built: under FSDP, ``named_parameters()`` adds wrapper prefixes
+        and parameters are flat shards between steps. Checkpoints record these names (optimiser order), so a
+        resume maps Adam's state by name (``pacofr.checkpointing.optim_keys``).
+        """
         hp = self.hparams
-        lr = scaled_lr(hp.base_lr, self.global_batch_size())
         no_decay = {"model." + n for n in self.model.no_weight_decay()}
-        named = [(n, p) for n, p in self.named_parameters() if p.requires_grad]
+        named = [(original_param_name(n), p) for n, p in self.named_parameters() if p.requires_grad]
+        name_of = {id(p): n for n, p in named}
         groups = []
         # codebook parameters and the rest get separate groups: only the rest waits out incubation
         for tag, subset in (
             ("codebook", [(n, p) for n, p in named if n in self._incubation_names]),
             ("main", [(n, p) for n, p in named if n not in self._incubation_names]),
         ):
-            for g in param_groups(subset, hp.weight_decay, no_decay_names=no_decay):
+            for g in param_groups(subset, hp.weight_decay, no_decay_names=no_decay, ndim=self._param_ndim):
                 if g["params"]:
                     g["group"] = f"{tag}/{g['group']}"
+                    g["names"] = [name_of[id(p)] for p in g["params"]]
                     groups.append(g)
-        optimizer = build_adamw(groups, lr=lr, betas=tuple(hp.betas))
+        return groups
+
+    def configure_optimizers(self):
+        hp = self.hparams
+        lr = scaled_lr(hp.base_lr, self.global_batch_size())
+        groups = self.named_param_groups()
+        for g in groups:
+            del g["names"]  # kept out of the optimiser: checkpoints record them on their own (optim_keys)
+        # fused wherever torch has the kernel (CUDA, CPU): one kernel for all parameters, and the only AdamW that
+        # skips a non-finite step on the device (``found_inf``, see pacofr.modules.nonfinite) without a host sync
+        fused = all(p.device.type in ("cuda", "cpu") for g in groups for p in g["params"])
+        optimizer = build_adamw(groups, lr=lr, betas=tuple(hp.betas), fused=fused)
         total = self.trainer.max_steps
         if total is None or total <= 0:
             raise ValueError("pretraining is step-based: set trainer.max_steps")
@@ -192,7 +215,9 @@ class PaCoFRPretrain(L.LightningModule):
             # every other parameter joins the graph with a zero gradient, so DDP (no unused-parameter search)
             # sees all of them; their lr is 0 during incubation, so they do not move at all
             idle = sum(
-                p.sum() for n, p in self.named_parameters() if p.requires_grad and n not in self._incubation_names
+                p.sum()
+                for n, p in self.named_parameters()
+                if p.requires_grad and original_param_name(n) not in self._incubation_names
             )
             total = hp.codebook_weight * cb["loss"] + 0.0 * idle
             terms.update({f"codebook_{k}": v for k, v in cb.items() if k != "loss"})
@@ -232,13 +257,24 @@ class PaCoFRPretrain(L.LightningModule):
         self._finish_batch()  # a micro-batch without an optimiser step (gradient accumulation) left its bookkeeping
         self._bookkeeping_pending = True
         total, terms, out = self.compute_losses(batch)
-        if not self.nonfinite.check(total, self.global_step):
+        optimizer = self.trainer.optimizers[0] if self.trainer.optimizers else None
+        take: torch.Tensor | None = None
+        if skips_on_device(optimizer):
+            # decided on the device (see pacofr.modules.nonfinite): the step runs, the fused optimiser skips
+            # the update through ``found_inf``, the bookkeeping is gated; no host sync
+            finite = self.nonfinite.observe(total, self.global_step)
+            pending = getattr(self, "_step_finite", None)  # earlier micro-batches of this optimiser step
+            take = finite if pending is None else pending * finite
+            self._step_finite = take
+            optimizer.found_inf = 1.0 - take
+        elif not self.nonfinite.check(total, self.global_step):
             self.log("loss/nonfinite_skipped", float(self.nonfinite.total), on_step=True, rank_zero_only=True)
             self._codebook_outputs = None
             return None  # every rank skips this step together (the check is an all-reduce)
         self._codebook_outputs = (
             {"target": out["target"], "target_code": out["target_code"]} if "target_code" in out else None
         )
+        self._bookkeeping_apply = take
         self._log_step(total, terms, out, batch)
         return total
 
@@ -248,34 +284,70 @@ class PaCoFRPretrain(L.LightningModule):
         # ``on_train_batch_end`` after the callbacks', i.e. after a step checkpoint is written, so a checkpoint of
         # step k would miss step k's codebook update and a resumed run would drift from an uninterrupted one.
         self._finish_batch()
+        self._step_finite = None  # the next optimiser step starts its own non-finite decision
+        for opt in self.trainer.optimizers:
+            opt.__dict__.pop("found_inf", None)  # used up: a later ``step()`` outside training must not see it
 
     def _finish_batch(self) -> None:
         """Codebook bookkeeping (usage, EMA, dead-code re-seeding) and the EMA teacher, once per batch."""
         if not getattr(self, "_bookkeeping_pending", False):
             return
         self._bookkeeping_pending = False
+        # ``apply``: the device flag of a step decided on the device (None: decided on the host, already taken)
+        apply = getattr(self, "_bookkeeping_apply", None)
+        self._bookkeeping_apply = None
         if self._codebook_outputs is not None:
-            self.model.update_codebook_state(self._codebook_outputs)
+            outputs = self._codebook_outputs
             self._codebook_outputs = None
+            if apply is None:
+                self.model.update_codebook_state(outputs)
+            elif self.model.codebook is not None:
+                # gated on the device: a skipped step leaves every codebook buffer as it was
+                self.model.codebook.update_state(outputs["target"], outputs["target_code"], apply=apply)
         if self.teacher is not None and not self._incubating():
             m = self.hparams.teacher_momentum
             with torch.no_grad():
+                weight = 1.0 - m if apply is None else (1.0 - m) * apply
                 for t, s in zip(self.teacher.parameters(), self.model.encoder.parameters()):
-                    t.lerp_(s.detach(), 1.0 - m)
+                    t.lerp_(s.detach(), weight)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if self._trainer is not None and self.trainer.optimizers:
+            # parameter names per group in optimiser order: resume maps Adam's state by name (DDP <-> FSDP)
+            name_of = {id(p): original_param_name(n) for n, p in self.named_parameters()}
+            checkpoint[optim_keys.NAMES_KEY] = [
+                [[name_of[id(p)] for p in g["params"]] for g in opt.param_groups] for opt in self.trainer.optimizers
+            ]
         # the run of non-finite steps continues across a resume (it decides when to stop)
         checkpoint["pacofr_nonfinite"] = {"in_row": self.nonfinite.in_row, "total": self.nonfinite.total}
         if self.model.codebook is not None:
             # host-side counter that phases dead-code re-seeding; not a buffer, so not in the state dict
-            checkpoint["pacofr_codebook_updates"] = int(self.model.codebook._updates)
+            checkpoint["pacofr_codebook_updates"] = int(unwrap_fsdp(self.model.codebook)._updates)
+
+    # state-dict prefixes older checkpoints carry that this module no longer has (a registered alias of `model`)
+    legacy_state_prefixes = ("_forward.",)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        state = checkpoint.get("state_dict")
+        if state is not None:
+            for key in [k for k in state if k.startswith(self.legacy_state_prefixes)]:
+                del state[key]
+        if checkpoint.get("optimizer_states") and self._trainer is not None and not is_fsdp(self.trainer):
+            # FSDP restores its optimiser inside the strategy (BlockFSDPStrategy.load_checkpoint); here the
+            # state goes to a plain optimiser: re-key it by name onto this run's groups and order
+            current = [(g["group"], g["names"]) for g in self.named_param_groups()]
+            recorded = checkpoint.get(optim_keys.NAMES_KEY) or []
+            states = checkpoint["optimizer_states"]
+            for i, state in enumerate(states):
+                saved = optim_keys.saved_group_names(state, recorded[i] if i < len(recorded) else None)
+                if saved is not None:
+                    states[i] = optim_keys.to_positional(state, saved, current)
         counts = checkpoint.get("pacofr_nonfinite")
         if counts:
             self.nonfinite.in_row, self.nonfinite.total = int(counts["in_row"]), int(counts["total"])
         if self.model.codebook is not None and "pacofr_codebook_updates" in checkpoint:
-            self.model.codebook._updates = int(checkpoint["pacofr_codebook_updates"])
+            # on the codebook itself: under FSDP `model.codebook` is its wrapper, which would keep its own copy
+            unwrap_fsdp(self.model.codebook)._updates = int(checkpoint["pacofr_codebook_updates"])
 
     def _log_step(self, total: torch.Tensor, terms: dict, out: dict, batch: dict) -> None:
         metrics = {"loss/total": total.detach()}
@@ -296,13 +368,43 @@ class PaCoFRPretrain(L.LightningModule):
         datamodule = getattr(self.trainer, "datamodule", None)
         stats = getattr(datamodule, "data_stats", None)
         if stats is not None and self.global_step % max(1, self.trainer.log_every_n_steps) == 0:
-            # host-side counters of skipped / replaced samples and damaged shards (this rank's workers)
-            metrics.update({f"data/{k}": float(v) for k, v in stats.as_dict().items()})
-        self.log("loss", total.detach(), prog_bar=True, on_step=True, on_epoch=False, logger=False)
+            # host-side counters of skipped / replaced samples and damaged shards (this rank's workers), as CPU
+            # tensors: a Python number would become a device tensor, i.e. a blocking host-to-device copy
+            metrics.update({f"data/{k}": torch.tensor(float(v)) for k, v in stats.as_dict().items()})
+        if getattr(self, "_step_finite", None) is not None:  # decided on the device: the count is a device tensor
+            metrics["loss/nonfinite_skipped"] = self.nonfinite.total_tensor.float()
+        # The progress bar turns its values into Python numbers on every batch (``.item()``: a sync per step on
+        # CUDA). It gets a host copy of the loss instead, made without waiting (a few steps old on CUDA).
+        bar = getattr(self, "_bar_loss", None)
+        if bar is None:
+            bar = self._bar_loss = LaggedHostReader()
+        bar.push(total.detach())
+        landed = bar.latest()
+        if landed is not None:
+            self.log("loss", landed[0], prog_bar=True, on_step=True, on_epoch=False, logger=False)
         self.log_dict(metrics, on_step=True, on_epoch=False)
+
+    def configure_gradient_clipping(
+        self, optimizer, gradient_clip_val: float | None = None, gradient_clip_algorithm: str | None = None
+    ) -> None:
+        from torch.distributed.fsdp import FullyShardedDataParallel
+
+        wrapped = self.trainer.strategy.model
+        if isinstance(wrapped, FullyShardedDataParallel) and gradient_clip_val:
+            # Lightning's FSDP precision refuses norm clipping; FSDP's own clip all-reduces the sharded norms
+            if gradient_clip_algorithm not in (None, "norm"):
+                raise ValueError(f"FSDP clips by norm only, got gradient_clip_algorithm={gradient_clip_algorithm!r}")
+            wrapped.clip_grad_norm_(gradient_clip_val)
+            return
+        super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
 
     def on_before_optimizer_step(self, optimizer) -> None:
         if self.global_step % max(1, self.trainer.log_every_n_steps) != 0:
+            return
+        if is_fsdp(self.trainer):
+            # each rank holds gradient shards: FSDP's own norm all-reduces them (max_norm=inf clips nothing)
+            norm = self.trainer.strategy.model.clip_grad_norm_(float("inf"))
+            self.log("optim/grad_norm", norm, on_step=True, on_epoch=False)
             return
         grads = [p.grad for p in self.parameters() if p.grad is not None]
         if grads:

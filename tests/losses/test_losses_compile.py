@@ -1,0 +1,80 @@
+"""The whole loss computation of a training step (model forward + every loss of the configured method)
+traces as one graph: ``torch.compile(fullgraph=True)`` raises on any graph break. ``backend="eager"`` runs
+dynamo's tracing only (no code generation), so this stays quick on CPU."""
+
+import pytest
+import torch
+
+from pacofr.data.format import NUM_REGIONS
+from pacofr.losses.codebook import codebook_loss
+from pacofr.modules.pretrain import PaCoFRPretrain
+
+IMG = 32
+
+
+def _module(**overrides) -> PaCoFRPretrain:
+    torch.manual_seed(0)
+    kwargs = dict(
+        encoder_size="tiny",
+        img_size=IMG,
+        patch_size=8,
+        decoder_depth=1,
+        decoder_dim=32,
+        num_codes=16,
+        code_dim=8,
+        codebook_options={"proto_hidden": 16, "belief_hidden": 16},
+        spatial_weight=0.1,
+        covered_weight=0.007,
+    )
+    return PaCoFRPretrain(**{**kwargs, **overrides})
+
+
+def _batch(module: PaCoFRPretrain, b: int = 2) -> dict:
+    n, k = module.model.num_patches, module.model.num_masked
+    order = torch.rand(b, n).argsort(1)
+    mask = torch.zeros(b, n, dtype=torch.bool).scatter_(1, order[:, :k], True)
+    hist = torch.rand(b, n, NUM_REGIONS) + 0.01
+    return {
+        "image": torch.randn(b, 3, IMG, IMG),
+        "mask": mask,
+        "covered_patches": torch.zeros_like(mask).scatter_(1, order[:, :1], True),
+        "region_hist": hist / hist.sum(-1, keepdim=True),
+    }
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        pytest.param({}, id="pacofr"),
+        pytest.param({"codebook_update": "ema", "candidate_mix": "hard"}, id="pacofr-ema-hard", marks=pytest.mark.slow),
+        pytest.param({"use_codebook": False, "spatial_weight": 0.0}, id="mae", marks=pytest.mark.slow),
+    ],
+)
+def test_compute_losses_traces_without_graph_breaks(overrides):
+    module = _module(**overrides).train()
+    batch = _batch(module)
+    compiled = torch.compile(module.compute_losses, fullgraph=True, backend="eager")
+    torch.manual_seed(1)
+    total, terms, _ = compiled(batch)
+    torch.manual_seed(1)
+    ref_total, ref_terms, _ = module.compute_losses(batch)
+    torch.testing.assert_close(total, ref_total)
+    assert terms.keys() == ref_terms.keys()
+    total.backward()  # the compiled graph is differentiable end to end
+    assert module.model.encoder.blocks[0].attn.qkv.weight.grad is not None
+
+
+def test_codebook_loss_traces_without_graph_breaks():
+    outputs = {
+        "belief_logits": torch.randn(2, 5, 16, requires_grad=True),
+        "target_code": torch.randint(16, (2, 5)),
+        "assigned_prototype": torch.randn(2, 5, 12, requires_grad=True),
+        "prototype_target": torch.randn(2, 5, 12),
+        "prototypes_detached": torch.randn(16, 12),
+        "target": torch.randn(2, 5, 12),
+    }
+    weight = (torch.rand(2, 5) > 0.5).float()
+    compiled = torch.compile(codebook_loss, fullgraph=True, backend="eager")
+    got, ref = compiled(outputs, beta=0.25, weight=weight), codebook_loss(outputs, beta=0.25, weight=weight)
+    for k in ref:
+        torch.testing.assert_close(got[k], ref[k])
