@@ -1,6 +1,7 @@
-"""The whole loss computation of a training step (model forward + every loss of the configured method)
-traces as one graph: ``torch.compile(fullgraph=True)`` raises on any graph break. ``backend="eager"`` runs
-dynamo's tracing only (no code generation), so this stays quick on CPU."""
+"""The whole loss computation of a training step after incubation (model forward + every loss of the configured
+method: ``PaCoFRPretrain._main_losses``, what ``compile: true`` compiles) traces as one graph:
+``torch.compile(fullgraph=True)`` raises on any graph break. ``backend="eager"`` runs dynamo's tracing only (no
+code generation), so this stays quick on CPU. tests/modules/test_pretrain_compile.py trains the compiled module."""
 
 import pytest
 import torch
@@ -53,9 +54,9 @@ def _batch(module: PaCoFRPretrain, b: int = 2) -> dict:
 def test_compute_losses_traces_without_graph_breaks(overrides):
     module = _module(**overrides).train()
     batch = _batch(module)
-    compiled = torch.compile(module.compute_losses, fullgraph=True, backend="eager")
+    compiled = torch.compile(module._main_losses, fullgraph=True, backend="eager")
     torch.manual_seed(1)
-    total, terms, _ = compiled(batch)
+    total, terms, _ = compiled(batch["image"], batch["mask"], batch["covered_patches"], batch["region_hist"])
     torch.manual_seed(1)
     ref_total, ref_terms, _ = module.compute_losses(batch)
     torch.testing.assert_close(total, ref_total)

@@ -36,7 +36,18 @@ from pacofr.modules.spatial_head import SpatialHead
 from pacofr.optim import build_adamw, param_groups, scaled_lr, warmup_cosine
 
 
+def _uses_fsdp(trainer: L.Trainer) -> bool:
+    """The trainer's strategy is (or will be, when asked before it wraps the model) torch FSDP."""
+    from lightning.pytorch.strategies import FSDPStrategy
+
+    return isinstance(trainer.strategy, FSDPStrategy) or is_fsdp(trainer)
+
+
 class PaCoFRPretrain(L.LightningModule):
+    # torch.compile backend of ``compile: true`` (``aot_eager``: dynamo + autograd tracing without code generation,
+    # for quick CPU checks; set on an instance before ``Trainer.fit``)
+    compile_backend: str = "inductor"
+
     def __init__(
         self,
         encoder_size: Literal["tiny", "small", "base", "large"] = "base",
@@ -92,7 +103,8 @@ class PaCoFRPretrain(L.LightningModule):
             warmup_steps: linear warmup (after incubation for the non-codebook parameters).
             drop_path_rate: stochastic depth of the encoder.
             grad_checkpointing: recompute blocks in backward (less memory).
-            compile: ``torch.compile`` the model's forward.
+            compile: ``torch.compile`` the training step's hot path: the model forward and the losses, as one
+                graph (``compile_step``); the incubation steps and FSDP runs stay eager.
             max_nonfinite_steps: a non-finite loss (decided on all ranks) skips the step; this many in a row stop.
         """
         super().__init__()
@@ -127,16 +139,47 @@ class PaCoFRPretrain(L.LightningModule):
         self._param_ndim = {n: p.ndim for n, p in self.named_parameters()}  # before any wrapper flattens them
         self.nonfinite = NonFiniteGuard(max_nonfinite_steps)
         self.register_buffer("region_lut", torch.tensor(label_to_region_lut()), persistent=False)
-        # an alias outside the module registry: registered, it would put every weight in the state dict twice
+        # the model forward (``_forward``) and the compiled forward + losses of a step after incubation
+        # (``_compiled_step``, None: eager), set by ``compile_step``; kept outside the module registry:
+        # registered, a compiled module would put every weight in the state dict twice
         object.__setattr__(self, "_forward", self.model)
+        object.__setattr__(self, "_compiled_step", None)
         self._codebook_outputs: dict[str, torch.Tensor] | None = None
         self._bookkeeping_pending = False
 
     # --- set-up ---------------------------------------------------------------------------------------
     def configure_model(self) -> None:
-        if self.hparams.compile and self._forward is self.model:
-            # kept outside the module registry so the state dict has no ``_orig_mod`` duplicate
-            object.__setattr__(self, "_forward", torch.compile(self.model))
+        if not self.hparams.compile or self.step_compiled:
+            return
+        if self._trainer is not None and _uses_fsdp(self.trainer):
+            # Eager under FSDP. pacofr's FSDP is FSDP1 (one unit per ViT block, ``use_orig_params``): each unit
+            # gathers and frees its shards in Python hooks around its forward, which dynamo does not trace, so
+            # the step would split into a graph per block (and a recompile risk from the swapped parameter
+            # views) rather than the one graph compile is for. Compiling under FSDP needs FSDP2 (fully_shard).
+            rank_zero_info("pacofr: compile=true is ignored under FSDP (the step runs eager)")
+            return
+        self.compile_step()
+
+    @property
+    def step_compiled(self) -> bool:
+        """Whether ``compile_step`` has run (the step's forward and losses go through torch.compile)."""
+        return self._compiled_step is not None or self._forward is not self.model
+
+    def compile_step(self, backend: str | None = None, losses: bool = True) -> None:
+        """``torch.compile`` the hot path of a step after incubation: the model forward and, with ``losses``,
+        every loss term with it (``_main_losses``), traced as one graph without graph breaks. The compiled part
+        reads only tensors of the batch and static configuration (never ``global_step`` or the trainer), so
+        dynamo guards on nothing that changes from step to step: one compile, no recompiles while training
+        (train and eval mode, and grad vs no-grad, are one graph each). ``losses=False`` compiles the model
+        forward only (the losses run eager around it), kept for benchmarks to compare with. ``backend``: default
+        ``compile_backend``."""
+        if self.step_compiled:
+            raise RuntimeError("compile_step has already run on this module")
+        backend = backend or self.compile_backend
+        if losses:
+            object.__setattr__(self, "_compiled_step", torch.compile(self._main_losses, backend=backend))
+        else:
+            object.__setattr__(self, "_forward", torch.compile(self.model, backend=backend))
 
     def global_batch_size(self) -> int:
         datamodule = getattr(self.trainer, "datamodule", None)
@@ -223,10 +266,22 @@ class PaCoFRPretrain(L.LightningModule):
             terms.update({f"codebook_{k}": v for k, v in cb.items() if k != "loss"})
             terms["codebook"] = cb["loss"]
             return total, terms, out
-        out = self._forward(images, batch["mask"])
-        rec = reconstruction_loss(
-            out["pred"], out["target"], out["loss_mask"], batch.get("covered_patches"), hp.covered_weight
-        )
+        step = self._compiled_step or self._main_losses
+        return step(images, batch["mask"], batch.get("covered_patches"), batch.get("region_hist"))
+
+    def _main_losses(
+        self,
+        images: torch.Tensor,
+        mask: torch.Tensor,
+        covered_patches: torch.Tensor | None,
+        region_hist: torch.Tensor | None,
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """Model forward and every loss of a step after incubation: what ``compile_step`` compiles. Tensors in,
+        static configuration only (hyper-parameters, which heads exist): no trainer state, so no guard on it."""
+        hp = self.hparams
+        terms: dict[str, torch.Tensor] = {}
+        out = self._forward(images, mask)
+        rec = reconstruction_loss(out["pred"], out["target"], out["loss_mask"], covered_patches, hp.covered_weight)
         total = rec["loss"]
         terms["rec"] = rec["rec"]
         if hp.covered_weight > 0:
@@ -237,9 +292,11 @@ class PaCoFRPretrain(L.LightningModule):
             terms.update({f"codebook_{k}": v for k, v in cb.items() if k != "loss"})
             terms["codebook"] = cb["loss"]
         if self.spatial_head is not None:
+            if region_hist is None:
+                raise ValueError("the region spatial loss needs the batch's `region_hist` (PretrainDataModule adds it)")
             sp = spatial_consistency_loss(
                 self.spatial_head(out["decoder_tokens"]),
-                batch["region_hist"],
+                region_hist,
                 centroid_weight=hp.spatial_centroid_weight,
                 grid_size=self.model.grid_size,
             )

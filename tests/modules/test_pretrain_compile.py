@@ -1,0 +1,152 @@
+"""``compile: true``: the model forward and every loss of a step run as one compiled graph, train like eager,
+and do not recompile as the trainer's step advances (the compiled part never reads ``global_step``).
+
+The compiled module uses the ``aot_eager`` backend (dynamo and AOTAutograd, the parts that decide graph breaks,
+guards and the backward graph, without inductor's C++ code generation, which takes minutes on a loaded 2-core CPU);
+``bench/train_step.py`` measures the inductor build. ``fallback_random`` makes compiled random ops draw from
+torch's generator as eager does (the candidate choice of replaced patches is random), so losses can be compared.
+"""
+
+from __future__ import annotations
+
+import lightning as L
+import pytest
+import torch
+from test_pretrain import tiny_module, trainer
+from torch._dynamo.utils import counters
+from torch.utils.data import DataLoader, Dataset
+
+from pacofr.data.format import NUM_REGIONS
+from pacofr.modules.pretrain import PaCoFRPretrain
+
+STEPS = 4
+PACOFR = dict(spatial_weight=0.1, covered_weight=0.007, incubation_steps=1)
+
+
+class _Premade(Dataset):
+    def __init__(self, batches: list[dict]):
+        self.batches = batches
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __getitem__(self, i: int) -> dict:
+        return self.batches[i]
+
+
+class PremadeBatches(L.LightningDataModule):
+    """In-memory batches shaped like PretrainDataModule's; ``batch_size`` is what the lr scaling reads."""
+
+    def __init__(self, batches: list[dict]):
+        super().__init__()
+        self.batches = batches
+        self.batch_size = int(batches[0]["image"].shape[0])
+
+    def train_dataloader(self) -> DataLoader:
+        return DataLoader(_Premade(self.batches), batch_size=None, num_workers=0)
+
+
+def make_batches(module: PaCoFRPretrain, count: int, b: int = 4) -> list[dict]:
+    n, k, img = module.model.num_patches, module.model.num_masked, module.hparams.img_size
+    gen = torch.Generator().manual_seed(7)
+    batches = []
+    for _ in range(count):
+        order = torch.rand(b, n, generator=gen).argsort(1)
+        mask = torch.zeros(b, n, dtype=torch.bool).scatter_(1, order[:, :k], True)
+        hist = torch.rand(b, n, NUM_REGIONS, generator=gen) + 0.01
+        batches.append(
+            {
+                "image": torch.randn(b, 3, img, img, generator=gen),
+                "mask": mask,
+                "covered_patches": torch.zeros_like(mask).scatter_(1, order[:, :1], True),
+                "region_hist": hist / hist.sum(-1, keepdim=True),
+            }
+        )
+    return batches
+
+
+class LossRecorder(L.Callback):
+    def __init__(self):
+        self.losses: list[float] = []
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self.losses.append(float(outputs["loss"]))
+
+
+def fit(module: PaCoFRPretrain, tmp_path, name: str) -> list[float]:
+    recorder = LossRecorder()
+    torch.manual_seed(1)  # the same candidate choices in both runs
+    with torch._inductor.config.patch(fallback_random=True):
+        trainer(tmp_path / name, max_steps=STEPS, callbacks=[recorder]).fit(
+            module, datamodule=PremadeBatches(make_batches(module, STEPS))
+        )
+    return recorder.losses
+
+
+@pytest.mark.slow  # ~35 s on a loaded 2-core CPU: two short fits and one aot_eager compile (forward + backward)
+def test_compiled_module_trains_like_eager_in_one_graph(tmp_path):
+    torch.manual_seed(0)
+    eager = tiny_module(**PACOFR)
+    compiled = tiny_module(**PACOFR, compile=True)
+    compiled.load_state_dict(eager.state_dict())
+    compiled.compile_backend = "aot_eager"
+    torch._dynamo.reset()
+    counters.clear()
+
+    got = fit(compiled, tmp_path, "compiled")
+    assert compiled.step_compiled and not eager.step_compiled  # configure_model compiled it (compile=True)
+    # one graph for the forward + losses of steps 2..4 (step 1 incubates, eager): no graph break, and no
+    # recompile while global_step, the lr schedule and the codebook buffers change from step to step
+    assert dict(counters["graph_break"]) == {}
+    assert counters["stats"]["unique_graphs"] == 1
+    want = fit(eager, tmp_path, "eager")
+    assert len(got) == len(want) == STEPS
+    torch.testing.assert_close(torch.tensor(got), torch.tensor(want), rtol=1e-4, atol=1e-5)
+    for (name, p), q in zip(compiled.named_parameters(), eager.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-5, msg=lambda m, name=name: f"{name}: {m}")
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        pytest.param({"use_codebook": False, "covered_weight": 0.007}, id="fsfm"),
+        pytest.param(
+            {"spatial_weight": 0.1, "spatial_variant": "affinity", "candidate_mix": "gumbel"},
+            id="pacofr-affinity-gumbel",
+            marks=pytest.mark.slow,
+        ),
+    ],
+)
+def test_compiled_part_has_no_graph_breaks(overrides):
+    """What ``compile_step`` compiles (``_main_losses``) is one graph (dynamo's own count); PaCo-FR with the region
+    loss, MAE and the EMA codebook: tests/losses/test_losses_compile.py."""
+    torch.manual_seed(0)
+    module = tiny_module(**overrides).train()
+    batch = make_batches(module, 1)[0]
+    args = (batch["image"], batch["mask"], batch["covered_patches"], batch["region_hist"])
+    explained = torch._dynamo.explain(module._main_losses)(*args)
+    assert explained.graph_break_count == 0, explained.break_reasons
+    assert explained.graph_count == 1
+
+
+def test_fsdp_stays_eager(tmp_path):
+    """FSDP1 units gather their shards in hooks dynamo does not trace: ``compile: true`` leaves the step eager."""
+    from pacofr.strategies import BlockFSDPStrategy
+
+    module = tiny_module(compile=True)
+    module.compile_backend = "eager"
+    module.trainer = trainer(tmp_path / "fsdp", strategy=BlockFSDPStrategy())
+    module.configure_model()
+    assert not module.step_compiled
+    module.trainer = trainer(tmp_path / "single")  # the same module on one device compiles
+    module.configure_model()
+    assert module.step_compiled
+
+
+def test_compile_step_runs_once():
+    module = tiny_module(compile=True)
+    module.compile_step(backend="eager")
+    with pytest.raises(RuntimeError, match="already"):
+        module.compile_step()
+    module.configure_model()  # already compiled: a second configure_model (e.g. a second fit) keeps it
+    assert module.step_compiled
