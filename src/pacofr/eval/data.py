@@ -8,13 +8,34 @@ from typing import Any
 
 import lightning as L
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from .crop import IMAGENET_MEAN, IMAGENET_STD
 from .datasets import READERS, Occluded
+from .feature_cache import FeatureDataset
 from .tasks import TaskSpec, encode_sample, get_task
 
 OCCLUDED_SUFFIX = "+occluded"
+FLIP_INVARIANT_KINDS = ("classification", "attributes")  # tasks whose training faces get random flips
+
+
+class EpochShuffle(Sampler[int]):
+    """A random order of ``n`` samples that is a function of ``(seed, epoch)`` only (Lightning calls
+    ``set_epoch`` before each epoch): unlike a generator-driven sampler it does not change with how many
+    iterators the loader opens (persistent workers, prefetching) or with other draws from any RNG."""
+
+    def __init__(self, n: int, seed: int):
+        self.n, self.seed, self.epoch = n, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self):
+        generator = torch.Generator().manual_seed((self.seed * 1_000_003 + self.epoch) % 2**63)
+        return iter(torch.randperm(self.n, generator=generator).tolist())
 
 
 class TaskDataset(Dataset):
@@ -24,7 +45,7 @@ class TaskDataset(Dataset):
     def __init__(self, reader: Any, spec: TaskSpec, img_size: int, mean, std, augment: bool = False, seed: int = 0):
         self.reader, self.spec, self.img_size = reader, spec, img_size
         self.mean, self.std = tuple(mean), tuple(std)
-        self.augment = augment and spec.kind in ("classification", "attributes")
+        self.augment = augment and spec.kind in FLIP_INVARIANT_KINDS
         self.seed = seed
 
     def __len__(self) -> int:
@@ -51,6 +72,12 @@ class EvalDataModule(L.LightningDataModule):
         occlusion_seed: seed of the occluders' placement (same images for every model).
         max_train_samples: use only the first N training samples (quick runs, tests).
         mean / std: input normalisation (the pretraining's).
+        augment: random horizontal flips of training faces where the target allows (classification,
+            attributes); off makes their inputs deterministic, so a probe can cache their features.
+
+    The training order is a function of the run's seed (``torch.initial_seed()``) and the epoch only
+    (:class:`EpochShuffle`), not of other draws from the global RNG or of the worker count: a probe
+    trained on cached features sees the same batches as one that encodes images.
     """
 
     def __init__(
@@ -66,6 +93,7 @@ class EvalDataModule(L.LightningDataModule):
         max_train_samples: int | None = None,
         mean: Sequence[float] = IMAGENET_MEAN,
         std: Sequence[float] = IMAGENET_STD,
+        augment: bool = True,
     ):
         super().__init__()
         self.save_hyperparameters()
@@ -75,11 +103,17 @@ class EvalDataModule(L.LightningDataModule):
         self.occlusion_area, self.occlusion_seed = occlusion_area, occlusion_seed
         self.max_train_samples = max_train_samples
         self.mean, self.std = tuple(mean), tuple(std)
+        self.augment = augment
         self.datasets: dict[str, Dataset] = {}
 
     @property
     def has_train(self) -> bool:
         return self.spec.train_split is not None
+
+    @property
+    def train_is_random(self) -> bool:
+        """Whether a training sample's input differs between epochs (random flips)."""
+        return self.augment and self.spec.kind in FLIP_INVARIANT_KINDS
 
     @property
     def test_names(self) -> list[str]:
@@ -100,7 +134,7 @@ class EvalDataModule(L.LightningDataModule):
             reader = self._reader(spec.train_reader or spec.reader, spec.train_split, self.train_root)
             if self.max_train_samples is not None:
                 reader = torch.utils.data.Subset(reader, range(min(self.max_train_samples, len(reader))))
-            self.datasets["train"] = self._wrap(reader, augment=True)
+            self.datasets["train"] = self._wrap(reader, augment=self.augment)
             if spec.val_split is not None:
                 self.datasets["val"] = self._wrap(self._reader(spec.reader, spec.val_split, self.root))
         if stage in (None, "test", "validate") and not any(n in self.datasets for n in self.test_names):
@@ -112,15 +146,24 @@ class EvalDataModule(L.LightningDataModule):
                     self.datasets[split + OCCLUDED_SUFFIX] = self._wrap(occluded)
 
     def _loader(self, dataset: Dataset, shuffle: bool = False, drop_last: bool = False) -> DataLoader:
+        # cached features are tensors in memory: worker processes would only add copies between processes
+        workers = 0 if isinstance(dataset, FeatureDataset) else self.num_workers
+        sampler = None
+        if shuffle:
+            sampler = EpochShuffle(len(dataset), torch.initial_seed())
         return DataLoader(
             dataset,
             batch_size=self.batch_size,
-            shuffle=shuffle,
+            sampler=sampler,
             drop_last=drop_last,
-            num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
+            num_workers=workers,
+            persistent_workers=workers > 0,
             pin_memory=torch.cuda.is_available(),
         )
+
+    def plain_loader(self, dataset: Dataset) -> DataLoader:
+        """In order, one pass, no persistent workers (for encoding a split once)."""
+        return DataLoader(dataset, batch_size=self.batch_size, num_workers=self.num_workers)
 
     def train_dataloader(self) -> DataLoader:
         train = self.datasets["train"]

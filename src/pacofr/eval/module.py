@@ -3,7 +3,8 @@ or fine-tuned (layer-wise lr decay), scored on the task's test splits; results g
 ``results/<task>.json`` next to the checkpoint and to the trainer's logger (TensorBoard).
 
 ``run_eval(trainer, model, datamodule)`` is the whole job: fit when the task has training data,
-then test.
+then test. A probe whose training inputs are deterministic encodes its train (and val) split once
+and trains the head on the cached features (``cache_features``; see :mod:`pacofr.eval.feature_cache`).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import json
+import logging
 import os
 from pathlib import Path
 from typing import Any, Literal
@@ -24,7 +26,10 @@ from pacofr.optim import param_groups, warmup_cosine
 
 from .backbone import file_sha256, load_backbone
 from .data import OCCLUDED_SUFFIX, EvalDataModule
+from .feature_cache import FEATURES_KEY, GB, INPUT_SIZE_KEY, POOLED_KEY, FeatureDataset, cache_split, is_cached_batch
 from .tasks import TaskMetric, build_head, get_task, predict, task_loss
+
+log = logging.getLogger(__name__)
 
 
 def default_feature_layers(depth: int) -> list[int]:
@@ -50,6 +55,12 @@ class EvalModule(L.LightningModule):
         warmup_fraction: share of the training steps with linear warmup before the cosine decay.
         results_dir: where ``<task>.json`` goes (default: ``results/`` next to the checkpoint).
         trust_checkpoint: allow a checkpoint that ``torch.load(weights_only=True)`` refuses.
+        cache_features: probe only: encode the train/val splits once and train the head on the stored
+            features (same results, epochs 2.. skip decoding and the encoder). ``auto``: when valid
+            (frozen encoder, no random training augmentation), worth it (more than one epoch, not
+            ``fast_dev_run``) and the estimate fits ``cache_max_gb``; ``true``: always (an error
+            where invalid); ``false``: never.
+        cache_max_gb: host-memory limit of the ``auto`` cache (train + val features and targets).
     """
 
     def __init__(
@@ -68,10 +79,14 @@ class EvalModule(L.LightningModule):
         warmup_fraction: float = 0.05,
         results_dir: str | None = None,
         trust_checkpoint: bool = False,
+        cache_features: bool | Literal["auto"] = "auto",
+        cache_max_gb: float = 4.0,
     ):
         super().__init__()
         if mode not in ("probe", "finetune"):
             raise ValueError(f"mode must be 'probe' or 'finetune', got {mode!r}")
+        if cache_features not in (True, False, "auto"):
+            raise ValueError(f"cache_features must be auto, true or false, got {cache_features!r}")
         self.save_hyperparameters()
         self.spec = get_task(task)
         self.backbone = load_backbone(encoder_ckpt, img_size, encoder_name, patch_size, trust_checkpoint)
@@ -108,11 +123,14 @@ class EvalModule(L.LightningModule):
             pooled = self.backbone.forward_head(self.backbone.forward_features(x), pre_logits=True)
             return [], pooled
 
-    def forward(self, batch: dict[str, torch.Tensor]) -> Any:
+    def forward(self, batch: dict[str, Any]) -> Any:
         if self.spec.kind == "verification":
             return self.embed(batch["image"]), self.embed(batch["image_b"])
-        feats, pooled = self.encode(batch["image"])
-        return predict(self.spec, self.head, feats, pooled, batch["image"].shape[-1])
+        if is_cached_batch(batch):  # the frozen encoder's output, stored by prepare_feature_cache
+            feats, pooled = batch.get(FEATURES_KEY, []), batch.get(POOLED_KEY)
+        else:
+            feats, pooled = self.encode(batch["image"])
+        return predict(self.spec, self.head, feats, pooled, input_size(batch))
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         """Verification embedding: pooled features of the face plus of its mirror image (insightface)."""
@@ -121,8 +139,8 @@ class EvalModule(L.LightningModule):
     # --- steps -----------------------------------------------------------------------------
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         pred = self(batch)
-        loss = task_loss(self.spec, pred, batch, batch["image"].shape[-1])
-        self.log("train/loss", loss, prog_bar=True, batch_size=batch["image"].shape[0])
+        loss = task_loss(self.spec, pred, batch, input_size(batch))
+        self.log("train/loss", loss, prog_bar=True, batch_size=len(pred))
         return loss
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
@@ -158,6 +176,57 @@ class EvalModule(L.LightningModule):
         self.results = self._results(scores, drops)
         if self.trainer.is_global_zero:
             write_json_atomic(self.results_path(), self.results)
+
+    # --- feature cache ---------------------------------------------------------------------
+    def cache_refusal(self, trainer: L.Trainer, datamodule: EvalDataModule) -> str | None:
+        """Why the probe's features are not cached for this run (None: they are cached)."""
+        setting = self.hparams.cache_features
+        if setting is False:
+            return "cache_features is false"
+        invalid = None
+        if not self.frozen:
+            invalid = "the encoder is fine-tuned (its features change every step)"
+        elif datamodule.train_is_random:
+            invalid = f"{self.spec.name} training uses random flips (set data.augment false to cache)"
+        if invalid and setting is True:
+            raise ValueError(f"cache_features is true, but {invalid}")
+        if invalid:
+            return invalid
+        if setting == "auto" and (trainer.fast_dev_run or trainer.max_epochs == 1):
+            return "a single pass over the data gains nothing from a cache"
+        return None
+
+    def prepare_feature_cache(self, trainer: L.Trainer, datamodule: EvalDataModule) -> list[str]:
+        """Encode the train and val splits once on the trainer's device and swap them for
+        :class:`FeatureDataset` objects in ``datamodule``; returns the splits cached (see ``cache_features``)."""
+        if not datamodule.has_train:
+            return []
+        refusal = self.cache_refusal(trainer, datamodule)
+        if refusal:
+            log.info("%s: features not cached: %s", self.spec.name, refusal)
+            return []
+        datamodule.setup("fit")
+        device = trainer.strategy.root_device
+        budget = None if self.hparams.cache_features is True else self.hparams.cache_max_gb * GB
+        home = next(self.backbone.parameters()).device
+        self.backbone.to(device)
+        cached = []
+        try:
+            with trainer.precision_plugin.forward_context():  # the dtype the training step would see
+                for split in ("train", "val"):
+                    dataset = datamodule.datasets.get(split)
+                    if dataset is None or isinstance(dataset, FeatureDataset):
+                        continue
+                    features = cache_split(self.encode, datamodule.plain_loader(dataset), device, budget, split)
+                    if features is None:
+                        break
+                    datamodule.datasets[split] = features
+                    cached.append(split)
+                    if budget is not None:
+                        budget -= features.nbytes
+        finally:
+            self.backbone.to(home)
+        return cached
 
     # --- results ---------------------------------------------------------------------------
     def results_path(self) -> Path:
@@ -235,9 +304,17 @@ def run_eval(trainer: L.Trainer, model: EvalModule, datamodule: EvalDataModule) 
     if model.spec.name != datamodule.spec.name:
         raise ValueError(f"model task {model.spec.name!r} and data task {datamodule.spec.name!r} differ")
     if datamodule.has_train and trainer.max_epochs != 0:
+        model.prepare_feature_cache(trainer, datamodule)
         trainer.fit(model, datamodule=datamodule)
     trainer.test(model, datamodule=datamodule)
     return model.results
+
+
+def input_size(batch: dict[str, Any]) -> int:
+    """Side of the (square) input image: from the image, or as stored beside cached features."""
+    if "image" in batch:
+        return batch["image"].shape[-1]
+    return int(batch[INPUT_SIZE_KEY][0])
 
 
 def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
