@@ -50,7 +50,6 @@ import lightning as L  # noqa: E402
 import torch  # noqa: E402
 import yaml  # noqa: E402
 from torch.optim.lr_scheduler import LambdaLR  # noqa: E402
-from torch.utils.data import DataLoader, Dataset  # noqa: E402
 
 from bench.common import (  # noqa: E402
     device_name,
@@ -61,10 +60,10 @@ from bench.common import (  # noqa: E402
     reset_peak_rss,
     rss_bytes,
 )
-from pacofr.data.format import NUM_LABELS, NUM_REGIONS  # noqa: E402
 from pacofr.modules.nonfinite import NonFiniteGuard  # noqa: E402
 from pacofr.modules.pretrain import PaCoFRPretrain  # noqa: E402
-from pacofr.optim import build_adamw, param_groups, scaled_lr, warmup_cosine  # noqa: E402
+from pacofr.modules.synthetic_batches import PremadeBatches, synthetic_batches  # noqa: E402
+from pacofr.optim import build_adamw, scaled_lr, warmup_cosine  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = {"tiny": REPO / "configs/pretrain/demo_tiny.yaml", "other": REPO / "configs/pretrain/pacofr_vit_b16.yaml"}
@@ -94,38 +93,13 @@ def model_kwargs(config: dict[str, Any], args: argparse.Namespace, method: str) 
 
 
 # --- synthetic input ----------------------------------------------------------------------------------
-def synthetic_batches(module: PaCoFRPretrain, batch: int, count: int, device: torch.device, seed: int) -> list[dict]:
-    """``count`` batches shaped like the data module's (image, mask, covered, region_hist, seg)."""
-    model = module.model
-    n, s = model.num_patches, module.hparams.img_size
-    gen = torch.Generator().manual_seed(seed)
-    out = []
-    for _ in range(count):
-        order = torch.rand(batch, n, generator=gen).argsort(dim=1)
-        mask = torch.zeros(batch, n, dtype=torch.bool).scatter_(1, order[:, : model.num_masked], True)
-        # the "covered component": the first few masked patches of each image (a subset of the mask)
-        covered_patches = torch.zeros_like(mask).scatter_(1, order[:, : max(1, model.num_masked // 8)], True)
-        hist = torch.rand(batch, n, NUM_REGIONS, generator=gen).pow(4)
-        out.append(
-            {
-                "image": torch.randn(batch, 3, s, s, generator=gen),
-                "mask": mask,
-                "covered": torch.randint(0, 6, (batch,), generator=gen),
-                "covered_patches": covered_patches,
-                "region_hist": hist / hist.sum(-1, keepdim=True),
-                "seg": torch.randint(0, NUM_LABELS, (batch, s, s), generator=gen, dtype=torch.uint8),
-            }
-        )
-    return [{k: v.to(device, non_blocking=False) for k, v in b.items()} for b in out]
-
-
 # --- the bare loop --------------------------------------------------------------------------------------
 def bare_optimizer(module: PaCoFRPretrain, batch: int, total_steps: int) -> tuple[torch.optim.Optimizer, LambdaLR]:
     """The module's AdamW groups and warmup-cosine schedule, without a Trainer (fused, as the module's)."""
     hp = module.hparams
-    no_decay = {"model." + n for n in module.model.no_weight_decay()}
-    named = [(n, p) for n, p in module.named_parameters() if p.requires_grad]
-    groups = [g for g in param_groups(named, hp.weight_decay, no_decay_names=no_decay) if g["params"]]
+    groups = module.named_param_groups()
+    for g in groups:
+        del g["names"]
     optimizer = build_adamw(groups, lr=scaled_lr(hp.base_lr, batch), betas=tuple(hp.betas), fused=True)
     schedule = LambdaLR(optimizer, lambda step: warmup_cosine(step, hp.warmup_steps, total_steps, hp.min_lr_ratio))
     return optimizer, schedule
@@ -271,29 +245,6 @@ def dynamo_counters() -> dict[str, Any]:
 
 
 # --- Lightning ------------------------------------------------------------------------------------------
-class _Cycle(Dataset):
-    def __init__(self, batches: list[dict], length: int):
-        self.batches, self.length = batches, length
-
-    def __len__(self) -> int:
-        return self.length
-
-    def __getitem__(self, i: int) -> dict:
-        return self.batches[i % len(self.batches)]
-
-
-class PremadeBatches(L.LightningDataModule):
-    """Pre-made device batches; ``batch_size`` is what the module's lr scaling reads."""
-
-    def __init__(self, batches: list[dict], length: int):
-        super().__init__()
-        self.batches, self.length = batches, length
-        self.batch_size = int(batches[0]["image"].shape[0])
-
-    def train_dataloader(self) -> DataLoader:
-        return DataLoader(_Cycle(self.batches, self.length), batch_size=None, num_workers=0)
-
-
 class StepClock(L.Callback):
     """Times Lightning steps from batch start to batch start (every hook, fetch and transfer included)."""
 
@@ -439,7 +390,7 @@ def find_max_batch(
     def fits(batch: int) -> bool:
         batches = None
         try:
-            batches = synthetic_batches(module, batch, 1, device, seed=batch)
+            batches = synthetic_batches(module, batch, 1, seed=batch, device=device)
             step, optimizer = bare_step_fn(module, batches, autocast, clip, 10)
             step()
             step()
@@ -552,7 +503,7 @@ def main(argv: list[str] | None = None) -> None:
         for method in ("mae", "pacofr"):
             module = make_module(method).to(device).train()
             flops[method] = module.flops_per_image()
-            batches = synthetic_batches(module, args.batch, 2, device, args.seed)
+            batches = synthetic_batches(module, args.batch, 2, seed=args.seed, device=device)
             if mode != "eager":
                 if not args.interleave:
                     torch._dynamo.reset()  # fresh caches: this row compiles its own graphs

@@ -6,9 +6,9 @@ code generation), so this stays quick on CPU. tests/modules/test_pretrain_compil
 import pytest
 import torch
 
-from pacofr.data.format import NUM_REGIONS
 from pacofr.losses.codebook import codebook_loss
 from pacofr.modules.pretrain import PaCoFRPretrain
+from pacofr.modules.synthetic_batches import synthetic_batches
 
 IMG = 32
 
@@ -30,19 +30,6 @@ def _module(**overrides) -> PaCoFRPretrain:
     return PaCoFRPretrain(**{**kwargs, **overrides})
 
 
-def _batch(module: PaCoFRPretrain, b: int = 2) -> dict:
-    n, k = module.model.num_patches, module.model.num_masked
-    order = torch.rand(b, n).argsort(1)
-    mask = torch.zeros(b, n, dtype=torch.bool).scatter_(1, order[:, :k], True)
-    hist = torch.rand(b, n, NUM_REGIONS) + 0.01
-    return {
-        "image": torch.randn(b, 3, IMG, IMG),
-        "mask": mask,
-        "covered_patches": torch.zeros_like(mask).scatter_(1, order[:, :1], True),
-        "region_hist": hist / hist.sum(-1, keepdim=True),
-    }
-
-
 @pytest.mark.parametrize(
     "overrides",
     [
@@ -53,7 +40,7 @@ def _batch(module: PaCoFRPretrain, b: int = 2) -> dict:
 )
 def test_compute_losses_traces_without_graph_breaks(overrides):
     module = _module(**overrides).train()
-    batch = _batch(module)
+    batch = synthetic_batches(module, batch=2, count=1)[0]
     compiled = torch.compile(module._main_losses, fullgraph=True, backend="eager")
     torch.manual_seed(1)
     total, terms, _ = compiled(batch["image"], batch["mask"], batch["covered_patches"], batch["region_hist"])

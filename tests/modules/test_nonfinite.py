@@ -14,9 +14,7 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from torch.utils.data import DataLoader, Dataset
 
-from pacofr.data.format import NUM_REGIONS
 from pacofr.modules.host_reader import LaggedHostReader
 from pacofr.modules.nonfinite import (
     NonFiniteGuard,
@@ -24,6 +22,7 @@ from pacofr.modules.nonfinite import (
     skips_on_device,
 )
 from pacofr.modules.pretrain import PaCoFRPretrain
+from pacofr.modules.synthetic_batches import PremadeBatches, synthetic_batches
 
 IMG = 32  # 4 x 4 patches of 8 px
 
@@ -46,46 +45,6 @@ def tiny_module(cls=PaCoFRPretrain, **overrides) -> PaCoFRPretrain:
     kwargs.update(overrides)
     torch.manual_seed(0)
     return cls(**kwargs)
-
-
-def make_batches(module: PaCoFRPretrain, batch: int = 4, count: int = 3) -> list[dict]:
-    model = module.model
-    n = model.num_patches
-    gen = torch.Generator().manual_seed(1)
-    out = []
-    for _ in range(count):
-        order = torch.rand(batch, n, generator=gen).argsort(dim=1)
-        mask = torch.zeros(batch, n, dtype=torch.bool).scatter_(1, order[:, : model.num_masked], True)
-        hist = torch.rand(batch, n, NUM_REGIONS, generator=gen) + 0.01
-        out.append(
-            {
-                "image": torch.randn(batch, 3, IMG, IMG, generator=gen),
-                "mask": mask,
-                "covered_patches": torch.zeros_like(mask).scatter_(1, order[:, :1], True),
-                "region_hist": hist / hist.sum(-1, keepdim=True),
-            }
-        )
-    return out
-
-
-class _Cycle(Dataset):
-    def __init__(self, batches: list[dict], length: int):
-        self.batches, self.length = batches, length
-
-    def __len__(self) -> int:
-        return self.length
-
-    def __getitem__(self, i: int) -> dict:
-        return self.batches[i % len(self.batches)]
-
-
-class Batches(L.LightningDataModule):
-    def __init__(self, batches: list[dict], length: int):
-        super().__init__()
-        self.batches, self.length, self.batch_size = batches, length, batches[0]["image"].shape[0]
-
-    def train_dataloader(self) -> DataLoader:
-        return DataLoader(_Cycle(self.batches, self.length), batch_size=None, num_workers=0)
 
 
 class Poisoned(PaCoFRPretrain):
@@ -115,7 +74,7 @@ def fit(module: PaCoFRPretrain, steps: int, callbacks=(), **kwargs) -> L.Trainer
         callbacks=list(callbacks),
         **kwargs,
     )
-    trainer.fit(module, datamodule=Batches(make_batches(module), steps + 2))
+    trainer.fit(module, datamodule=PremadeBatches(synthetic_batches(module, batch=4, count=3, seed=1), steps + 2))
     return trainer
 
 

@@ -14,55 +14,12 @@ import pytest
 import torch
 from test_pretrain import tiny_module, trainer
 from torch._dynamo.utils import counters
-from torch.utils.data import DataLoader, Dataset
 
-from pacofr.data.format import NUM_REGIONS
 from pacofr.modules.pretrain import PaCoFRPretrain
+from pacofr.modules.synthetic_batches import PremadeBatches, synthetic_batches
 
 STEPS = 4
 PACOFR = dict(spatial_weight=0.1, covered_weight=0.007, incubation_steps=1)
-
-
-class _Premade(Dataset):
-    def __init__(self, batches: list[dict]):
-        self.batches = batches
-
-    def __len__(self) -> int:
-        return len(self.batches)
-
-    def __getitem__(self, i: int) -> dict:
-        return self.batches[i]
-
-
-class PremadeBatches(L.LightningDataModule):
-    """In-memory batches shaped like PretrainDataModule's; ``batch_size`` is what the lr scaling reads."""
-
-    def __init__(self, batches: list[dict]):
-        super().__init__()
-        self.batches = batches
-        self.batch_size = int(batches[0]["image"].shape[0])
-
-    def train_dataloader(self) -> DataLoader:
-        return DataLoader(_Premade(self.batches), batch_size=None, num_workers=0)
-
-
-def make_batches(module: PaCoFRPretrain, count: int, b: int = 4) -> list[dict]:
-    n, k, img = module.model.num_patches, module.model.num_masked, module.hparams.img_size
-    gen = torch.Generator().manual_seed(7)
-    batches = []
-    for _ in range(count):
-        order = torch.rand(b, n, generator=gen).argsort(1)
-        mask = torch.zeros(b, n, dtype=torch.bool).scatter_(1, order[:, :k], True)
-        hist = torch.rand(b, n, NUM_REGIONS, generator=gen) + 0.01
-        batches.append(
-            {
-                "image": torch.randn(b, 3, img, img, generator=gen),
-                "mask": mask,
-                "covered_patches": torch.zeros_like(mask).scatter_(1, order[:, :1], True),
-                "region_hist": hist / hist.sum(-1, keepdim=True),
-            }
-        )
-    return batches
 
 
 class LossRecorder(L.Callback):
@@ -78,7 +35,7 @@ def fit(module: PaCoFRPretrain, tmp_path, name: str) -> list[float]:
     torch.manual_seed(1)  # the same candidate choices in both runs
     with torch._inductor.config.patch(fallback_random=True):
         trainer(tmp_path / name, max_steps=STEPS, callbacks=[recorder]).fit(
-            module, datamodule=PremadeBatches(make_batches(module, STEPS))
+            module, datamodule=PremadeBatches(synthetic_batches(module, batch=4, count=STEPS, seed=7))
         )
     return recorder.losses
 
@@ -122,7 +79,7 @@ def test_compiled_part_has_no_graph_breaks(overrides):
     loss, MAE and the EMA codebook: tests/losses/test_losses_compile.py."""
     torch.manual_seed(0)
     module = tiny_module(**overrides).train()
-    batch = make_batches(module, 1)[0]
+    batch = synthetic_batches(module, batch=4, count=1, seed=7)[0]
     args = (batch["image"], batch["mask"], batch["covered_patches"], batch["region_hist"])
     explained = torch._dynamo.explain(module._main_losses)(*args)
     assert explained.graph_break_count == 0, explained.break_reasons
