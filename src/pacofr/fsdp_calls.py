@@ -18,10 +18,13 @@ T = TypeVar("T")
 
 
 def is_fsdp(trainer: L.Trainer) -> bool:
-    """True when the trainer's model is wrapped in torch FSDP (parameters sharded between steps)."""
+    """True when the trainer trains with torch FSDP: its strategy is Lightning's FSDP one (also before it has
+    wrapped the model, e.g. in ``configure_model``), or its model is already an FSDP unit."""
+    from lightning.pytorch.strategies import FSDPStrategy
     from torch.distributed.fsdp import FullyShardedDataParallel
 
-    return isinstance(getattr(trainer.strategy, "model", None), FullyShardedDataParallel)
+    strategy = trainer.strategy
+    return isinstance(strategy, FSDPStrategy) or isinstance(getattr(strategy, "model", None), FullyShardedDataParallel)
 
 
 def unwrap_fsdp(module: nn.Module) -> nn.Module:

@@ -159,9 +159,9 @@ class BlockFSDPStrategy(FSDPStrategy):
         from torch.distributed.fsdp import FullyShardedDataParallel
 
         checkpoint = _lazy_load(path)
-        legacy = tuple(getattr(self.lightning_module, "legacy_state_prefixes", ()))
-        for key in [k for k in checkpoint["state_dict"] if legacy and k.startswith(legacy)]:
-            del checkpoint["state_dict"][key]
+        drop_legacy_state = getattr(self.lightning_module, "drop_legacy_state", None)
+        if drop_legacy_state is not None:
+            drop_legacy_state(checkpoint["state_dict"])
         _load_raw_module_state(
             checkpoint.pop("state_dict"), module=self.model, world_size=self.world_size,
             strict=self.lightning_module.strict_loading,

@@ -36,13 +36,6 @@ from pacofr.modules.spatial_head import SpatialHead
 from pacofr.optim import build_adamw, param_groups, scaled_lr, warmup_cosine
 
 
-def _uses_fsdp(trainer: L.Trainer) -> bool:
-    """The trainer's strategy is (or will be, when asked before it wraps the model) torch FSDP."""
-    from lightning.pytorch.strategies import FSDPStrategy
-
-    return isinstance(trainer.strategy, FSDPStrategy) or is_fsdp(trainer)
-
-
 class PaCoFRPretrain(L.LightningModule):
     # torch.compile backend of ``compile: true`` (``aot_eager``: dynamo + autograd tracing without code generation,
     # for quick CPU checks; set on an instance before ``Trainer.fit``)
@@ -151,7 +144,7 @@ class PaCoFRPretrain(L.LightningModule):
     def configure_model(self) -> None:
         if not self.hparams.compile or self.step_compiled:
             return
-        if self._trainer is not None and _uses_fsdp(self.trainer):
+        if self._trainer is not None and is_fsdp(self.trainer):
             # Eager under FSDP. pacofr's FSDP is FSDP1 (one unit per ViT block, ``use_orig_params``): each unit
             # gathers and frees its shards in Python hooks around its forward, which dynamo does not trace, so
             # the step would split into a graph per block (and a recompile risk from the swapped parameter
@@ -384,11 +377,15 @@ class PaCoFRPretrain(L.LightningModule):
     # state-dict prefixes older checkpoints carry that this module no longer has (a registered alias of `model`)
     legacy_state_prefixes = ("_forward.",)
 
+    def drop_legacy_state(self, state_dict: dict[str, Any]) -> None:
+        """Remove, in place, the entries of older checkpoints that this module no longer has. Called here and by
+        BlockFSDPStrategy, which loads the weights itself before this module's ``on_load_checkpoint``."""
+        for key in [k for k in state_dict if k.startswith(self.legacy_state_prefixes)]:
+            del state_dict[key]
+
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        state = checkpoint.get("state_dict")
-        if state is not None:
-            for key in [k for k in state if k.startswith(self.legacy_state_prefixes)]:
-                del state[key]
+        if checkpoint.get("state_dict") is not None:
+            self.drop_legacy_state(checkpoint["state_dict"])
         if checkpoint.get("optimizer_states") and self._trainer is not None and not is_fsdp(self.trainer):
             # FSDP restores its optimiser inside the strategy (BlockFSDPStrategy.load_checkpoint); here the
             # state goes to a plain optimiser: re-key it by name onto this run's groups and order
@@ -444,14 +441,11 @@ class PaCoFRPretrain(L.LightningModule):
     def configure_gradient_clipping(
         self, optimizer, gradient_clip_val: float | None = None, gradient_clip_algorithm: str | None = None
     ) -> None:
-        from torch.distributed.fsdp import FullyShardedDataParallel
-
-        wrapped = self.trainer.strategy.model
-        if isinstance(wrapped, FullyShardedDataParallel) and gradient_clip_val:
+        if is_fsdp(self.trainer) and gradient_clip_val:
             # Lightning's FSDP precision refuses norm clipping; FSDP's own clip all-reduces the sharded norms
             if gradient_clip_algorithm not in (None, "norm"):
                 raise ValueError(f"FSDP clips by norm only, got gradient_clip_algorithm={gradient_clip_algorithm!r}")
-            wrapped.clip_grad_norm_(gradient_clip_val)
+            self.trainer.strategy.model.clip_grad_norm_(gradient_clip_val)
             return
         super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
 
