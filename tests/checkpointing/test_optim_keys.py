@@ -86,3 +86,9 @@ def test_a_group_that_changed_members_is_an_error_naming_them():
     with pytest.raises(OptimizerLayoutError, match="inconsistent"):
         saved_group_names(state, [["0.weight"], ["0.bias", "1.bias"]])
     assert saved_group_names(state, None) is None  # an old checkpoint without names: the caller decides
+    twice = [["0.weight", "0.weight"], ["0.bias", "1.bias"]]
+    with pytest.raises(OptimizerLayoutError, match="twice"):
+        to_positional(state, twice, SAVED)
+    orphan = {**state, "state": {**state["state"], 99: state["state"][0]}}
+    with pytest.raises(OptimizerLayoutError, match="no group"):
+        to_positional(orphan, names, SAVED)

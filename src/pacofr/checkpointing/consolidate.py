@@ -45,22 +45,11 @@ def positional_optimizer_state(state: dict[str, Any]) -> dict[str, Any]:
     Positions run over the parameter groups in order, as ``Optimizer.state_dict()`` numbers them; a state
     that is already positional is returned unchanged.
     """
-    groups = state.get("param_groups", [])
-    names = [name for group in groups for name in group["params"]]
-    if not names or not all(isinstance(n, str) for n in names):
+    names = optim_keys.saved_group_names(state, None)  # None: already positional
+    if names is None:
         return state
-    if len(set(names)) != len(names):
-        raise ValueError("optimizer state lists a parameter name twice; cannot re-key it by position")
-    position = {name: i for i, name in enumerate(names)}
-    unknown = sorted(set(state.get("state", {})) - set(position))
-    if unknown:
-        raise ValueError(f"optimizer state has entries for parameters in no group: {unknown[:5]}")
-    new_groups, start = [], 0
-    for group in groups:
-        count = len(group["params"])
-        new_groups.append({**group, "params": list(range(start, start + count))})
-        start += count
-    return {"state": {position[n]: v for n, v in state.get("state", {}).items()}, "param_groups": new_groups}
+    own_order = [(optim_keys.group_tag(g, i), n) for i, (g, n) in enumerate(zip(state["param_groups"], names))]
+    return optim_keys.to_positional(state, names, own_order)
 
 
 def consolidate(

@@ -43,7 +43,7 @@ def saved_group_names(state: dict[str, Any], recorded: list[list[str]] | None) -
     return [list(names) for names in recorded]
 
 
-def _group_tag(group: dict[str, Any], index: int) -> str:
+def group_tag(group: dict[str, Any], index: int) -> str:
     return str(group.get("group", f"#{index}"))
 
 
@@ -61,11 +61,20 @@ def to_positional(
     if len(saved_groups) != len(current):
         raise OptimizerLayoutError(
             f"checkpoint optimiser has {len(saved_groups)} parameter groups "
-            f"{[_group_tag(g, i) for i, g in enumerate(saved_groups)]}, this run has {len(current)} "
+            f"{[group_tag(g, i) for i, g in enumerate(saved_groups)]}, this run has {len(current)} "
             f"{[tag for tag, _ in current]}"
         )
-    by_tag = {_group_tag(g, i): (g, names) for i, (g, names) in enumerate(zip(saved_groups, saved_names))}
+    by_tag = {group_tag(g, i): (g, names) for i, (g, names) in enumerate(zip(saved_groups, saved_names))}
+    all_saved = [name for names in saved_names for name in names]
+    if len(set(all_saved)) != len(all_saved):
+        raise OptimizerLayoutError("the checkpoint's optimiser state lists a parameter name twice")
     entries = state.get("state", {})
+    members = {key for group in saved_groups for key in group["params"]}
+    orphans = sorted(str(key) for key in entries if key not in members)
+    if orphans:
+        raise OptimizerLayoutError(
+            f"the checkpoint's optimiser state has entries for parameters in no group: {orphans[:5]}"
+        )
     by_name: dict[str, Any] = {}
     for group, names in zip(saved_groups, saved_names):
         for key, name in zip(group["params"], names):
