@@ -13,7 +13,6 @@ needs a non-CPU accelerator device"). The CPU path is what the tests and the CPU
 
 from __future__ import annotations
 
-import shutil
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, Literal
@@ -33,6 +32,7 @@ from torch import nn
 from torch.distributed.fsdp.wrap import CustomPolicy
 
 from pacofr.checkpointing import optim_keys
+from pacofr.checkpointing.prune import remove_checkpoint
 
 
 def wrap_policy(module: nn.Module) -> bool | dict:
@@ -130,20 +130,18 @@ class BlockFSDPStrategy(FSDPStrategy):
             return super().save_checkpoint(checkpoint, filepath, storage_options)
         final = Path(self.broadcast(str(filepath)))
         partial = final.parent / f".{final.name}.partial"
-        if self.global_rank == 0 and partial.exists():
-            shutil.rmtree(partial)  # left by a job that died mid-write
+        if self.global_rank == 0:
+            remove_checkpoint(partial)  # left by a job that died mid-write
         self.barrier("pacofr-sharded-save-start")
         super().save_checkpoint(checkpoint, partial, storage_options)
         self.barrier("pacofr-sharded-save-written")  # every shard and meta.pt are on disk
         if self.global_rank == 0:
             old = final.parent / f".{final.name}.old"
             if final.exists():
-                if old.exists():
-                    shutil.rmtree(old) if old.is_dir() else old.unlink()
+                remove_checkpoint(old)
                 final.rename(old)
             partial.rename(final)
-            if old.exists():
-                shutil.rmtree(old) if old.is_dir() else old.unlink()
+            remove_checkpoint(old)
         self.barrier("pacofr-sharded-save-renamed")
 
     def load_checkpoint(self, checkpoint_path: Any, weights_only: bool | None = None) -> dict[str, Any]:

@@ -14,7 +14,8 @@ from pacofr.checkpointing.resolve import find_checkpoints
 log = logging.getLogger(__name__)
 
 
-def _remove(path: Path) -> None:
+def remove_checkpoint(path: Path) -> None:
+    """Delete a checkpoint file or sharded folder; a path that does not exist is fine."""
     if path.is_dir():
         shutil.rmtree(path)
     else:
@@ -37,7 +38,7 @@ def prune_checkpoints(dirpath: str | os.PathLike[str], keep_last: int) -> list[P
     newest_periodic = periodic[-1].global_step if periodic else -1
     doomed += [c.path for c in found if c.kind == "preempt" and c.global_step < newest_periodic]
     for path in doomed:
-        _remove(path)
+        remove_checkpoint(path)
     if doomed:
         log.info("pacofr prune: removed %s", ", ".join(p.name for p in doomed))
     return doomed
