@@ -75,22 +75,16 @@ class OnlineProbe(L.Callback):
         if root is None:
             raise ValueError("OnlineProbe: no root given and the data module has no `root`")
         faces = SynthFaces(root, self.split)
-        n = min(self.num_samples, len(faces))
-        chosen = np.unique(np.linspace(0, len(faces) - 1, n).round().astype(int))
+        self._check_labels(faces, root, [0])  # before reading every identity: one clear line, not a KeyError
+        all_ids = faces.identities()
+        chosen = whole_identities(all_ids, min(self.num_samples, len(faces)))
         mine = chosen[trainer.global_rank :: trainer.world_size]
         self.num_chosen = len(chosen)
         encoder = _encoder(pl_module)
         size = int(encoder.patch_embed.img_size[0])
         augment = getattr(trainer.datamodule, "augment", None)
         mean, std = getattr(augment, "mean", IMAGENET_MEAN), getattr(augment, "std", IMAGENET_STD)
-        for i in chosen:  # check every chosen sample (not just this process's) so all ranks fail alike
-            missing = [key for key in ("pose", "identity") if key not in faces.meta(int(i))]
-            if missing:
-                raise ValueError(
-                    f"OnlineProbe: sample {i} of {root}/{self.split} has no {' or '.join(missing)} in its json "
-                    "(probe on synthetic faces from `pacofr-prep synth`)"
-                )
-        all_ids = faces.identities()
+        self._check_labels(faces, root, chosen)  # every chosen sample, not just this process's: all ranks fail alike
         id_codes = {ident: code for code, ident in enumerate(sorted({all_ids[i] for i in chosen}, key=str))}
         images, pose, identity = [], [], []
         for i in mine:
@@ -102,6 +96,15 @@ class OnlineProbe(L.Callback):
         self.pose = torch.stack(pose) if pose else torch.empty(0, 3)
         self.identity = torch.tensor(identity, dtype=torch.long)
         self.index = torch.as_tensor(mine, dtype=torch.long)
+
+    def _check_labels(self, faces: SynthFaces, root: str, indices) -> None:
+        for i in indices:
+            missing = [key for key in ("pose", "identity") if key not in faces.meta(int(i))]
+            if missing:
+                raise ValueError(
+                    f"OnlineProbe: sample {i} of {root}/{self.split} has no {' or '.join(missing)} in its json "
+                    "(probe on synthetic faces from `pacofr-prep synth`)"
+                )
 
     # --- probing --------------------------------------------------------------------------------
     @torch.no_grad()
@@ -157,6 +160,22 @@ class OnlineProbe(L.Callback):
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._maybe_probe(trainer, pl_module, force=True)
+
+
+def whole_identities(identities: list, n: int) -> np.ndarray:
+    """Up to ``n`` sample indices made of whole identities spread evenly over the sorted identity list.
+
+    Evenly spaced *samples* can miss every repeated identity (the synthetic faces cycle through their
+    people), which leaves the k-NN identity probe undefined; whole identities always repeat."""
+    groups: dict = {}
+    for i, ident in enumerate(identities):
+        groups.setdefault(ident, []).append(i)
+    order = sorted(groups, key=str)
+    per_identity = len(identities) / max(1, len(order))
+    wanted = min(len(order), max(1, int(np.ceil(n / per_identity))))
+    picked = [order[j] for j in np.unique(np.linspace(0, len(order) - 1, wanted).round().astype(int))]
+    chosen = sorted(i for ident in picked for i in groups[ident])
+    return np.asarray(chosen[:n] if len(chosen) > n else chosen, dtype=int)
 
 
 def _encoder(pl_module: L.LightningModule) -> torch.nn.Module:
