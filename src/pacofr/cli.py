@@ -27,6 +27,7 @@ EXTRA_COMMANDS: dict[str, str] = {
     "eval": "pacofr.eval.cli:main",
     "export": "pacofr.export:main",
     "checkpoint": "pacofr.checkpointing.cli:main",
+    "study": "pacofr.study.cli:main",
 }
 
 

@@ -1,0 +1,206 @@
+"""Run the cells of a study: pretrain (``pacofr fit`` in a child process, ``--resume auto``), probe the
+encoder, write ``result.json``. A cell whose result carries the current cell key is skipped; an
+interrupted one continues from its newest checkpoint."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+from pacofr.checkpointing.resolve import resolve_resume
+from pacofr.eval.backbone import load_backbone
+from pacofr.models.sizes import build_encoder
+from pacofr.run_folder import atomic_write_text, git_commit
+
+from .probe import run_probe
+from .spec import Cell, StudyConfigError, StudySpec
+
+log = logging.getLogger("pacofr.study")
+CURVE_TAGS = ("probe/pose_mae", "probe/knn_identity_acc", "loss/total", "loss/rec")
+
+
+class CellError(RuntimeError):
+    """A cell's pretraining failed; the message names its log."""
+
+
+def nested(dotted: dict[str, Any]) -> dict[str, Any]:
+    """``{"model.lr": 1}`` -> ``{"model": {"lr": 1}}`` (a config file that ``pacofr fit`` merges last)."""
+    out: dict[str, Any] = {}
+    for key, value in dotted.items():
+        node = out
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise StudyConfigError(f"override {key!r} goes below a key that already holds a value")
+        node[leaf] = value
+    return out
+
+
+def model_settings(spec: StudySpec, cell: Cell) -> dict[str, Any]:
+    """The cell's ``model`` section: the base config's, with the overrides applied."""
+    try:
+        base = yaml.safe_load(Path(spec.base_config).read_text()) or {}
+    except OSError as err:
+        raise StudyConfigError(f"cannot read base_config {spec.base_config}: {err.strerror}") from err
+    model = dict(base.get("model") or {})
+    for key, value in spec.fit_overrides(cell).items():
+        if key.startswith("model."):
+            model[key[len("model.") :]] = value
+    return model
+
+
+def max_steps(spec: StudySpec) -> int:
+    steps = spec.common.get("trainer.max_steps")
+    if steps is None:
+        base = yaml.safe_load(Path(spec.base_config).read_text()) or {}
+        steps = (base.get("trainer") or {}).get("max_steps")
+    if not isinstance(steps, int) or steps < 1:
+        raise StudyConfigError("the study needs trainer.max_steps (in common or in the base config)")
+    return steps
+
+
+def fit_command(spec: StudySpec, cell: Cell) -> list[str]:
+    overrides = cell.folder / "overrides.yaml"
+    atomic_write_text(overrides, yaml.safe_dump(nested(spec.fit_overrides(cell)), sort_keys=False))
+    return [
+        sys.executable,
+        "-m",
+        "pacofr.cli",
+        "fit",
+        "--config",
+        spec.base_config,
+        "--config",
+        str(overrides),
+        "--run_dir",
+        str(cell.run_dir),
+        "--resume",
+        "auto",
+    ]
+
+
+def checkpoint_step(path: Path) -> int:
+    return int(torch.load(path, map_location="cpu", weights_only=True, mmap=True).get("global_step", -1))
+
+
+def pretrain(spec: StudySpec, cell: Cell) -> dict[str, Any]:
+    """Train the cell (or continue it); returns the pretraining facts for its result."""
+    steps = max_steps(spec)
+    last = cell.run_dir / "checkpoints" / "last.ckpt"
+    started = time.perf_counter()
+    if not (last.is_file() and checkpoint_step(last) >= steps):
+        cell.folder.mkdir(parents=True, exist_ok=True)
+        resumed = resolve_resume("auto", cell.run_dir / "checkpoints")
+        with open(cell.log_path, "a") as fh:
+            fh.write(f"\n=== {dt.datetime.now().isoformat(timespec='seconds')} {'resume' if resumed else 'start'}\n")
+            fh.flush()
+            code = subprocess.call(fit_command(spec, cell), stdout=fh, stderr=subprocess.STDOUT)
+        if code != 0:
+            raise CellError(f"pretraining of {cell.name} failed (exit {code}); see {cell.log_path}")
+    step = checkpoint_step(last) if last.is_file() else -1
+    if step < steps:
+        raise CellError(f"{cell.name}: last.ckpt is at step {step}, expected {steps}; see {cell.log_path}")
+    return {"steps": step, "checkpoint": str(last), "seconds": round(time.perf_counter() - started, 1)}
+
+
+def read_curves(tb_dir: Path, tags: tuple[str, ...] = CURVE_TAGS) -> dict[str, list[list[float]]]:
+    """``{tag: [[step, value], ...]}`` from a run's TensorBoard events (empty when there are none)."""
+    if not tb_dir.is_dir():
+        return {}
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(tb_dir), size_guidance={"scalars": 0})
+    events.Reload()
+    present = set(events.Tags().get("scalars", []))
+    curves = {}
+    for tag in tags:
+        if tag in present:
+            by_step = {e.step: e.value for e in events.Scalars(tag)}  # a resumed run may log a step twice
+            curves[tag] = [[step, round(float(v), 6)] for step, v in sorted(by_step.items())]
+    return curves
+
+
+def encoder_for(spec: StudySpec, cell: Cell, checkpoint: str | None) -> tuple[torch.nn.Module, int]:
+    model = model_settings(spec, cell)
+    img_size = int(model.get("img_size", 224))
+    if checkpoint is not None:
+        return load_backbone(checkpoint), img_size
+    torch.manual_seed(cell.seed)  # the pretraining's own initialisation (MAE init, fixed sin-cos positions)
+    encoder = build_encoder(model.get("encoder_size", "base"), img_size, int(model.get("patch_size", 16)))
+    return encoder, img_size
+
+
+def machine() -> dict[str, Any]:
+    return {
+        "host": platform.node(),
+        "cpu": platform.processor() or platform.machine(),
+        "cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+    }
+
+
+def read_result(cell: Cell) -> dict[str, Any] | None:
+    try:
+        return json.loads(cell.result_path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def is_done(spec: StudySpec, cell: Cell) -> bool:
+    result = read_result(cell)
+    return result is not None and result.get("cell_key") == spec.cell_key(cell)
+
+
+def run_cell(spec: StudySpec, cell: Cell, force: bool = False) -> dict[str, Any]:
+    """Pretrain (unless the arm is random-init), probe, write ``result.json``; skipped when done."""
+    if not force and is_done(spec, cell):
+        log.info("study %s: %s done, skipped", spec.name, cell.name)
+        return read_result(cell)
+    if not (Path(spec.data_root) / "_info.json").is_file():
+        raise StudyConfigError(
+            f"no dataset at {spec.data_root} (missing _info.json): write it with `pacofr-prep synth --out "
+            f"{spec.data_root} ...` (the study config's data_root comment gives the arguments)"
+        )
+    started = time.perf_counter()
+    log.info("study %s: %s ...", spec.name, cell.name)
+    facts = pretrain(spec, cell) if cell.arm.pretrain else None
+    torch.manual_seed(cell.seed)
+    encoder, img_size = encoder_for(spec, cell, facts["checkpoint"] if facts else None)
+    probe_started = time.perf_counter()
+    scores, chance = run_probe(encoder, spec.data_root, spec.probe, cell.seed, img_size)
+    result = {
+        "study": spec.name,
+        "arm": cell.arm.name,
+        "label": cell.arm.label,
+        "seed": cell.seed,
+        "cell_key": spec.cell_key(cell),
+        "pretrain": facts,
+        "overrides": spec.fit_overrides(cell) if cell.arm.pretrain else {},
+        "img_size": img_size,
+        "scores": scores,
+        "chance": chance,
+        "curves": read_curves(cell.run_dir / "tb") if cell.arm.pretrain else {},
+        "seconds": {
+            "probe": round(time.perf_counter() - probe_started, 1),
+            "cell": round(time.perf_counter() - started, 1),
+        },
+        "machine": machine(),
+        "code": git_commit(),
+        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+    atomic_write_text(cell.result_path, json.dumps(result, indent=1))
+    log.info("study %s: %s written (%.0f s)", spec.name, cell.name, result["seconds"]["cell"])
+    return result

@@ -1,0 +1,223 @@
+"""A method study as data: arms x seeds, read from one commented YAML (``configs/study/<name>.yaml``).
+
+A *cell* is one (arm, seed): one pretraining run (``pacofr fit``) and one probe of its encoder, written to
+``<root>/<study>/<arm>/seed<k>/`` (see docs/study.md). Every arm starts from the same ``base_config`` and the
+same ``common`` overrides (steps, batch, schedule), so compute and data are equal; only the arm's own
+``overrides`` differ.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+DEFAULT_ROOT = "runs/study"
+
+
+class StudyConfigError(ValueError):
+    """The study YAML is malformed (one line says what and where)."""
+
+
+@dataclass(frozen=True)
+class ProbeSettings:
+    """The frozen-feature probe protocol (``pacofr.study.probe``)."""
+
+    train_faces: int = 2000
+    test_split: str = "val"
+    occlusion_area: float = 0.25
+    batch_size: int = 100
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any] | None) -> ProbeSettings:
+        raw = dict(raw or {})
+        unknown = set(raw) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise StudyConfigError(f"probe: unknown keys {sorted(unknown)}; known: {sorted(cls.__dataclass_fields__)}")
+        settings = cls(**raw)
+        if settings.train_faces < 8 or not 0.0 < settings.occlusion_area <= 1.0 or settings.batch_size < 1:
+            raise StudyConfigError(f"probe: need train_faces >= 8, 0 < occlusion_area <= 1, batch_size >= 1: {raw}")
+        return settings
+
+
+@dataclass(frozen=True)
+class Arm:
+    name: str
+    label: str
+    pretrain: bool = True
+    overrides: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One (arm, seed) of a study; ``folder`` holds its run, its probe result and its log."""
+
+    study: str
+    arm: Arm
+    seed: int
+    folder: Path
+
+    @property
+    def run_dir(self) -> Path:
+        return self.folder / "run"
+
+    @property
+    def result_path(self) -> Path:
+        return self.folder / "result.json"
+
+    @property
+    def log_path(self) -> Path:
+        return self.folder / "pretrain.log"
+
+    @property
+    def name(self) -> str:
+        return f"{self.arm.name}/seed{self.seed}"
+
+
+@dataclass(frozen=True)
+class StudySpec:
+    name: str
+    base_config: str
+    data_root: str
+    seeds: tuple[int, ...]
+    common: dict[str, Any]
+    probe: ProbeSettings
+    arms: tuple[Arm, ...]
+    reference_arm: str
+    root: Path = Path(DEFAULT_ROOT)
+    source: str = ""
+
+    @property
+    def folder(self) -> Path:
+        return self.root / self.name
+
+    def cells(self) -> list[Cell]:
+        """Seed-major order (every arm of seed 0 first), so a partial grid already pairs arms."""
+        return [
+            Cell(self.name, arm, seed, self.folder / arm.name / f"seed{seed}")
+            for seed in self.seeds
+            for arm in self.arms
+        ]
+
+    def arm(self, name: str) -> Arm:
+        for arm in self.arms:
+            if arm.name == name:
+                return arm
+        raise StudyConfigError(f"no arm {name!r} in study {self.name!r}; arms: {[a.name for a in self.arms]}")
+
+    def fit_overrides(self, cell: Cell) -> dict[str, Any]:
+        """The dotted ``pacofr fit`` keys of one cell: common, then the arm's, then the seed's."""
+        return {
+            **self.common,
+            **cell.arm.overrides,
+            "seed_everything": cell.seed,
+            "data.seed": cell.seed,
+            "data.root": self.data_root,
+        }
+
+    def cell_key(self, cell: Cell) -> str:
+        """A digest of everything that decides a cell's result: a result with another key is stale."""
+        payload = {
+            "base_config": self.base_config,
+            "base_config_text": _read_text(self.base_config),
+            "pretrain": cell.arm.pretrain,
+            "overrides": self.fit_overrides(cell) if cell.arm.pretrain else {"seed": cell.seed},
+            "probe": self.probe.__dict__,
+            "data_root": self.data_root,
+        }
+        return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _read_text(path: str) -> str:
+    try:
+        return Path(path).read_text()
+    except OSError:
+        return ""
+
+
+def _mapping(raw: Any, where: str) -> dict[str, Any]:
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise StudyConfigError(f"{where} must be a mapping, got {type(raw).__name__}")
+    return dict(raw)
+
+
+def _arms(raw: Any) -> tuple[Arm, ...]:
+    arms = []
+    for name, body in _mapping(raw, "arms").items():
+        body = _mapping(body, f"arms.{name}")
+        unknown = set(body) - {"label", "pretrain", "overrides"}
+        if unknown:
+            raise StudyConfigError(f"arms.{name}: unknown keys {sorted(unknown)} (label, pretrain, overrides)")
+        arms.append(
+            Arm(
+                name=str(name),
+                label=str(body.get("label", name)),
+                pretrain=bool(body.get("pretrain", True)),
+                overrides=_mapping(body.get("overrides"), f"arms.{name}.overrides"),
+            )
+        )
+    if not arms:
+        raise StudyConfigError("a study needs at least one arm")
+    return tuple(arms)
+
+
+def load_study(
+    path: str | Path, quick: bool = False, root: str | Path = DEFAULT_ROOT, data_root: str | None = None
+) -> StudySpec:
+    """Read ``configs/study/<name>.yaml``; ``quick`` applies its ``quick:`` block (arms subset, seeds,
+    common and probe overrides, name)."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except OSError as err:
+        raise StudyConfigError(f"cannot read study config {path}: {err.strerror}") from err
+    except yaml.YAMLError as err:
+        raise StudyConfigError(f"{path} is not valid YAML: {err}") from err
+    raw = _mapping(raw, str(path))
+    known = {"name", "base_config", "data_root", "seeds", "common", "probe", "arms", "reference_arm", "quick"}
+    unknown = set(raw) - known
+    if unknown:
+        raise StudyConfigError(f"{path}: unknown keys {sorted(unknown)}; known: {sorted(known)}")
+    for key in ("name", "base_config", "data_root", "arms"):
+        if key not in raw:
+            raise StudyConfigError(f"{path}: missing key {key!r}")
+    arms = _arms(raw["arms"])
+    name, seeds = str(raw["name"]), raw.get("seeds", [0, 1, 2])
+    common, probe = _mapping(raw.get("common"), "common"), _mapping(raw.get("probe"), "probe")
+    reference = str(raw.get("reference_arm", arms[0].name))
+    if quick:
+        q = _mapping(raw.get("quick"), "quick")
+        name = str(q.get("name", f"{name}_quick"))
+        seeds = q.get("seeds", seeds[:1])
+        common = {**common, **_mapping(q.get("common"), "quick.common")}
+        probe = {**probe, **_mapping(q.get("probe"), "quick.probe")}
+        wanted = q.get("arms", [a.name for a in arms[:2]])
+        by_name = {a.name: a for a in arms}
+        missing = [a for a in wanted if a not in by_name]
+        if missing:
+            raise StudyConfigError(f"quick.arms names unknown arms {missing}")
+        arms = tuple(by_name[a] for a in wanted)
+        if reference not in wanted:
+            reference = arms[0].name
+    if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) for s in seeds):
+        raise StudyConfigError(f"seeds must be a non-empty list of integers, got {seeds!r}")
+    if reference not in {a.name for a in arms}:
+        raise StudyConfigError(f"reference_arm {reference!r} is not an arm")
+    return StudySpec(
+        name=name,
+        base_config=str(raw["base_config"]),
+        data_root=str(data_root or raw["data_root"]),
+        seeds=tuple(seeds),
+        common=common,
+        probe=ProbeSettings.from_dict(probe),
+        arms=arms,
+        reference_arm=reference,
+        root=Path(root),
+        source=str(path),
+    )
