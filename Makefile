@@ -9,7 +9,7 @@ BIN := $(VENV)/bin
 DATA_DEMO ?= data/synth-demo
 RUNS ?= runs
 
-.PHONY: setup test test-fast lint data-demo prep-demo pretrain eval-demo bench tensorboard clean
+.PHONY: setup test test-fast lint data-demo prep-demo pretrain eval-demo study study-quick bench tensorboard clean
 
 # The stamp makes `setup` a no-op once done; it is redone when pyproject.toml changes.
 $(VENV)/.installed: pyproject.toml
@@ -64,6 +64,21 @@ EVAL_ARGS ?=
 eval-demo: data-demo
 	test -f $(EVAL_CKPT) || $(MAKE) pretrain
 	$(BIN)/pacofr eval --suite synth --model.encoder_ckpt $(EVAL_CKPT) --data.root $(DATA_DEMO) $(EVAL_ARGS)
+
+# The method study (docs/study.md): arms x seeds -> pretraining -> frozen-feature probes -> one table, plots and
+# a TensorBoard HPARAMS page under runs/study/<name>/. Finished cells are skipped, interrupted ones resume, so
+# the same command continues a study. `make study-quick` runs the same pipeline on 2 arms x 1 seed x 6 steps.
+STUDY_CONFIG ?= configs/study/default.yaml
+STUDY_DATA ?= data/study-faces
+STUDY_ARGS ?=
+$(STUDY_DATA)/_info.json: | setup
+	$(BIN)/pacofr-prep synth --out $(STUDY_DATA) --n 8000 --size 128 --seed 1 --val-fraction 0.15 --quiet
+
+study: $(STUDY_DATA)/_info.json
+	$(BIN)/pacofr study run --config $(STUDY_CONFIG) --data-root $(STUDY_DATA) $(STUDY_ARGS)
+
+study-quick: $(STUDY_DATA)/_info.json
+	$(BIN)/pacofr study run --config $(STUDY_CONFIG) --quick --data-root $(STUDY_DATA) $(STUDY_ARGS)
 
 # CPU benchmarks on the demo data: training step (tiny: MAE vs PaCo-FR, eager/compiled, Lightning overhead)
 # and the input pipeline on one core (vs bare webdataset+PIL, decoders, cores per GPU). GPU: bench/RESULTS.md.

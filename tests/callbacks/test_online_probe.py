@@ -14,7 +14,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from data_prep.shard_writer import ShardSink, encode_jpeg, encode_label_png
-from pacofr.callbacks.online_probe import OnlineProbe
+from pacofr.callbacks.online_probe import OnlineProbe, whole_identities
 from pacofr.data.datamodule import PretrainDataModule
 from pacofr.data.format import Manifest, SplitInfo, sample_key, write_manifest
 from pacofr.eval.probes import KNNProbe, RidgeProbe
@@ -162,3 +162,14 @@ def test_callback_needs_pose_in_the_json(tmp_path, make_shards):
     trainer = L.Trainer(accelerator="cpu", logger=False)
     with pytest.raises(ValueError, match="no pose or identity"):
         probe.setup(trainer, module, "fit")
+
+
+def test_probe_set_is_whole_identities_spread_over_the_split():
+    """The synthetic faces cycle through their people: evenly spaced samples could repeat no identity."""
+    identities = [i % 50 for i in range(400)]  # 8 faces per identity, cycling
+    chosen = whole_identities(identities, 64)
+    picked = [identities[i] for i in chosen]
+    assert len(chosen) == 64 and len(set(picked)) == 8
+    assert all(picked.count(p) == 8 for p in set(picked))  # whole identities: k-NN has repeats
+    assert max(picked) - min(picked) > 40  # spread over the identity list, not the first eight
+    assert len(whole_identities(identities, 1000)) == 400

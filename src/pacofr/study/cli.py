@@ -4,7 +4,9 @@
   skipped, interrupted ones resume), then the table;
 - ``pacofr study cell --config ... --index K``: cell K only (``SLURM_ARRAY_TASK_ID`` when no ``--index``);
 - ``pacofr study aggregate --config ...``: the table, plots and HPARAMS page from the cells' JSONs;
-- ``pacofr study list --config ... [--count]``: the cells, their index and state.
+- ``pacofr study list --config ... [--count]``: the cells, their index and state;
+- ``pacofr study probe-check --config ... --arm A --seed K``: probe one finished cell's checkpoint again with
+  other probe seeds and a larger probe budget, to show the probe is not what limits the table.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from .report import aggregate
-from .runner import CellError, is_done, run_cell
+from .runner import CellError, format_probe_check, is_done, probe_check, run_cell
 from .spec import DEFAULT_ROOT, StudyConfigError, StudySpec, load_study
 
 USER_ERRORS = (StudyConfigError, CellError, FileNotFoundError)
@@ -31,6 +33,7 @@ def _parser() -> argparse.ArgumentParser:
         ("cell", "run one cell (a SLURM array task)"),
         ("aggregate", "write the table, plots and HPARAMS page from the finished cells"),
         ("list", "list the cells with their index and state"),
+        ("probe-check", "re-probe one cell with other probe seeds and budgets (probe strength)"),
     ):
         p = sub.add_parser(name, help=text, description=text)
         p.add_argument("--config", required=True, help="study YAML (configs/study/<name>.yaml)")
@@ -46,6 +49,13 @@ def _parser() -> argparse.ArgumentParser:
             p.add_argument("--plots-dir", default=None, help="where the PNGs go (default <study folder>/img)")
         if name == "list":
             p.add_argument("--count", action="store_true", help="print only the number of cells")
+        if name == "probe-check":
+            p.add_argument("--arm", required=True, help="arm of the cell to re-probe")
+            p.add_argument("--seed", type=int, required=True, help="seed of the cell to re-probe")
+            p.add_argument("--probe-seeds", type=int, nargs="+", default=[0, 1], help="probe seeds (faces drawn)")
+            p.add_argument(
+                "--budgets", type=int, nargs="+", default=None, help="probe training faces (default: 1x, 2x)"
+            )
     return parser
 
 
@@ -87,6 +97,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             else:
                 for i, cell in enumerate(cells):
                     print(f"{i:3d}  {cell.name:32s}  {'done' if is_done(spec, cell) else 'todo'}  {cell.folder}")
+            return 0
+        if args.command == "probe-check":
+            cell = next((c for c in cells if c.arm.name == args.arm and c.seed == args.seed), None)
+            if cell is None:
+                raise StudyConfigError(f"no cell {args.arm}/seed{args.seed} in study {spec.name}")
+            budgets = args.budgets or [spec.probe.train_faces, 2 * spec.probe.train_faces]
+            check = probe_check(spec, cell, args.probe_seeds, budgets)
+            print(format_probe_check(check))
             return 0
         if args.command == "cell":
             run_cell(spec, cells[_cell_index(args.index, len(cells))], force=args.force)

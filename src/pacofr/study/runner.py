@@ -4,6 +4,7 @@ interrupted one continues from its newest checkpoint."""
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 import logging
@@ -23,7 +24,7 @@ from pacofr.eval.backbone import load_backbone
 from pacofr.models.sizes import build_encoder
 from pacofr.run_folder import atomic_write_text, git_commit
 
-from .probe import run_probe
+from .probe import PRIMARY, TASKS, run_probe
 from .spec import Cell, StudyConfigError, StudySpec
 
 log = logging.getLogger("pacofr.study")
@@ -204,3 +205,45 @@ def run_cell(spec: StudySpec, cell: Cell, force: bool = False) -> dict[str, Any]
     atomic_write_text(cell.result_path, json.dumps(result, indent=1))
     log.info("study %s: %s written (%.0f s)", spec.name, cell.name, result["seconds"]["cell"])
     return result
+
+
+def probe_check(spec: StudySpec, cell: Cell, probe_seeds: list[int], budgets: list[int]) -> dict[str, Any]:
+    """The finished cell's encoder probed with every (probe seed, budget): how much the probe alone moves
+    the scores. Written to ``<cell>/probe_check.json``."""
+    result = read_result(cell)
+    if result is None:
+        raise CellError(f"{cell.name} has no result yet: run it first (pacofr study cell / run)")
+    checkpoint = result["pretrain"]["checkpoint"] if result["pretrain"] else None
+    runs = []
+    for budget in budgets:
+        settings = dataclasses.replace(spec.probe, train_faces=budget)
+        for probe_seed in probe_seeds:
+            torch.manual_seed(cell.seed)
+            encoder, img_size = encoder_for(spec, cell, checkpoint)
+            started = time.perf_counter()
+            scores, _ = run_probe(encoder, spec.data_root, settings, probe_seed, img_size)
+            runs.append(
+                {
+                    "probe_seed": probe_seed,
+                    "train_faces": scores["faces"]["train"],
+                    "scores": {t: scores[t]["clean"] for t in TASKS},
+                    "scores_occluded": {t: scores[t]["occluded"] for t in TASKS},
+                    "seconds": round(time.perf_counter() - started, 1),
+                }
+            )
+    spread = {t: max(r["scores"][t] for r in runs) - min(r["scores"][t] for r in runs) for t in TASKS}
+    check = {"cell": cell.name, "checkpoint": checkpoint, "runs": runs, "spread": spread}
+    atomic_write_text(cell.folder / "probe_check.json", json.dumps(check, indent=1))
+    return check
+
+
+def format_probe_check(check: dict[str, Any]) -> str:
+    lines = [f"probe check of {check['cell']}: clean scores per (probe seed, training faces)"]
+    lines.append("probe seed  faces  " + "  ".join(f"{t} ({PRIMARY[t][0]})" for t in TASKS))
+    for r in check["runs"]:
+        lines.append(
+            f"{r['probe_seed']:10d}  {r['train_faces']:5d}  "
+            + "  ".join(f"{r['scores'][t]:{len(t) + len(PRIMARY[t][0]) + 3}.4f}" for t in TASKS)
+        )
+    lines.append("spread (max - min): " + ", ".join(f"{t} {v:.4f}" for t, v in check["spread"].items()))
+    return "\n".join(lines)

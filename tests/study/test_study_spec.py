@@ -1,0 +1,105 @@
+"""The study YAML: arms, seeds, cells, equal compute, and clear errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import DEFAULT_STUDY
+
+from pacofr.study.runner import nested
+from pacofr.study.spec import StudyConfigError, load_study
+
+REQUIRED_ARMS = {
+    "random_init",
+    "mae",
+    "crfrp_mae",
+    "pacofr",
+    "pacofr_no_replace",
+    "pacofr_no_spatial",
+    "pacofr_random_mask",
+}
+
+
+def test_default_study_holds_the_required_arms_and_three_seeds():
+    spec = load_study(DEFAULT_STUDY)
+    assert {a.name for a in spec.arms} >= REQUIRED_ARMS
+    assert len(spec.seeds) >= 3 and spec.reference_arm == "mae"
+    assert not spec.arm("random_init").pretrain
+    assert len(spec.cells()) == len(spec.arms) * len(spec.seeds)
+    # seed-major: every arm of the first seed comes first, so a partial grid already pairs arms
+    assert [c.seed for c in spec.cells()[: len(spec.arms)]] == [spec.seeds[0]] * len(spec.arms)
+    assert spec.cells()[0].folder == Path("runs/study/default") / spec.arms[0].name / f"seed{spec.seeds[0]}"
+
+
+def test_arms_differ_only_in_their_own_switches():
+    """Same compute and data for every arm: no arm may touch steps, batch, data or the seeds."""
+    spec = load_study(DEFAULT_STUDY)
+    for arm in spec.arms:
+        for key in arm.overrides:
+            assert key.startswith(("model.", "data.masker")), (arm.name, key)
+            assert key not in ("model.img_size", "model.encoder_size", "model.patch_size"), (arm.name, key)
+    cells = {c.arm.name: c for c in spec.cells() if c.seed == spec.seeds[0]}
+    common = {k: v for k, v in spec.fit_overrides(cells["mae"]).items() if not k.startswith(("model.", "data.masker"))}
+    for cell in cells.values():
+        overrides = spec.fit_overrides(cell)
+        assert {k: overrides[k] for k in common} == common
+
+
+def test_a_seed_drives_init_data_and_masks():
+    spec = load_study(DEFAULT_STUDY)
+    cell = next(c for c in spec.cells() if c.seed == 2)
+    overrides = spec.fit_overrides(cell)
+    assert overrides["seed_everything"] == 2 and overrides["data.seed"] == 2
+
+
+def test_cell_key_changes_with_what_decides_the_result():
+    spec = load_study(DEFAULT_STUDY)
+    a, b = spec.cells()[1], spec.cells()[2]
+    assert spec.cell_key(a) == spec.cell_key(a)
+    assert spec.cell_key(a) != spec.cell_key(b)
+    other = load_study(DEFAULT_STUDY, data_root="elsewhere")
+    assert other.cell_key(other.cells()[1]) != spec.cell_key(a)
+
+
+def test_quick_grid_is_two_arms_one_seed_few_steps():
+    spec = load_study(DEFAULT_STUDY, quick=True, root="somewhere")
+    assert [a.name for a in spec.arms] == ["mae", "pacofr"] and spec.seeds == (0,)
+    assert spec.common["trainer.max_steps"] <= 10
+    assert spec.folder == Path("somewhere/default_quick")
+
+
+def test_overrides_become_a_nested_config():
+    assert nested({"model.lr": 1, "model.sub.x": 2, "seed_everything": 0}) == {
+        "model": {"lr": 1, "sub": {"x": 2}},
+        "seed_everything": 0,
+    }
+    with pytest.raises(StudyConfigError):
+        nested({"model": 1, "model.lr": 2})
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda c: c.update(colour="blue"), "unknown keys"),
+        (lambda c: c.pop("arms"), "missing key 'arms'"),
+        (lambda c: c.update(seeds=[]), "seeds must be"),
+        (lambda c: c.update(reference_arm="nope"), "reference_arm"),
+        (lambda c: c["probe"].update(epochs=3), "probe: unknown keys"),
+        (lambda c: c["arms"]["mae"].update(tuning=1), "arms.mae: unknown keys"),
+        (lambda c: c["quick"].update(arms=["mae", "ghost"]), "unknown arms"),
+    ],
+)
+def test_malformed_study_is_one_clear_error(tmp_path, edit, message):
+    config = yaml.safe_load(DEFAULT_STUDY.read_text())
+    edit(config)
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump(config))
+    with pytest.raises(StudyConfigError, match=message):
+        load_study(path, quick="quick" in message or "unknown arms" in message)
+
+
+def test_unreadable_study_file():
+    with pytest.raises(StudyConfigError, match="cannot read"):
+        load_study("no/such/study.yaml")
