@@ -8,8 +8,8 @@ import math
 import pytest
 from conftest import DEFAULT_STUDY
 
+from pacofr.eval.feature_probe import TASKS
 from pacofr.run_folder import atomic_write_text
-from pacofr.study.probe import TASKS
 from pacofr.study.report import aggregate, summarise, t_interval
 from pacofr.study.spec import load_study
 

@@ -12,9 +12,9 @@ from typing import Any
 import numpy as np
 from scipy import stats
 
+from pacofr.eval.feature_probe import PRIMARY, TASKS
 from pacofr.run_folder import atomic_write_text
 
-from .probe import PRIMARY, TASKS
 from .runner import read_result
 from .spec import StudySpec
 

@@ -21,10 +21,10 @@ import yaml
 
 from pacofr.checkpointing.resolve import resolve_resume
 from pacofr.eval.backbone import load_backbone
+from pacofr.eval.feature_probe import PRIMARY, TASKS, run_probe
 from pacofr.models.sizes import build_encoder
 from pacofr.run_folder import atomic_write_text, git_commit
 
-from .probe import PRIMARY, TASKS, run_probe
 from .spec import Cell, StudyConfigError, StudySpec
 
 log = logging.getLogger("pacofr.study")

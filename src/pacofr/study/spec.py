@@ -16,32 +16,13 @@ from typing import Any
 
 import yaml
 
+from pacofr.eval.feature_probe import ProbeSettings
+
 DEFAULT_ROOT = "runs/study"
 
 
 class StudyConfigError(ValueError):
     """The study YAML is malformed (one line says what and where)."""
-
-
-@dataclass(frozen=True)
-class ProbeSettings:
-    """The frozen-feature probe protocol (``pacofr.study.probe``)."""
-
-    train_faces: int = 2000
-    test_split: str = "val"
-    occlusion_area: float = 0.25
-    batch_size: int = 100
-
-    @classmethod
-    def from_dict(cls, raw: dict[str, Any] | None) -> ProbeSettings:
-        raw = dict(raw or {})
-        unknown = set(raw) - set(cls.__dataclass_fields__)
-        if unknown:
-            raise StudyConfigError(f"probe: unknown keys {sorted(unknown)}; known: {sorted(cls.__dataclass_fields__)}")
-        settings = cls(**raw)
-        if settings.train_faces < 8 or not 0.0 < settings.occlusion_area <= 1.0 or settings.batch_size < 1:
-            raise StudyConfigError(f"probe: need train_faces >= 8, 0 < occlusion_area <= 1, batch_size >= 1: {raw}")
-        return settings
 
 
 @dataclass(frozen=True)
@@ -167,6 +148,13 @@ def _arms(raw: Any) -> tuple[Arm, ...]:
     return tuple(arms)
 
 
+def _probe_settings(raw: dict[str, Any]) -> ProbeSettings:
+    try:
+        return ProbeSettings.from_dict(raw)
+    except (TypeError, ValueError) as err:
+        raise StudyConfigError(f"probe: {err}") from err
+
+
 def load_study(
     path: str | Path, quick: bool = False, root: str | Path = DEFAULT_ROOT, data_root: str | None = None
 ) -> StudySpec:
@@ -215,7 +203,7 @@ def load_study(
         data_root=str(data_root or raw["data_root"]),
         seeds=tuple(seeds),
         common=common,
-        probe=ProbeSettings.from_dict(probe),
+        probe=_probe_settings(probe),
         arms=arms,
         reference_arm=reference,
         root=Path(root),

@@ -12,7 +12,7 @@ Every encoder (pretrained or random) is read the same way (docs/study.md, "Proto
 - **verification**: cosine distance of the mean patch token (standardised by the training faces),
   10-fold accuracy on balanced same / different pairs of unseen identities.
 
-Every ridge strength is chosen on a held-out fifth of the probe's training faces (``pacofr.study.ridge``):
+Every ridge strength is chosen on a held-out fifth of the probe's training faces (``pacofr.eval.ridge``):
 no learning rate, epochs or initialisation to tune, so the probe cannot favour an arm. The ``seed`` draws
 the training faces and that split. Each test score is also taken with an occluder pasted on the test faces
 (the heads stay those fitted on clean faces). :func:`chance_scores` gives the no-feature row: the training
@@ -36,7 +36,6 @@ from pacofr.eval.metrics import ParsingF1, inter_ocular, nme_per_sample, verific
 from pacofr.eval.module import default_feature_layers
 
 from .ridge import fit_ridge
-from .spec import ProbeSettings
 
 SUB_CELLS = 4  # parsing: each patch predicts the class shares of a SUB_CELLS x SUB_CELLS grid inside it
 EYE_CORNERS = (36, 45)  # outer eye corners of the 68-point scheme: the NME's inter-ocular distance
@@ -114,6 +113,27 @@ def encode_faces(
         pose=torch.stack(pose),
         tokens=torch.cat(tokens) if tokens else None,
     )
+
+
+@dataclass(frozen=True)
+class ProbeSettings:
+    """What a probe reads: training faces drawn by the seed, the test split, the occluder, the batch."""
+
+    train_faces: int = 2000
+    test_split: str = "val"
+    occlusion_area: float = 0.25
+    batch_size: int = 100
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any] | None) -> ProbeSettings:
+        raw = dict(raw or {})
+        unknown = set(raw) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise ValueError(f"unknown keys {sorted(unknown)}; known: {sorted(cls.__dataclass_fields__)}")
+        settings = cls(**raw)
+        if settings.train_faces < 8 or not 0.0 < settings.occlusion_area <= 1.0 or settings.batch_size < 1:
+            raise ValueError(f"need train_faces >= 8, 0 < occlusion_area <= 1, batch_size >= 1: {raw}")
+        return settings
 
 
 # --- scores ---------------------------------------------------------------------------------------

@@ -7,8 +7,19 @@ import pytest
 import torch
 
 from pacofr.eval.datasets import SynthFaces
+from pacofr.eval.feature_probe import FaceSet, ProbeData, chance_scores, draw_train_indices, encode_faces, probe_scores
 from pacofr.models.sizes import build_encoder
-from pacofr.study.probe import FaceSet, ProbeData, chance_scores, draw_train_indices, encode_faces, probe_scores
+
+
+@pytest.fixture(scope="module")
+def synth_root(tmp_path_factory):
+    pytest.importorskip("cv2")  # the generator needs the `prep` extra
+    from data_prep.cli import main
+
+    root = tmp_path_factory.mktemp("synth") / "faces"
+    assert main(["synth", "--out", str(root), "--n", "24", "--size", "64", "--val-fraction", "0.25", "--quiet"]) == 0
+    return root
+
 
 SIZE, GRID = 32, 4  # 4 x 4 patches of 8 px
 PATCHES = GRID * GRID
@@ -83,10 +94,10 @@ def test_probe_faces_are_drawn_by_the_seed():
     assert draw_train_indices(10, 30, 0) == list(range(10))
 
 
-def test_encoded_faces_hold_four_layers_per_patch(study_faces):
+def test_encoded_faces_hold_four_layers_per_patch(synth_root):
     torch.manual_seed(0)
-    encoder = build_encoder("tiny", 64, 16).eval()  # the probe resizes the 128 px faces to the encoder size
-    faces = SynthFaces(study_faces, "val")
+    encoder = build_encoder("tiny", 64, 16).eval()  # the probe resizes the faces to the encoder size
+    faces = SynthFaces(synth_root, "val")
     encoded = encode_faces(encoder, faces, [0, 1, 2], 64, batch_size=2)
     assert encoded.tokens.shape == (3, 16, 4 * 192)
     assert encoded.seg.shape == (3, 64, 64) and encoded.landmarks.shape == (3, 68, 2)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pacofr.study.ridge import _Decomposition, _holdout_errors, _standardise, fit_ridge
+from pacofr.eval.ridge import _Decomposition, _holdout_errors, _standardise, fit_ridge
 
 
 @pytest.mark.parametrize(("n", "d"), [(400, 20), (60, 300)])  # primal and dual regimes
@@ -51,7 +51,7 @@ def test_groups_stay_on_one_side_of_the_split(monkeypatch):
         seen["hold"] = y_hold.shape[0]
         return real(part, x_hold, y_fit, y_hold, strengths)
 
-    monkeypatch.setattr("pacofr.study.ridge._holdout_errors", spy)
+    monkeypatch.setattr("pacofr.eval.ridge._holdout_errors", spy)
     x = torch.randn(50, 4)
     fit_ridge(x, {"y": torch.randn(50, 1)}, torch.Generator().manual_seed(0), groups=torch.arange(50) // 5)
     assert seen["hold"] % 5 == 0 and seen["hold"] == 10  # 2 of the 10 groups, whole
