@@ -74,6 +74,9 @@ def test_synth_suite_end_to_end(tmp_path, run_dir, capsys):
         assert row["value"] == per_task["metrics"]["val"][per_task["primary_metric"]]
         assert row["occlusion_drop"] == pytest.approx(per_task["occlusion_drop"]["val"])  # occluders are on
         assert row["epochs"] == (0 if task == "synth_verification" else 1)
+        assert row["chance"] is not None  # every table carries its chance row: labels alone, no features
+    assert summary["tasks"]["synth_pose"]["chance"] > 0 and 0 <= summary["tasks"]["synth_parsing"]["chance"] <= 1
+    assert "chance" in next(line for line in out.splitlines() if line.startswith("task "))
 
 
 def test_suite_errors_are_one_line(tmp_path, run_dir, capsys):

@@ -31,6 +31,7 @@ from pacofr.data.format import ManifestError
 from .backbone import CheckpointError, file_sha256, spec_of
 from .data import OCCLUDED_SUFFIX, EvalDataModule
 from .datasets import DatasetLayoutError
+from .feature_probe import synth_chance
 from .module import EvalModule, run_eval, write_json_atomic
 from .tasks import get_task
 
@@ -223,6 +224,12 @@ def run_suite(name: str, user_args: Sequence[str], out: TextIO | None = None) ->
         seconds = time.perf_counter() - t0
         tasks[task] = {**summarise(results), "results_file": str(path), "seconds": round(seconds, 1)}
         rows.append(tasks[task])
+    if name == "synth" and root:
+        # no features at all: the training labels' mean / majority (every table carries its chance row)
+        max_train = option_value(user_args, "--data.max_train_samples") or suite.defaults.get("data.max_train_samples")
+        chance = synth_chance(root, img_size, int(max_train) if max_train not in (None, "null") else None)
+        for row in rows:
+            row["chance"] = chance.get(row["task"])
     total = time.perf_counter() - started
     summary = {
         "suite": name,
@@ -274,7 +281,7 @@ def _fmt(value: float | None, digits: int = 4) -> str:
 
 
 def suite_table(rows: Sequence[dict[str, Any]]) -> str:
-    headers = ["task", "metric", "split", "score", "occluded", "drop", "epochs", "time", "details"]
+    headers = ["task", "metric", "split", "score", "chance", "occluded", "drop", "epochs", "time", "details"]
     body = []
     for r in rows:
         better = "higher" if r["higher_is_better"] else "lower"
@@ -285,6 +292,7 @@ def suite_table(rows: Sequence[dict[str, Any]]) -> str:
                 f"{r['primary_metric']} ({better} better)",
                 r["split"],
                 _fmt(r["value"]),
+                _fmt(r.get("chance")),
                 _fmt(r["occluded"]),
                 _fmt(r["occlusion_drop"]),
                 str(r["epochs"]),

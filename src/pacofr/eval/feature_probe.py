@@ -283,6 +283,27 @@ def chance_scores(data: ProbeData) -> dict[str, Any]:
     return out
 
 
+SUITE_TASKS = {"synth_parsing": "parsing", "synth_landmarks": "landmarks", "synth_pose": "pose",
+               "synth_verification": "verification"}  # fmt: skip
+
+
+def synth_chance(root: str, size: int, num_train: int | None, test_split: str = "val") -> dict[str, float]:
+    """The chance row of the synthetic suite (``pacofr eval --suite synth``): what the first ``num_train``
+    training faces' labels alone predict for ``test_split``, per suite task, no features."""
+    train_reader, test_reader = SynthFaces(root, "train"), SynthFaces(root, test_split)
+    train_indices = list(range(min(num_train or len(train_reader), len(train_reader))))
+    test = encode_faces(None, test_reader, list(range(len(test_reader))), size, 1)
+    data = ProbeData(
+        train=encode_faces(None, train_reader, train_indices, size, 1),
+        test=test,
+        test_occluded=test,
+        pairs=SynthPairs(root, test_split).pairs,
+        train_indices=train_indices,
+    )
+    chance = chance_scores(data)
+    return {task: chance[key]["clean"] for task, key in SUITE_TASKS.items()}
+
+
 def run_probe(
     encoder: torch.nn.Module, root: str, settings: ProbeSettings, seed: int, size: int
 ) -> tuple[dict[str, Any], dict[str, Any]]:

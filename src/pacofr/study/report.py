@@ -82,12 +82,13 @@ def summarise(spec: StudySpec, results: list[dict[str, Any]]) -> dict[str, Any]:
                     mean, low, high = t_interval(diffs)
                     better = mean > 0 if higher else mean < 0
                     separated = not math.isnan(low) and (low > 0 or high < 0)
+                    verdict = ("better" if better else "worse") if separated else "within noise"
                     row["vs_reference"] = {
                         "seeds": paired,
                         "diffs": diffs,
                         "mean": mean,
                         "ci95": [low, high],
-                        "verdict": ("better" if better else "worse") if separated else "within noise",
+                        "verdict": verdict if len(paired) > 1 else f"n/a ({len(paired)} seed)",
                     }
                 rows.append(row)
             out["tasks"][f"{task}/{cond}"] = {
