@@ -74,3 +74,35 @@ def test_quick_study_runs_end_to_end(tmp_path, study_faces, capsys):
     assert "| chance (no features) |" in out and "`pacofr`" in out
     assert all((folder / "img" / f"study_default_quick_{k}.png").is_file() for k in ("scores", "online_probe"))
     assert any((folder / "tb" / "pacofr_seed0").iterdir())
+
+
+def test_preemption_signal_reaches_the_pretraining_child(tmp_path):
+    """SLURM's USR1 to the cell process goes on to `pacofr fit`, whose exit code (75: requeued) comes back."""
+    import os
+    import signal
+    import sys
+    import threading
+
+    from pacofr.study.runner import run_forwarding_signals
+
+    ready = tmp_path / "ready"
+    child = (
+        "import signal, sys, time, pathlib\n"
+        "signal.signal(signal.SIGUSR1, lambda *a: sys.exit(75))\n"
+        f"pathlib.Path({str(ready)!r}).touch()\n"
+        "time.sleep(60)\n"
+        "sys.exit(1)\n"
+    )
+
+    def send_when_ready() -> None:
+        for _ in range(600):
+            if ready.exists():
+                os.kill(os.getpid(), signal.SIGUSR1)
+                return
+            threading.Event().wait(0.05)
+
+    before = signal.getsignal(signal.SIGUSR1)
+    threading.Thread(target=send_when_ready, daemon=True).start()
+    with open(tmp_path / "log", "w") as log:
+        assert run_forwarding_signals([sys.executable, "-c", child], log) == 75
+    assert signal.getsignal(signal.SIGUSR1) is before  # our handler is gone again

@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from .report import aggregate
-from .runner import CellError, format_probe_check, is_done, probe_check, run_cell
+from .runner import CellError, CellPreempted, format_probe_check, is_done, probe_check, run_cell
 from .spec import DEFAULT_ROOT, StudyConfigError, StudySpec, load_study
 
 USER_ERRORS = (StudyConfigError, CellError, FileNotFoundError)
@@ -115,6 +115,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         summary = aggregate(spec, plots_dir=Path(args.plots_dir) if getattr(args, "plots_dir", None) else None)
         _print_table(spec, summary)
         return 0
+    except CellPreempted as err:
+        print(f"pacofr study: {err}", file=sys.stderr)
+        return err.exit_code
     except USER_ERRORS as err:
         print(f"pacofr study: error: {err}", file=sys.stderr)
         return 2

@@ -10,8 +10,10 @@ import json
 import logging
 import os
 import platform
+import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -19,6 +21,7 @@ from typing import Any
 import torch
 import yaml
 
+from pacofr.checkpointing.preemption import EXIT_PREEMPTED, EXIT_REQUEUED
 from pacofr.checkpointing.resolve import resolve_resume
 from pacofr.eval.backbone import load_backbone
 from pacofr.eval.feature_probe import PRIMARY, TASKS, run_probe
@@ -33,6 +36,33 @@ CURVE_TAGS = ("probe/pose_mae", "probe/knn_identity_acc", "loss/total", "loss/re
 
 class CellError(RuntimeError):
     """A cell's pretraining failed; the message names its log."""
+
+
+class CellPreempted(RuntimeError):
+    """The cell's pretraining checkpointed on a preemption signal; ``exit_code`` is ``pacofr fit``'s
+    (75: the job is queued again, 76: resubmit to continue)."""
+
+    def __init__(self, message: str, exit_code: int):
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+FORWARDED_SIGNALS = (signal.SIGUSR1, signal.SIGTERM)
+
+
+def run_forwarding_signals(command: list[str], log) -> int:
+    """Run ``command`` (output to ``log``) and pass SLURM's USR1 / TERM on to it, so the child ``pacofr fit``
+    checkpoints and requeues at its next step instead of this process dying of the signal."""
+    child = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+    previous = {}
+    if threading.current_thread() is threading.main_thread():
+        for sig in FORWARDED_SIGNALS:
+            previous[sig] = signal.signal(sig, lambda signum, _frame: child.send_signal(signum))
+    try:
+        return child.wait()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def nested(dotted: dict[str, Any]) -> dict[str, Any]:
@@ -106,7 +136,10 @@ def pretrain(spec: StudySpec, cell: Cell) -> dict[str, Any]:
         with open(cell.log_path, "a") as fh:
             fh.write(f"\n=== {dt.datetime.now().isoformat(timespec='seconds')} {'resume' if resumed else 'start'}\n")
             fh.flush()
-            code = subprocess.call(fit_command(spec, cell), stdout=fh, stderr=subprocess.STDOUT)
+            code = run_forwarding_signals(fit_command(spec, cell), fh)
+        if code in (EXIT_REQUEUED, EXIT_PREEMPTED):
+            what = "the job is queued again" if code == EXIT_REQUEUED else "run the same command again to continue"
+            raise CellPreempted(f"{cell.name}: preempted, checkpoint written; {what}", code)
         if code != 0:
             raise CellError(f"pretraining of {cell.name} failed (exit {code}); see {cell.log_path}")
     step = checkpoint_step(last) if last.is_file() else -1
