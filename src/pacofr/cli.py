@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import importlib
 import logging
+import re
 import sys
+import warnings
 from pathlib import Path
 
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
@@ -19,6 +21,9 @@ from pacofr.callbacks.checkpoint import StepCheckpoint
 from pacofr.checkpointing.preemption import PreemptionHandler, catch_early_preemption_signal
 from pacofr.checkpointing.resolve import resolve_resume
 from pacofr.checkpointing.rng import RNGState
+from pacofr.cli_parser import OneLineErrorParser
+from pacofr.data.format import read_manifest
+from pacofr.errors import run_reporting_user_errors
 from pacofr.run_folder import write_run_info
 
 LIGHTNING_COMMANDS = ("fit", "validate")
@@ -85,6 +90,19 @@ class PacofrCLI(LightningCLI):
             }
         )
 
+    def parse_arguments(self, parser: LightningArgumentParser, args) -> None:
+        super().parse_arguments(parser, args)
+        # checked before seeding, building or writing anything: a wrong --data.root is one line, no stray files
+        subcommand = self.config.get("subcommand")
+        self.check_inputs(self.config[subcommand] if subcommand else self.config)
+
+    def check_inputs(self, config) -> None:
+        """What the run reads, checked before seeding, building or writing anything: the dataset's manifest,
+        shards and splits, and an explicit ``--resume`` file. A wrong path is one line and leaves no files."""
+        self._check_dataset(config)
+        if config.get("resume") not in (None, "none", "auto"):
+            resolve_resume(config.resume, config.run_dir)  # an explicit path: must be a readable checkpoint
+
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config
         run_dir = Path(config.run_dir)
@@ -111,6 +129,16 @@ class PacofrCLI(LightningCLI):
                 "class_path": "lightning.pytorch.loggers.TensorBoardLogger",
                 "init_args": {"save_dir": str(run_dir), "name": "", "version": "tb", "default_hp_metric": False},
             }
+
+    @staticmethod
+    def _check_dataset(config) -> None:
+        data = config.get("data")
+        if data is None or data.get("root") is None:
+            return
+        manifest = read_manifest(data.root)
+        for split in (data.get("train_split", "train"), data.get("val_split")):
+            if split is not None:
+                manifest.split(split)
 
     @staticmethod
     def _resolve_resume(config) -> None:
@@ -144,9 +172,37 @@ def _show_pacofr_info_logs() -> None:
         logger.setLevel(logging.INFO)
 
 
+class _DropMessages(logging.Filter):
+    def __init__(self, *fragments: str):
+        super().__init__()
+        self.fragments = fragments
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not any(fragment in record.getMessage() for fragment in self.fragments)
+
+
+NOISE_WARNINGS = (
+    "LightningCLI's args parameter",  # pacofr hands its own argv over on purpose
+    "The `srun` command is available on your system but is not used",  # pacofr's sbatch scripts use srun
+)
+NOISE_LOGGERS = ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero")
+
+
+def silence_known_noise() -> None:
+    """Lines Lightning prints on every run that say nothing about this one (a cloud-logger advert, hints that
+    do not apply to how pacofr starts it)."""
+    for message in NOISE_WARNINGS:
+        warnings.filterwarnings("ignore", message=re.escape(message))
+    for name in NOISE_LOGGERS:
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _DropMessages) for f in logger.filters):
+            logger.addFilter(_DropMessages("litlogger"))
+
+
 def run_lightning(argv: list[str]) -> int:
     catch_early_preemption_signal()  # a USR1 during start-up must not kill the job before the handler exists
     _show_pacofr_info_logs()
+    silence_known_noise()
     from pacofr.data.datamodule import PretrainDataModule
     from pacofr.modules.pretrain import PaCoFRPretrain
 
@@ -154,6 +210,7 @@ def run_lightning(argv: list[str]) -> int:
         PaCoFRPretrain,
         PretrainDataModule,
         save_config_callback=RunFolderConfig,
+        parser_class=OneLineErrorParser,
         args=argv,
     )
     return 0
@@ -163,12 +220,13 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] in EXTRA_COMMANDS:
         module_name, func = EXTRA_COMMANDS[argv[0]].split(":")
-        return int(getattr(importlib.import_module(module_name), func)(argv[1:]) or 0)
+        command = getattr(importlib.import_module(module_name), func)
+        return run_reporting_user_errors(f"pacofr {argv[0]}", lambda rest: int(command(rest) or 0), argv[1:])
     if not argv or argv[0] in ("-h", "--help") or argv[0] in LIGHTNING_COMMANDS:
         if not argv or argv[0] in ("-h", "--help"):
             print(f"pacofr: subcommands {', '.join([*LIGHTNING_COMMANDS, *EXTRA_COMMANDS])}; see `pacofr fit --help`")
             return 0
-        return run_lightning(argv)
+        return run_reporting_user_errors(f"pacofr {argv[0]}", run_lightning, argv)
     print(f"pacofr: unknown subcommand {argv[0]!r}; use one of {', '.join([*LIGHTNING_COMMANDS, *EXTRA_COMMANDS])}")
     return 2
 

@@ -14,10 +14,13 @@ from __future__ import annotations
 
 import logging
 import os
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+
+from pacofr.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -62,10 +65,15 @@ def checkpoint_global_step(path: str | os.PathLike[str]) -> int:
             raise CheckpointUnreadable(f"{path}: sharded checkpoint without {SHARDED_META}")
     else:
         target = path
+        if not zipfile.is_zipfile(target):  # torch.save writes a zip; a truncated one loses its directory
+            raise CheckpointUnreadable(
+                f"{path}: not a complete checkpoint (truncated, damaged or another kind of file)"
+            )
     try:
         state = torch.load(target, map_location="cpu", weights_only=True, mmap=True)
     except Exception as exc:  # torch raises RuntimeError/EOFError/UnpicklingError/... on damaged files
-        raise CheckpointUnreadable(f"{path}: cannot be read ({type(exc).__name__}: {exc})") from exc
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise CheckpointUnreadable(f"{path}: cannot be read ({type(exc).__name__}: {first})") from exc
     if not isinstance(state, dict) or not isinstance(state.get("global_step"), int):
         raise CheckpointUnreadable(f"{path}: not a Lightning checkpoint (no integer 'global_step')")
     return state["global_step"]
@@ -105,6 +113,12 @@ def resolve_resume(resume: str | None, dirpath: str | os.PathLike[str]) -> Path 
         path = Path(resume)
         if not path.exists():
             raise FileNotFoundError(f"--resume {resume}: no such checkpoint")
+        try:
+            checkpoint_global_step(path)
+        except CheckpointUnreadable as exc:
+            raise UserError(
+                f"--resume {exc}; give another checkpoint, or --resume auto for the newest complete one of the run"
+            ) from exc
         return path
     found, problems = find_checkpoints(dirpath)
     newest_readable = found[-1].global_step if found else -1

@@ -17,6 +17,7 @@ import hashlib
 import json
 import os
 import pickle
+import zipfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -61,6 +62,10 @@ class CheckpointError(ValueError):
 def load_checkpoint(path: str | os.PathLike[str], trust_checkpoint: bool = False) -> dict[str, Any]:
     """``torch.load`` with ``weights_only=True``; a checkpoint that needs arbitrary code to load is
     refused unless ``trust_checkpoint`` (only for files you made yourself)."""
+    if Path(path).is_file() and not zipfile.is_zipfile(path):  # torch.save writes a zip archive
+        raise CheckpointError(
+            f"{path} is not a complete PyTorch checkpoint (truncated, damaged or another kind of file)"
+        )
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:

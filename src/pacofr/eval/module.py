@@ -303,7 +303,11 @@ def run_eval(trainer: L.Trainer, model: EvalModule, datamodule: EvalDataModule) 
     """Train the head (if the task has training data and ``max_epochs`` allows), then test."""
     if model.spec.name != datamodule.spec.name:
         raise ValueError(f"model task {model.spec.name!r} and data task {datamodule.spec.name!r} differ")
-    if datamodule.has_train and trainer.max_epochs != 0:
+    training = datamodule.has_train and trainer.max_epochs != 0
+    # read every split first: a damaged or refused file stops here, before any TensorBoard run or result exists
+    datamodule.setup("fit" if training else "test")
+    datamodule.setup("test")
+    if training:
         model.prepare_feature_cache(trainer, datamodule)
         trainer.fit(model, datamodule=datamodule)
     trainer.test(model, datamodule=datamodule)

@@ -1,0 +1,65 @@
+"""User errors: what a user can fix (a wrong path, a damaged file, a misspelt option) ends a pacofr command
+with one line on stderr saying what is wrong and what to do, and exit code 2. ``--traceback`` (anywhere on
+the command line) or ``PACOFR_TRACEBACK=1`` shows the full traceback instead.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import sys
+from collections.abc import Callable, Sequence
+
+TRACEBACK_FLAG = "--traceback"
+TRACEBACK_ENV = "PACOFR_TRACEBACK"
+EXIT_USER_ERROR = 2
+
+
+class UserError(Exception):
+    """A mistake the user can fix; the message says what is wrong and what to do."""
+
+
+def user_error_types() -> tuple[type[BaseException], ...]:
+    """Every exception type that means bad input rather than a bug in pacofr."""
+    from pacofr.data.format import ManifestError
+    from pacofr.eval.backbone import CheckpointError
+    from pacofr.eval.datasets import DatasetLayoutError
+
+    return (
+        UserError,
+        ManifestError,
+        CheckpointError,
+        DatasetLayoutError,
+        pickle.UnpicklingError,  # the restricted unpickler refusing a .bin file's globals
+        FileNotFoundError,
+        NotADirectoryError,
+        IsADirectoryError,
+        PermissionError,
+    )
+
+
+def split_traceback_flag(argv: Sequence[str]) -> tuple[bool, list[str]]:
+    """(whether a full traceback is wanted, argv without ``--traceback``)."""
+    rest = [a for a in argv if a != TRACEBACK_FLAG]
+    wanted = len(rest) != len(argv) or os.environ.get(TRACEBACK_ENV, "") not in ("", "0")
+    return wanted, rest
+
+
+def one_line(err: BaseException) -> str:
+    """The error's message on one line (chained causes are not repeated)."""
+    text = " ".join(str(err).split()) or type(err).__name__
+    if isinstance(err, (FileNotFoundError, PermissionError)) and err.filename and str(err.filename) not in text:
+        text = f"{text}: {err.filename}"
+    return text
+
+
+def run_reporting_user_errors(prog: str, command: Callable[[list[str]], int], argv: Sequence[str]) -> int:
+    """``command(argv)``, with its user errors turned into one line and exit code 2."""
+    traceback_wanted, argv = split_traceback_flag(argv)
+    try:
+        return command(argv)
+    except user_error_types() as err:
+        if traceback_wanted:
+            raise
+        print(f"{prog}: error: {one_line(err)} (add {TRACEBACK_FLAG} for the full traceback)", file=sys.stderr)
+        return EXIT_USER_ERROR

@@ -1,0 +1,115 @@
+"""Every user error of a pacofr command is one line on stderr with exit code 2, and leaves nothing behind;
+``--traceback`` shows the full traceback instead; a misspelt option suggests the nearest one."""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from pacofr.cli import main
+
+REPO = Path(__file__).resolve().parents[1]
+DEMO = str(REPO / "configs" / "pretrain" / "demo_tiny.yaml")
+sys.path.insert(0, str(REPO / "tests" / "eval"))
+from eval_layouts import write_pretraining_checkpoint  # noqa: E402
+
+
+def one_line_error(capsys, argv: list[str]) -> str:
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    return err
+
+
+@pytest.fixture
+def faces(tmp_path, make_shards) -> Path:
+    return make_shards(tmp_path / "faces", {"train": [8], "val": [4]}, size=64)
+
+
+def fit_args(root: Path, run_dir: Path, *extra: str) -> list[str]:
+    return ["fit", "--config", DEMO, "--data.root", str(root), "--run_dir", str(run_dir), *extra]
+
+
+def test_missing_dataset_is_one_line_and_writes_nothing(tmp_path, capsys):
+    err = one_line_error(capsys, fit_args(tmp_path / "nothing", tmp_path / "run"))
+    assert "no manifest _info.json" in err and "pacofr-prep synth" in err
+    assert not (tmp_path / "run").exists()  # no stray tb/ folder
+
+
+def test_corrupt_manifest(tmp_path, faces, capsys):
+    (faces / "_info.json").write_text("{not json")
+    assert "not valid JSON" in one_line_error(capsys, fit_args(faces, tmp_path / "run"))
+    assert not (tmp_path / "run").exists()
+
+
+def test_shard_listed_but_missing(tmp_path, faces, capsys):
+    info = json.loads((faces / "_info.json").read_text())
+    (faces / info["splits"]["train"]["filenames"][0]).unlink()
+    err = one_line_error(capsys, fit_args(faces, tmp_path / "run"))
+    assert info["splits"]["train"]["filenames"][0] in err
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("kind", ["missing", "random", "truncated"])
+def test_bad_resume_checkpoint(tmp_path, faces, capsys, kind):
+    path = tmp_path / "bad.ckpt"
+    if kind == "random":
+        path.write_bytes(os.urandom(2000))
+    elif kind == "truncated":
+        write_pretraining_checkpoint(tmp_path / "good.ckpt", img_size=32)
+        path.write_bytes((tmp_path / "good.ckpt").read_bytes()[:3000])
+    err = one_line_error(capsys, fit_args(faces, tmp_path / "run", "--resume", str(path)))
+    assert str(path) in err
+    assert "weights_only" not in err  # torch's advice to load untrusted code is wrong for a damaged file
+    assert ("no such checkpoint" in err) == (kind == "missing")
+    assert not (tmp_path / "run").exists()
+
+
+def test_misspelt_option_suggests_the_nearest(tmp_path, faces, capsys):
+    with pytest.raises(SystemExit) as exit_info:  # the parser's own exit, before anything is built
+        main(fit_args(faces, tmp_path / "run", "--model.mask_ration", "0.5"))
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("pacofr fit: error: unrecognized arguments"), err
+    assert "did you mean --model.mask_ratio?" in err
+
+
+def test_export_of_a_garbage_file(tmp_path, capsys):
+    garbage = tmp_path / "garbage.ckpt"
+    garbage.write_bytes(b"not a checkpoint at all" * 10)
+    err = one_line_error(capsys, ["export", "--ckpt", str(garbage), "--out", str(tmp_path / "out")])
+    assert "not a complete PyTorch checkpoint" in err and "trust_checkpoint" not in err
+    assert not (tmp_path / "out").exists()
+
+
+class _RunsShell:
+    def __reduce__(self):
+        return (os.system, ("true",))
+
+
+def test_eval_refuses_a_malicious_bin_in_one_line_and_writes_nothing(tmp_path, capsys):
+    ckpt = tmp_path / "run" / "last.ckpt"
+    ckpt.parent.mkdir()
+    write_pretraining_checkpoint(ckpt, img_size=32)
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "lfw.bin").write_bytes(pickle.dumps(([_RunsShell()], [True]), protocol=2))
+    argv = ["eval", "--config", str(REPO / "configs" / "eval" / "lfw.yaml"), "--model.encoder_ckpt", str(ckpt)]
+    argv += ["--data.root", str(tmp_path / "data"), "--trainer.accelerator", "cpu", "--data.num_workers", "0"]
+    err = one_line_error(capsys, argv)
+    assert "system" in err
+    assert not (tmp_path / "run" / "results").exists()  # no empty TensorBoard run, no results folder
+
+
+def test_traceback_flag_shows_the_full_traceback(tmp_path):
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    cmd = [sys.executable, "-m", "pacofr.cli", *fit_args(tmp_path / "nothing", tmp_path / "run")]
+    short = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
+    full = subprocess.run([*cmd, "--traceback"], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
+    assert short.returncode == 2 and len(short.stderr.strip().splitlines()) == 1, short.stderr
+    assert "Traceback (most recent call last)" in full.stderr and "ManifestError" in full.stderr
