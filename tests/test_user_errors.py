@@ -113,3 +113,14 @@ def test_traceback_flag_shows_the_full_traceback(tmp_path):
     full = subprocess.run([*cmd, "--traceback"], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
     assert short.returncode == 2 and len(short.stderr.strip().splitlines()) == 1, short.stderr
     assert "Traceback (most recent call last)" in full.stderr and "ManifestError" in full.stderr
+
+
+def test_fresh_start_into_a_used_run_folder_is_refused(tmp_path, faces, capsys):
+    import torch
+
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    torch.save({"global_step": 300}, run / "checkpoints" / "step00000300.ckpt")
+    err = one_line_error(capsys, fit_args(faces, run))
+    assert "already holds checkpoints" in err and "step 300" in err and "--resume auto" in err
+    assert sorted(p.name for p in run.rglob("*")) == ["checkpoints", "step00000300.ckpt"]  # nothing written

@@ -19,11 +19,11 @@ from lightning.pytorch.plugins.environments import SLURMEnvironment
 
 from pacofr.callbacks.checkpoint import StepCheckpoint
 from pacofr.checkpointing.preemption import PreemptionHandler, catch_early_preemption_signal
-from pacofr.checkpointing.resolve import resolve_resume
+from pacofr.checkpointing.resolve import find_checkpoints, resolve_resume
 from pacofr.checkpointing.rng import RNGState
 from pacofr.cli_parser import OneLineErrorParser
 from pacofr.data.format import read_manifest
-from pacofr.errors import run_reporting_user_errors
+from pacofr.errors import UserError, run_reporting_user_errors
 from pacofr.run_folder import write_run_info
 
 LIGHTNING_COMMANDS = ("fit", "validate")
@@ -72,8 +72,9 @@ class PacofrCLI(LightningCLI):
             "--resume",
             type=str,
             default="none",
-            help="none: start fresh; auto: newest complete checkpoint of <run_dir>/checkpoints (a no-op on a first "
-            "run; the SLURM default); or a checkpoint path. Translated to ckpt_path.",
+            help="none: start fresh (refused when <run_dir> already holds checkpoints); auto: newest complete "
+            "checkpoint of <run_dir>/checkpoints (a no-op on a first run; the SLURM default); or a checkpoint path. "
+            "Use this rather than --ckpt_path.",
         )
         parser.add_lightning_class_args(StepCheckpoint, "checkpoint")
         parser.add_lightning_class_args(PreemptionHandler, "preemption")
@@ -102,6 +103,20 @@ class PacofrCLI(LightningCLI):
         self._check_dataset(config)
         if config.get("resume") not in (None, "none", "auto"):
             resolve_resume(config.resume, config.run_dir)  # an explicit path: must be a readable checkpoint
+        if self.config.get("subcommand") == "fit" and config.get("resume", "none") == "none" and not config.ckpt_path:
+            self._refuse_used_run_folder(config)
+
+    @staticmethod
+    def _refuse_used_run_folder(config) -> None:
+        """A fresh start into a run folder that already holds checkpoints would overwrite them one by one."""
+        dirpath = Path(config.checkpoint.dirpath or Path(config.run_dir) / "checkpoints")
+        found, _ = find_checkpoints(dirpath)
+        if found:
+            raise UserError(
+                f"run folder {config.run_dir} already holds checkpoints (newest: {found[-1].path.name}, step "
+                f"{found[-1].global_step}); continue that run with --resume auto, or start a new one with another "
+                "--run_dir"
+            )
 
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config
@@ -144,7 +159,7 @@ class PacofrCLI(LightningCLI):
     def _resolve_resume(config) -> None:
         """``--resume`` -> ``ckpt_path`` (decided from the checkpoint folder alone: the same on every rank)."""
         if config.resume != "none" and config.ckpt_path is not None:
-            raise ValueError(f"give either --resume ({config.resume}) or --ckpt_path ({config.ckpt_path}), not both")
+            raise UserError(f"give either --resume ({config.resume}) or --ckpt_path ({config.ckpt_path}), not both")
         if config.ckpt_path is None:
             # None (a fresh start) is safe under SLURM: Lightning substitutes "hpc" only when an hpc_ckpt_N file
             # exists in the run folder, and nothing writes one (Lightning's auto-requeue is off)
@@ -155,7 +170,7 @@ class PacofrCLI(LightningCLI):
         sharded = config.ckpt_path is not None and Path(config.ckpt_path).is_dir()
         if sharded and "fsdp" not in str(config.trainer.strategy).lower():
             # only FSDP reads a folder of shards; anything else needs the one-file form first
-            raise ValueError(
+            raise UserError(
                 f"{config.ckpt_path} is a sharded (FSDP) checkpoint and this run does not use FSDP. Make one file "
                 f"with `pacofr checkpoint consolidate {config.ckpt_path} --out CONSOLIDATED.ckpt` and resume "
                 "with `--resume CONSOLIDATED.ckpt`, or keep the FSDP preset (configs/trainer/fsdp*.yaml)."

@@ -15,7 +15,7 @@ TRACEBACK_ENV = "PACOFR_TRACEBACK"
 EXIT_USER_ERROR = 2
 
 
-class UserError(Exception):
+class UserError(ValueError):
     """A mistake the user can fix; the message says what is wrong and what to do."""
 
 
