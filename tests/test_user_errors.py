@@ -124,3 +124,22 @@ def test_fresh_start_into_a_used_run_folder_is_refused(tmp_path, faces, capsys):
     err = one_line_error(capsys, fit_args(faces, run))
     assert "already holds checkpoints" in err and "step 300" in err and "--resume auto" in err
     assert sorted(p.name for p in run.rglob("*")) == ["checkpoints", "step00000300.ckpt"]  # nothing written
+
+
+def test_help_says_what_each_subcommand_does(capsys):
+    assert main(["--help"]) == 0
+    out = capsys.readouterr().out
+    for command in ("fit", "validate", "eval", "export", "checkpoint", "study"):
+        assert any(line.strip().startswith(command + " ") for line in out.splitlines()), command
+
+
+def test_eval_precision_follows_the_device(tmp_path):
+    from pacofr.eval.cli import make_cli
+
+    ckpt = tmp_path / "last.ckpt"
+    write_pretraining_checkpoint(ckpt, img_size=32)
+    args = ["--config", str(REPO / "configs" / "eval" / "lfw.yaml"), "--model.encoder_ckpt", str(ckpt)]
+    args += ["--data.root", str(tmp_path), "--trainer.accelerator", "cpu", "--model.results_dir", str(tmp_path / "r")]
+    assert "bf16" in (REPO / "configs" / "eval" / "lfw.yaml").read_text()
+    cli = make_cli(args)
+    assert cli.trainer.precision == "32-true"

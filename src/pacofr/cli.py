@@ -36,6 +36,18 @@ EXTRA_COMMANDS: dict[str, str] = {
 }
 
 
+HELP = """usage: pacofr COMMAND [options]   (pacofr COMMAND --help for its options)
+
+  fit          pretrain (PaCo-FR, MAE, FSFM-style) from a config: pacofr fit --config configs/pretrain/<method>.yaml
+  validate     the validation loss of a checkpoint on a dataset
+  eval         score an encoder on a benchmark task, or the synthetic suite (--suite synth)
+  export       write a checkpoint's encoder as timm-loadable safetensors
+  checkpoint   checkpoint tools: consolidate a sharded (FSDP) checkpoint, resolve what --resume auto picks
+  study        compare methods: arms x seeds -> pretraining -> probes -> one table (docs/study.md)
+
+A user error (wrong path, damaged file, misspelt option) is one line and exit code 2; --traceback shows more."""
+
+
 class RunFolderConfig(SaveConfigCallback):
     """Saves the resolved config as ``<run_dir>/config.yaml`` (overwritten on every restart, so a
     requeued job never crashes on an existing file) and ``run_info.json`` (code and data versions)."""
@@ -239,7 +251,7 @@ def main(argv: list[str] | None = None) -> int:
         return run_reporting_user_errors(f"pacofr {argv[0]}", lambda rest: int(command(rest) or 0), argv[1:])
     if not argv or argv[0] in ("-h", "--help") or argv[0] in LIGHTNING_COMMANDS:
         if not argv or argv[0] in ("-h", "--help"):
-            print(f"pacofr: subcommands {', '.join([*LIGHTNING_COMMANDS, *EXTRA_COMMANDS])}; see `pacofr fit --help`")
+            print(HELP)
             return 0
         return run_reporting_user_errors(f"pacofr {argv[0]}", run_lightning, argv)
     print(f"pacofr: unknown subcommand {argv[0]!r}; use one of {', '.join([*LIGHTNING_COMMANDS, *EXTRA_COMMANDS])}")

@@ -24,8 +24,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
+import torch
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
+from pacofr.cli_parser import OneLineErrorParser
 from pacofr.data.format import ManifestError
 
 from .backbone import CheckpointError, file_sha256, spec_of
@@ -38,9 +40,10 @@ from .tasks import get_task
 # Mistakes a user can fix (wrong path, wrong layout, wrong file): one line, exit code 2, no traceback.
 USER_ERRORS = (CheckpointError, DatasetLayoutError, ManifestError, FileNotFoundError)
 
+log = logging.getLogger("pacofr.eval")
 LIGHTNING_LOGGERS = ("lightning.pytorch", "lightning.fabric")
 DESCRIPTION = (
-    "Score a pretrained encoder on a benchmark task (see docs/evaluating.md). "
+    "Score a pretrained encoder on a benchmark task (README: Evaluating a checkpoint; layouts: docs/datasets.md). "
     "`pacofr eval --suite synth --model.encoder_ckpt CKPT` runs the whole synthetic suite."
 )
 
@@ -59,6 +62,14 @@ class EvalCLI(LightningCLI):
         results = results_dir(config.model.results_dir, config.model.encoder_ckpt)
         if config.trainer.default_root_dir is None:
             config.trainer.default_root_dir = str(results)
+        precision = str(config.trainer.precision or "")
+        on_cpu = config.trainer.accelerator == "cpu" or (
+            config.trainer.accelerator == "auto" and not torch.cuda.is_available()
+        )
+        if on_cpu and ("16" in precision):
+            # the configs ask for bf16-mixed (GPU); on a CPU that is slow and changes nothing worth having
+            log.info("pacofr eval: precision %s -> 32-true on CPU", precision)
+            config.trainer.precision = "32-true"
         if config.trainer.logger in (None, True):
             config.trainer.logger = {
                 "class_path": "lightning.pytorch.loggers.TensorBoardLogger",
@@ -86,7 +97,8 @@ def make_cli(args: Sequence[str], cli_class: type[EvalCLI] = EvalCLI) -> EvalCLI
             save_config_callback=None,  # the resolved config goes into results/<task>.json instead
             trainer_defaults={"enable_checkpointing": False},  # the product is the scores, not the head
             seed_everything_default=0,
-            parser_kwargs={"description": DESCRIPTION},
+            parser_kwargs={"description": DESCRIPTION, "prog": "pacofr eval"},
+            parser_class=OneLineErrorParser,
             args=list(args),
             run=False,
         )
