@@ -5,7 +5,8 @@
 #   INPUT=/data/raw OUT=/data/faces CHUNKS=64 PACOFR_RUN_DIR=runs/vitb16 slurm/submit.sh [sbatch flags for all]
 #   e.g. slurm/submit.sh --partition=gpu --account=myproj
 #
-# Environment: INPUT, OUT, CHUNKS (prep array size) [64], WEIGHTS_DIR (facexlib weights, see prep_array.sbatch),
+# Environment: INPUT, OUT (the merged dataset; the pretraining reads it as PACOFR_DATA_ROOT), CHUNKS (prep
+# array size) [64], WEIGHTS_DIR (facexlib weights, see prep_array.sbatch), PACOFR_DATA_ROOT (with SKIP_PREP=1),
 # PACOFR_CONFIG / PACOFR_TRAINER_CONFIG / PACOFR_RUN_DIR (pretrain.sbatch), SKIP_PREP=1 (data already
 # prepared: start at pretraining), PREP_ARGS / PRETRAIN_ARGS / EVAL_ARGS (sbatch flags for one stage only, e.g.
 # PRETRAIN_ARGS="--nodes=4"; the CPU variant: PACOFR_DEVICE=cpu PRETRAIN_ARGS="--gpus-per-node=0
@@ -33,8 +34,10 @@ if [[ "${SKIP_PREP:-0}" != 1 ]]; then
     echo "merge: $merge"
     dependency=(--dependency=afterok:"$merge")
 fi
+# the pretraining reads the dataset this chain writes (OUT), unless PACOFR_DATA_ROOT says otherwise
+if [[ -n "${OUT:-}" ]]; then export PACOFR_DATA_ROOT="${PACOFR_DATA_ROOT:-$OUT}"; fi
 pretrain=$(submit "$@" ${PRETRAIN_ARGS:-} "${dependency[@]}" "$HERE/pretrain.sbatch")
-echo "pretrain: $pretrain (run folder $PACOFR_RUN_DIR)"
+echo "pretrain: $pretrain (run folder $PACOFR_RUN_DIR, data ${PACOFR_DATA_ROOT:-from the config})"
 # afterok waits through requeues: a preempted pretraining job is not finished until its last run ends.
 evaluation=$(submit "$@" ${EVAL_ARGS:-} --dependency=afterok:"$pretrain" --export=ALL,PACOFR_RUN_DIR="$PACOFR_RUN_DIR" "$HERE/eval.sbatch")
 echo "eval: $evaluation"

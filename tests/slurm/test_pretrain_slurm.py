@@ -324,3 +324,49 @@ def test_submit_chains_prep_pretrain_eval_with_afterok(slurm_cluster: SlurmClust
     finally:
         if ids:
             slurm_cluster.run("scancel", *ids.values(), check=False)
+
+
+def test_chained_pretraining_reads_the_dataset_the_chain_wrote(
+    slurm_cluster: SlurmCluster, faces: Path, tmp_path: Path
+) -> None:
+    """submit.sh hands OUT (the merged dataset) to pretrain.sbatch, whose --data.root beats the config's."""
+    run_dir = tmp_path / "run"
+    config = yaml.safe_load(DEMO.read_text())
+    tiny = yaml.safe_load(job_config(tmp_path / "tiny.yaml", faces, run_dir).read_text())
+    for section in ("model", "data", "trainer", "checkpoint"):
+        config.setdefault(section, {}).update(tiny[section])
+    config["trainer"]["callbacks"] = []
+    config["trainer"]["max_steps"] = 2
+    config["data"]["root"] = str(tmp_path / "not-this-one")  # the chain must override it with OUT
+    (tmp_path / "method.yaml").write_text(yaml.safe_dump(config))
+    env = {
+        **slurm_cluster.env(),
+        "SKIP_PREP": "1",
+        "OUT": str(faces),
+        "PACOFR_CONFIG": str(tmp_path / "method.yaml"),
+        "PACOFR_REPO": str(REPO),
+        "PACOFR_PYTHON": sys.executable,
+        "PACOFR_RUN_DIR": str(run_dir),
+        "PACOFR_DEVICE": "cpu",
+        "PRETRAIN_ARGS": "--gpus-per-node=0 --ntasks-per-node=2 --cpus-per-task=1 --time=15",
+        "EVAL_ARGS": "--gpus=0",
+    }
+    proc = subprocess.run(
+        ["bash", str(REPO / "slurm" / "submit.sh"), "--hold"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    ids = dict(re.findall(r"^(pretrain|eval)\b[^:]*: (\d+)", proc.stdout, flags=re.MULTILINE))
+    try:
+        assert proc.returncode == 0 and set(ids) == {"pretrain", "eval"}, proc.stdout + proc.stderr
+        assert f"data {faces}" in proc.stdout
+        slurm_cluster.run("scontrol", "release", ids["pretrain"])  # only the pretraining runs; eval stays held
+        job = slurm_cluster.wait_until_done(int(ids["pretrain"]), timeout_s=JOB_TIMEOUT_S)
+        log = job_log(tmp_path, int(ids["pretrain"]))
+        assert job.state == "COMPLETED", f"{job.raw}\n{log}\n{step_log(run_dir, int(ids['pretrain']), 0)}"
+        assert f"data_root={faces}" in log
+        resolved = yaml.safe_load((run_dir / "config.yaml").read_text())
+        assert resolved["data"]["root"] == str(faces)
+        assert checkpoint_global_step(run_dir / "checkpoints" / "last.ckpt") == 2
+    finally:
+        if ids:
+            slurm_cluster.run("scancel", *ids.values(), check=False)
