@@ -102,25 +102,58 @@ class PretrainImages(L.Callback):
 
 
 class ScalarLayout(L.Callback):
-    """Groups losses, codebook health and throughput on one page of TensorBoard's CUSTOM SCALARS tab, and
-    fills the HPARAMS tab: the run's hyper-parameters against ``hp/val_loss`` (logged by validation).
-
-    Lightning's TensorBoardLogger writes the HPARAMS summary only with a metric attached, so this writes it
-    once at fit start with the metric the module logs later.
+    """TensorBoard's CUSTOM SCALARS page, one chart per scale (a perplexity of 200 beside a usage share of 1
+    would draw the share flat), problem counters apart from volume counters, validation beside training;
+    and the HPARAMS tab: what tells runs apart (method, masker, global batch, steps, world size, every
+    model hyper-parameter) against ``hp/val_loss`` (logged by validation). Lightning's TensorBoardLogger
+    writes the HPARAMS summary only with a metric attached, so this writes it once at fit start.
     """
 
     HP_METRIC = "hp/val_loss"
-
+    # regexes are anchored: TensorBoard finds them anywhere in a tag (loss/rec would take loss/rec_covered too)
+    DATA_PROBLEMS = (
+        r"^data/(decode_errors|missing_keys|short_shards|truncated_shards|unreadable_.*|skipped.*|replaced.*)$"
+    )
     LAYOUT = {
-        "pacofr": {
-            "losses": ["Multiline", [r"loss/.*"]],
-            "codebook health": ["Multiline", [r"codebook/.*"]],
-            "masking & reconstruction": ["Multiline", [r"mask/.*", r"recon/.*"]],
-            "throughput": ["Multiline", [r"perf/.*"]],
-            "optimisation": ["Multiline", [r"optim/.*"]],
-            "data problems": ["Multiline", [r"data/.*"]],
-            "online probe": ["Multiline", [r"probe/.*"]],
-        }
+        "1 losses": {
+            "total loss (train)": ["Multiline", [r"^loss/total$"]],
+            "incubation: 1 = only codebook, pixel head and predictor train (the total jumps when it ends)": [
+                "Multiline",
+                [r"^optim/incubating$"],
+            ],
+            "reconstruction (train)": ["Multiline", [r"^loss/rec$", r"^loss/rec_covered$"]],
+            "codebook terms (train)": ["Multiline", [r"^loss/codebook.*$"]],
+            "spatial terms (train)": ["Multiline", [r"^loss/spatial.*$"]],
+            "validation loss": ["Multiline", [r"^val/loss$", r"^val/rec$", r"^val/rec_covered$"]],
+            "validation codebook and spatial terms": ["Multiline", [r"^val/codebook.*$", r"^val/spatial.*$"]],
+        },
+        "2 reconstruction & masking": {
+            "PSNR, dB (train and validation)": ["Multiline", [r"^recon/psnr_db$", r"^val/psnr_db$"]],
+            "mask ratios (masked, replaced, covered share)": ["Multiline", [r"^mask/.*$"]],
+        },
+        "3 codebook health": {
+            "perplexity (codes in use, effective)": ["Multiline", [r"^codebook/perplexity$"]],
+            "share of codes used": ["Multiline", [r"^codebook/usage_fraction$"]],
+        },
+        "4 online probe": {
+            "pose MAE, degrees (lower is better)": ["Multiline", [r"^probe/pose_mae.*$"]],
+            "identity k-NN accuracy (higher is better)": ["Multiline", [r"^probe/knn_identity_acc$"]],
+        },
+        "5 optimisation": {
+            "learning rate": ["Multiline", [r"^optim/lr_.*$"]],
+            "gradient norm": ["Multiline", [r"^optim/grad_norm.*$"]],
+            "skipped non-finite steps": ["Multiline", [r"^loss/nonfinite_skipped$"]],
+        },
+        "6 throughput": {
+            "images/s": ["Multiline", [r"^perf/images_per_s$"]],
+            "step time, s": ["Multiline", [r"^perf/step_time_s$"]],
+            "TFLOP/s per device": ["Multiline", [r"^perf/tflops_per_device$"]],
+            "MFU": ["Multiline", [r"^perf/mfu$"]],
+        },
+        "7 data": {
+            "problems (all 0 in a healthy run)": ["Multiline", [DATA_PROBLEMS]],
+            "samples read": ["Multiline", [r"^data/samples_read$"]],
+        },
     }
 
     @rank_zero_only
@@ -129,6 +162,35 @@ class ScalarLayout(L.Callback):
         if writer is None:
             return
         writer.add_custom_scalars(self.LAYOUT)
+        hparams = run_hparams(trainer, dict(pl_module.hparams))
         for logger in trainer.loggers:
             if isinstance(logger, TensorBoardLogger):
-                logger.log_hyperparams(dict(pl_module.hparams), metrics={self.HP_METRIC: float("nan")})
+                logger.log_hyperparams(hparams, metrics={self.HP_METRIC: float("nan")})
+
+
+def method_name(hparams: dict, masker: str) -> str:
+    """What a reader calls the run: PaCo-FR (codebook), CRFR-P MAE (structured masking, pixel target) or MAE."""
+    if hparams.get("use_codebook"):
+        return "PaCo-FR" if "Structured" in masker else f"PaCo-FR ({masker})"
+    if "Structured" in masker:
+        return "CRFR-P MAE"
+    return "MAE" if "Random" in masker or masker == "none" else f"MIM ({masker})"
+
+
+def run_hparams(trainer: L.Trainer, model_hparams: dict) -> dict:
+    """The HPARAMS row of a run: the model's hyper-parameters (without LightningCLI's bookkeeping keys) and
+    what the data module and trainer decide (masker, global batch, steps, world size)."""
+    out = {k: v for k, v in model_hparams.items() if not str(k).startswith("_")}
+    data = getattr(trainer, "datamodule", None)
+    masker = type(getattr(data, "masker", None)).__name__ if getattr(data, "masker", None) is not None else "none"
+    batch = getattr(data, "batch_size", None)
+    out.update(
+        {
+            "method": method_name(out, masker),
+            "masker": masker,
+            "world_size": trainer.world_size,
+            "max_steps": trainer.max_steps,
+            "global_batch": batch * trainer.world_size * trainer.accumulate_grad_batches if batch else -1,
+        }
+    )
+    return out

@@ -1,0 +1,77 @@
+"""The TensorBoard pages read at a glance: one scale per chart, problems apart from volumes, a validation
+chart, every logged scalar on the page, and HPARAMS rows that say which method a run is."""
+
+from __future__ import annotations
+
+import re
+from types import SimpleNamespace
+
+import pytest
+
+from pacofr.callbacks.tensorboard import ScalarLayout, method_name, run_hparams
+from pacofr.masking import RandomMasker, StructuredMasker
+
+# every scalar a PaCo-FR run logs (a ViT-Ti run on the synthetic faces), and the GPU-only MFU
+LOGGED = """codebook/perplexity codebook/usage_fraction data/decode_errors data/missing_keys data/samples_read
+data/short_shards data/truncated_shards data/unreadable_samples data/unreadable_shards loss/codebook
+loss/codebook_alignment loss/codebook_belief_ce loss/codebook_commitment loss/nonfinite_skipped loss/rec
+loss/rec_covered loss/spatial loss/spatial_centroid loss/spatial_region loss/total mask/covered_fraction mask/ratio
+mask/replaced_ratio optim/grad_norm optim/incubating optim/lr_codebook optim/lr_main perf/images_per_s
+perf/step_time_s perf/tflops_per_device perf/mfu probe/knn_identity_acc probe/pose_mae probe/pose_mae_pitch
+probe/pose_mae_roll probe/pose_mae_yaw recon/psnr_db val/codebook val/codebook_alignment val/codebook_belief_ce
+val/codebook_commitment val/loss val/psnr_db val/rec val/rec_covered val/spatial val/spatial_centroid
+val/spatial_region""".split()
+
+# tags whose values live on different scales: never on one chart
+DIFFERENT_SCALES = [
+    ("codebook/perplexity", "codebook/usage_fraction"),
+    ("recon/psnr_db", "mask/ratio"),
+    ("data/samples_read", "data/decode_errors"),
+    ("loss/total", "optim/incubating"),
+    ("perf/images_per_s", "perf/step_time_s"),
+]
+
+
+def charts() -> dict[str, list[str]]:
+    """chart title -> the logged tags it draws (TensorBoard searches each regex in the tag)."""
+    out = {}
+    for category in ScalarLayout.LAYOUT.values():
+        for title, (_, patterns) in category.items():
+            out[title] = [t for t in LOGGED if any(re.search(p, t) for p in patterns)]
+    return out
+
+
+def test_every_logged_scalar_is_on_exactly_one_chart():
+    drawn = [t for tags in charts().values() for t in tags]
+    assert sorted(drawn) == sorted(LOGGED)
+
+
+@pytest.mark.parametrize(("a", "b"), DIFFERENT_SCALES)
+def test_no_chart_mixes_scales(a, b):
+    assert not any(a in tags and b in tags for tags in charts().values())
+
+
+def test_problem_counters_are_apart_and_validation_has_a_chart():
+    by_title = charts()
+    problems = next(tags for title, tags in by_title.items() if title.startswith("problems"))
+    assert "data/samples_read" not in problems and len(problems) == 6
+    assert any("val/loss" in tags for tags in by_title.values())
+    assert list(ScalarLayout.LAYOUT)[0].endswith("losses")  # the losses open first
+
+
+def test_method_names():
+    assert method_name({"use_codebook": True}, "StructuredMasker") == "PaCo-FR"
+    assert method_name({"use_codebook": True}, "RandomMasker") == "PaCo-FR (RandomMasker)"
+    assert method_name({"use_codebook": False}, "StructuredMasker") == "CRFR-P MAE"
+    assert method_name({"use_codebook": False}, "RandomMasker") == "MAE"
+
+
+def test_hparams_say_method_masker_batch_steps_world():
+    data = SimpleNamespace(masker=StructuredMasker(16, 0.75), batch_size=32)
+    trainer = SimpleNamespace(datamodule=data, world_size=4, max_steps=1000, accumulate_grad_batches=2)
+    row = run_hparams(trainer, {"use_codebook": False, "_instantiator": "x", "base_lr": 1e-3})
+    assert row["method"] == "CRFR-P MAE" and row["masker"] == "StructuredMasker"
+    assert (row["global_batch"], row["max_steps"], row["world_size"]) == (256, 1000, 4)
+    assert "_instantiator" not in row and row["base_lr"] == 1e-3
+    mae = run_hparams(SimpleNamespace(**{**vars(trainer), "datamodule": SimpleNamespace(masker=RandomMasker())}), {})
+    assert mae["method"] == "MAE" and mae["global_batch"] == -1
