@@ -75,3 +75,21 @@ def test_hparams_say_method_masker_batch_steps_world():
     assert "_instantiator" not in row and row["base_lr"] == 1e-3
     mae = run_hparams(SimpleNamespace(**{**vars(trainer), "datamodule": SimpleNamespace(masker=RandomMasker())}), {})
     assert mae["method"] == "MAE" and mae["global_batch"] == -1
+
+
+def test_image_grid_gets_titles_and_a_region_legend(tmp_path):
+    import torch
+
+    from pacofr.callbacks.tensorboard import titled_grid
+
+    grid = torch.rand(3, 40, 120)
+    out = titled_grid(grid, ["input", "masked", "regions"], legend=True)
+    assert out.shape[0] == 3 and out.shape[2] == 120 and out.shape[1] > 40 + 14
+    assert torch.allclose(out[:, 14 : 14 + 40], grid, atol=1 / 255)  # the grid itself is unchanged
+    header = out[:, :14]
+    assert (header < 0.5).any() and (header > 0.9).any()  # dark title text on white
+    plain = titled_grid(grid, ["a"], legend=False)
+    assert plain.shape[1] == 40 + 14
+    from PIL import Image
+
+    Image.fromarray((out.permute(1, 2, 0).numpy() * 255).astype("uint8")).save(tmp_path / "grid.png")

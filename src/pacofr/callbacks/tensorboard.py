@@ -6,13 +6,16 @@ Images come from a separate no-grad forward on a few samples of the current batc
 
 from __future__ import annotations
 
+import math
+
 import lightning as L
+import numpy as np
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
 from torchvision.utils import make_grid
 
-from pacofr.data.format import NUM_REGIONS
+from pacofr.data.format import NUM_REGIONS, REGION_NAMES
 from pacofr.fsdp_calls import call_unsharded, is_fsdp
 
 # One colour per region group (format.REGION_NAMES order), for region-map renderings.
@@ -46,6 +49,28 @@ def upsample_patch_map(values: torch.Tensor, grid: tuple[int, int], size: int) -
     b = values.shape[0]
     v = values.reshape(b, grid[0], grid[1], -1).permute(0, 3, 1, 2).float()
     return torch.nn.functional.interpolate(v, size=(size, size), mode="nearest")
+
+
+def titled_grid(grid: torch.Tensor, titles: list[str], legend: bool) -> torch.Tensor:
+    """(3, H, W) image grid -> the same with a row of column titles on top and, with ``legend``, one colour
+    swatch per region group (``format.REGION_NAMES``) underneath."""
+    from PIL import Image, ImageDraw
+
+    _, h, w = grid.shape
+    header, footer = 14, (14 * math.ceil(NUM_REGIONS / 5) + 4 if legend else 0)
+    canvas = Image.new("RGB", (w, h + header + footer), (255, 255, 255))
+    canvas.paste(Image.fromarray((grid.permute(1, 2, 0).numpy() * 255).astype("uint8")), (0, header))
+    draw = ImageDraw.Draw(canvas)
+    step = w / max(1, len(titles))
+    for i, title in enumerate(titles):
+        draw.text((int(i * step) + 3, 1), title, fill=(0, 0, 0))
+    if legend:
+        colours = (REGION_COLOURS * 255).round().to(torch.uint8).tolist()
+        for i, (name, colour) in enumerate(zip(REGION_NAMES, colours)):
+            x, y = 4 + (i % 5) * max(60, w // 5), h + header + 3 + (i // 5) * 14
+            draw.rectangle([x, y, x + 9, y + 9], fill=tuple(colour), outline=(0, 0, 0))
+            draw.text((x + 13, y - 1), name, fill=(0, 0, 0))
+    return torch.from_numpy(np.asarray(canvas).copy()).permute(2, 0, 1).float() / 255.0
 
 
 def _writer(trainer: L.Trainer):
@@ -87,15 +112,18 @@ class PretrainImages(L.Callback):
         pl_module.train(was_training)
         if writer is None or not trainer.is_global_zero:
             return
-        # rows: one sample each, columns: the views
+        # rows: one sample each, columns: the views, titled, with the region colours' legend underneath
         columns = [views[k].float().clamp(0, 1).cpu() for k in views]
         tiles = torch.stack(columns, dim=1).flatten(0, 1)
-        writer.add_image("images/" + "|".join(views), make_grid(tiles, nrow=len(columns), padding=2), step)
+        grid = make_grid(tiles, nrow=len(columns), padding=2)
+        writer.add_image("images/" + "|".join(views), titled_grid(grid, list(views), "regions" in views), step)
         codebook_images = getattr(pl_module, "codebook_images", None)
         if callable(codebook_images):
             protos = codebook_images()
             if protos is not None:
-                writer.add_image("codebook/prototypes", make_grid(protos.cpu(), nrow=16, padding=1), step)
+                # a square grid: 1024 codes fit one screen instead of a 64-row strip that needs scrolling
+                side = math.ceil(math.sqrt(protos.shape[0]))
+                writer.add_image("codebook/prototypes", make_grid(protos.cpu(), nrow=side, padding=1), step)
                 usage = pl_module.code_usage()
                 if usage is not None:
                     writer.add_histogram("codebook/usage", usage.float().cpu(), step)
