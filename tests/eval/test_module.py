@@ -106,7 +106,7 @@ def test_results_next_to_checkpoint_and_tensorboard(tmp_path, checkpoint):
     drop = out["metrics"]["val"]["f1_mean"] - out["metrics"]["val+occluded"]["f1_mean"]
     assert out["occlusion_drop"]["val"] == pytest.approx(drop)
     assert out["config"]["data"]["occlusion_area"] == 0.3
-    assert "test/val/f1_mean" in trainer.logged_metrics
+    assert "eval/test/val/f1_mean" in trainer.logged_metrics  # eval tags under their own group
     assert list((tmp_path / "tb" / "eval").rglob("events.out.tfevents.*"))
 
 

@@ -140,7 +140,8 @@ class EvalModule(L.LightningModule):
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         pred = self(batch)
         loss = task_loss(self.spec, pred, batch, input_size(batch))
-        self.log("train/loss", loss, prog_bar=True, batch_size=len(pred))
+        # every eval tag under eval/: beside a pretraining run in TensorBoard its val/ and train/ stay its own
+        self.log("eval/train/loss", loss, prog_bar=True, batch_size=len(pred))
         return loss
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
@@ -149,7 +150,7 @@ class EvalModule(L.LightningModule):
     def on_validation_epoch_end(self) -> None:
         scores = self.val_metric.compute()
         self.val_metric.reset()
-        self.log_dict({f"val/{k}": v for k, v in scores.items()})
+        self.log_dict({f"eval/val/{k}": v for k, v in scores.items()})
 
     def setup(self, stage: str) -> None:
         if stage != "test":
@@ -170,8 +171,8 @@ class EvalModule(L.LightningModule):
             scores[name] = metric.compute()
             metric.reset()
         drops = occlusion_drops(scores, self.spec.primary, self.spec.higher_is_better)
-        flat = {f"test/{split}/{k}": v for split, vals in scores.items() for k, v in vals.items()}
-        flat.update({f"test/{split}/occlusion_drop": v for split, v in drops.items()})
+        flat = {f"eval/test/{split}/{k}": v for split, vals in scores.items() for k, v in vals.items()}
+        flat.update({f"eval/test/{split}/occlusion_drop": v for split, v in drops.items()})
         self.log_dict(flat, add_dataloader_idx=False)
         self.results = self._results(scores, drops)
         if self.trainer.is_global_zero:
