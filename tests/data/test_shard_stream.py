@@ -7,6 +7,7 @@ import logging
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from torch.utils.data import DataLoader
@@ -14,6 +15,7 @@ from torch.utils.data import DataLoader
 from pacofr.data.format import NUM_REGIONS, read_manifest
 from pacofr.data.shards import (
     STATS_KEY,
+    Piece,
     StreamStats,
     TrainShardStream,
     ValShardStream,
@@ -273,3 +275,33 @@ def test_batches_stay_uint8_and_maskers_get_their_label_dtype(
     assert batch["seg"].dtype == torch.uint8 and batch["seg"].shape == (2, OUT, OUT)
     assert batch["image"].is_contiguous(memory_format=torch.channels_last), "collated HWC, viewed as NCHW"
     assert masker.seen == {expected}
+
+
+def _plan_by_scanning(lengths, num_slots, seed, epoch):
+    """The plan as first written: every lane scans every shard (the reference the fast plan must equal)."""
+    order = [s for s in shard_order(len(lengths), seed, epoch) if lengths[s] > 0]
+    offsets = [0]
+    for s in order:
+        offsets.append(offsets[-1] + lengths[s])
+    total = offsets[-1]
+
+    def pieces_of(lo, hi):
+        return [
+            Piece(shard, max(lo, offsets[i]) - offsets[i], min(hi, offsets[i + 1]) - offsets[i])
+            for i, shard in enumerate(order)
+            if max(lo, offsets[i]) < min(hi, offsets[i + 1])
+        ]
+
+    if total < num_slots:
+        return [pieces_of(lane % total, lane % total + 1) for lane in range(num_slots)]
+    return [pieces_of(lane * total // num_slots, (lane + 1) * total // num_slots) for lane in range(num_slots)]
+
+
+@pytest.mark.parametrize("case", range(40))
+def test_plan_equals_the_scanning_plan(case):
+    rng = np.random.default_rng(case)
+    shards = int(rng.integers(1, 60))
+    lengths = [int(x) for x in rng.integers(0, 40, shards)]
+    lengths[int(rng.integers(shards))] += 1  # never all empty
+    slots = int(rng.choice([1, 2, 3, 7, 16, 64, 97, 500]))
+    assert plan_epoch(lengths, slots, seed=case, epoch=case % 3) == _plan_by_scanning(lengths, slots, case, case % 3)

@@ -37,6 +37,7 @@ each real sample is scored exactly once across ranks (count metrics over ``valid
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import itertools
 import json
@@ -114,11 +115,15 @@ def plan_epoch(shard_lengths: Sequence[int], num_slots: int, seed: int, epoch: i
     offsets = list(itertools.accumulate((shard_lengths[s] for s in order), initial=0))
 
     def pieces_of(lo: int, hi: int) -> list[Piece]:
+        # only the shards that overlap [lo, hi): found by bisection, so a plan costs O(lanes log shards + pieces)
+        # instead of every lane scanning every shard (15.7 s at 4,096 lanes x 2,000 shards)
         out = []
-        for pos, shard in enumerate(order):
+        pos = bisect.bisect_right(offsets, lo) - 1
+        while pos < len(order) and offsets[pos] < hi:
             a, b = max(lo, offsets[pos]), min(hi, offsets[pos + 1])
             if a < b:
-                out.append(Piece(shard, a - offsets[pos], b - offsets[pos]))
+                out.append(Piece(order[pos], a - offsets[pos], b - offsets[pos]))
+            pos += 1
         return out
 
     if total < num_slots:
