@@ -145,6 +145,17 @@ class EvalDataModule(L.LightningDataModule):
                     occluded = Occluded(reader, self.occlusion_area, self.occlusion_seed)
                     self.datasets[split + OCCLUDED_SUFFIX] = self._wrap(occluded)
 
+    def check_readable(self, training: bool = True) -> None:
+        """Open the reader of every split this job will use (and drop them): a missing, damaged or refused
+        file raises here, before a trainer logs or writes anything. ``setup`` opens them again for real."""
+        spec = self.spec
+        if training and self.has_train:
+            self._reader(spec.train_reader or spec.reader, spec.train_split, self.train_root)
+            if spec.val_split is not None:
+                self._reader(spec.reader, spec.val_split, self.root)
+        for split in spec.test_splits:
+            self._reader(spec.reader, split, self.root)
+
     def _loader(self, dataset: Dataset, shuffle: bool = False, drop_last: bool = False) -> DataLoader:
         # cached features are tensors in memory: worker processes would only add copies between processes
         workers = 0 if isinstance(dataset, FeatureDataset) else self.num_workers

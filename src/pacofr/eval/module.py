@@ -305,9 +305,8 @@ def run_eval(trainer: L.Trainer, model: EvalModule, datamodule: EvalDataModule) 
     if model.spec.name != datamodule.spec.name:
         raise ValueError(f"model task {model.spec.name!r} and data task {datamodule.spec.name!r} differ")
     training = datamodule.has_train and trainer.max_epochs != 0
-    # read every split first: a damaged or refused file stops here, before any TensorBoard run or result exists
-    datamodule.setup("fit" if training else "test")
-    datamodule.setup("test")
+    # open every split first: a damaged or refused file stops here, before any TensorBoard run or result exists
+    datamodule.check_readable(training)
     if training:
         model.prepare_feature_cache(trainer, datamodule)
         trainer.fit(model, datamodule=datamodule)
