@@ -12,15 +12,7 @@ from pacofr.callbacks.tensorboard import ScalarLayout, method_name, run_hparams
 from pacofr.masking import RandomMasker, StructuredMasker
 
 # every scalar a PaCo-FR run logs (a ViT-Ti run on the synthetic faces), and the GPU-only MFU
-LOGGED = """codebook/perplexity codebook/usage_fraction data/decode_errors data/missing_keys data/samples_read
-data/short_shards data/truncated_shards data/unreadable_samples data/unreadable_shards loss/codebook
-loss/codebook_alignment loss/codebook_belief_ce loss/codebook_commitment loss/nonfinite_skipped loss/rec
-loss/rec_covered loss/spatial loss/spatial_centroid loss/spatial_region loss/total mask/covered_fraction mask/ratio
-mask/replaced_ratio optim/grad_norm optim/incubating optim/lr_codebook optim/lr_main perf/images_per_s
-perf/step_time_s perf/tflops_per_device perf/mfu probe/knn_identity_acc probe/pose_mae probe/pose_mae_pitch
-probe/pose_mae_roll probe/pose_mae_yaw recon/psnr_db val/codebook val/codebook_alignment val/codebook_belief_ce
-val/codebook_commitment val/loss val/psnr_db val/rec val/rec_covered val/spatial val/spatial_centroid
-val/spatial_region""".split()
+LOGGED = ["codebook/perplexity", "codebook/usage_fraction", "data/decode_errors", "data/missing_keys", "data/samples_read", "data/short_shards", "data/truncated_shards", "data/unreadable_samples", "data/unreadable_shards", "loss/codebook", "loss/codebook_alignment", "loss/codebook_belief_ce", "loss/codebook_commitment", "loss/nonfinite_skipped", "loss/rec", "loss/rec_covered", "loss/spatial", "loss/spatial_centroid", "loss/spatial_region", "loss/total", "mask/covered_fraction", "mask/ratio", "mask/replaced_ratio", "optim/grad_norm", "optim/incubating", "optim/lr_codebook", "optim/lr_main", "perf/images_per_s", "perf/step_time_s", "perf/tflops_per_device", "perf/mfu", "probe/knn_identity_acc", "probe/pose_mae", "probe/pose_mae_pitch", "probe/pose_mae_roll", "probe/pose_mae_yaw", "recon/psnr_db", "val/codebook", "val/codebook_alignment", "val/codebook_belief_ce", "val/codebook_commitment", "val/loss", "val/psnr_db", "val/rec", "val/rec_covered", "val/spatial", "val/spatial_centroid", "val/spatial_region"]
 
 # tags whose values live on different scales: never on one chart
 DIFFERENT_SCALES = [
