@@ -211,6 +211,8 @@ class _DropMessages(logging.Filter):
 NOISE_WARNINGS = (
     "LightningCLI's args parameter",  # pacofr hands its own argv over on purpose
     "The `srun` command is available on your system but is not used",  # pacofr's sbatch scripts use srun
+    "Your `IterableDataset` has `__len__` defined",  # the shard stream sizes every worker's lane itself
+    "`isinstance(treespec, LeafSpec)` is deprecated",  # Lightning's own call into torch's pytree
 )
 NOISE_LOGGERS = ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero")
 
