@@ -24,6 +24,7 @@ from pacofr.checkpointing.rng import RNGState
 from pacofr.cli_parser import OneLineErrorParser
 from pacofr.data.format import read_manifest
 from pacofr.errors import UserError, run_reporting_user_errors
+from pacofr.logs import show_info_logs
 from pacofr.run_folder import write_run_info
 
 LIGHTNING_COMMANDS = ("fit", "validate")
@@ -189,16 +190,6 @@ class PacofrCLI(LightningCLI):
             )
 
 
-def _show_pacofr_info_logs() -> None:
-    """pacofr's INFO lines (resume decision, stream position, preemption) on stderr, as Lightning does its own."""
-    logger = logging.getLogger("pacofr")
-    if not logger.handlers:
-        handler = logging.StreamHandler()
-        handler.setFormatter(logging.Formatter("%(message)s"))
-        logger.addHandler(handler)
-        logger.setLevel(logging.INFO)
-
-
 class _DropMessages(logging.Filter):
     def __init__(self, *fragments: str):
         super().__init__()
@@ -230,7 +221,7 @@ def silence_known_noise() -> None:
 
 def run_lightning(argv: list[str]) -> int:
     catch_early_preemption_signal()  # a USR1 during start-up must not kill the job before the handler exists
-    _show_pacofr_info_logs()
+    show_info_logs()
     silence_known_noise()
     from pacofr.data.datamodule import PretrainDataModule
     from pacofr.modules.pretrain import PaCoFRPretrain

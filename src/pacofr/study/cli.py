@@ -12,11 +12,12 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+
+from pacofr.logs import show_info_logs
 
 from .report import aggregate
 from .runner import CellError, CellPreempted, format_probe_check, is_done, probe_check, run_cell
@@ -70,15 +71,6 @@ def _cell_index(index: int | None, count: int) -> int:
     return index
 
 
-def _show_logs() -> None:
-    logger = logging.getLogger("pacofr")
-    if not logger.handlers:
-        handler = logging.StreamHandler()
-        handler.setFormatter(logging.Formatter("%(message)s"))
-        logger.addHandler(handler)
-        logger.setLevel(logging.INFO)
-
-
 def _print_table(spec: StudySpec, summary: dict) -> None:
     print((spec.folder / "table.md").read_text())
     print(f"table: {spec.folder / 'table.md'}; summary: {spec.folder / 'summary.json'}; plots: {summary['plots']}")
@@ -87,7 +79,7 @@ def _print_table(spec: StudySpec, summary: dict) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(list(sys.argv[1:] if argv is None else argv))
-    _show_logs()
+    show_info_logs()
     try:
         spec = load_study(args.config, quick=args.quick, root=args.root, data_root=args.data_root)
         cells = spec.cells()
