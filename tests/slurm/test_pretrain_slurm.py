@@ -295,23 +295,28 @@ def test_c_d_kill9_then_resubmit_skips_a_truncated_newest_and_resumes_from_the_l
     )
 
 
-def test_submit_chains_prep_pretrain_eval_with_afterok(slurm_cluster: SlurmCluster, tmp_path: Path) -> None:
-    """``slurm/submit.sh`` submits the four stages (held here, so nothing runs) and chains them with afterok."""
+def submit_chain(cluster: SlurmCluster, tmp_path: Path, **env: str) -> tuple[subprocess.CompletedProcess, dict]:
+    """``slurm/submit.sh --hold`` on CPU settings (run folder ``tmp_path/run``): the process and {stage: job id}."""
     env = {
-        **slurm_cluster.env(),
-        "INPUT": str(tmp_path / "raw"),
-        "OUT": str(tmp_path / "faces"),
-        "CHUNKS": "3",
+        **cluster.env(),
         "PACOFR_RUN_DIR": str(tmp_path / "run"),
         "PACOFR_DEVICE": "cpu",
         "PRETRAIN_ARGS": "--gpus-per-node=0 --ntasks-per-node=2 --cpus-per-task=1",
         "EVAL_ARGS": "--gpus=0",
+        **env,
     }
     proc = subprocess.run(
         ["bash", str(REPO / "slurm" / "submit.sh"), "--hold"],
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60,
     )  # fmt: skip
-    ids = dict(re.findall(r"^(prep|merge|pretrain|eval)\b[^:]*: (\d+)", proc.stdout, flags=re.MULTILINE))
+    return proc, dict(re.findall(r"^(prep|merge|pretrain|eval)\b[^:]*: (\d+)", proc.stdout, flags=re.MULTILINE))
+
+
+def test_submit_chains_prep_pretrain_eval_with_afterok(slurm_cluster: SlurmCluster, tmp_path: Path) -> None:
+    """``slurm/submit.sh`` submits the four stages (held here, so nothing runs) and chains them with afterok."""
+    proc, ids = submit_chain(
+        slurm_cluster, tmp_path, INPUT=str(tmp_path / "raw"), OUT=str(tmp_path / "faces"), CHUNKS="3"
+    )
     try:
         assert proc.returncode == 0, proc.stdout + proc.stderr
         assert set(ids) == {"prep", "merge", "pretrain", "eval"}, proc.stdout
@@ -339,23 +344,16 @@ def test_chained_pretraining_reads_the_dataset_the_chain_wrote(
     config["trainer"]["max_steps"] = 2
     config["data"]["root"] = str(tmp_path / "not-this-one")  # the chain must override it with OUT
     (tmp_path / "method.yaml").write_text(yaml.safe_dump(config))
-    env = {
-        **slurm_cluster.env(),
-        "SKIP_PREP": "1",
-        "OUT": str(faces),
-        "PACOFR_CONFIG": str(tmp_path / "method.yaml"),
-        "PACOFR_REPO": str(REPO),
-        "PACOFR_PYTHON": sys.executable,
-        "PACOFR_RUN_DIR": str(run_dir),
-        "PACOFR_DEVICE": "cpu",
-        "PRETRAIN_ARGS": "--gpus-per-node=0 --ntasks-per-node=2 --cpus-per-task=1 --time=15",
-        "EVAL_ARGS": "--gpus=0",
-    }
-    proc = subprocess.run(
-        ["bash", str(REPO / "slurm" / "submit.sh"), "--hold"],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
-    ids = dict(re.findall(r"^(pretrain|eval)\b[^:]*: (\d+)", proc.stdout, flags=re.MULTILINE))
+    proc, ids = submit_chain(
+        slurm_cluster,
+        tmp_path,
+        SKIP_PREP="1",
+        OUT=str(faces),
+        PACOFR_CONFIG=str(tmp_path / "method.yaml"),
+        PACOFR_REPO=str(REPO),
+        PACOFR_PYTHON=sys.executable,
+        PRETRAIN_ARGS="--gpus-per-node=0 --ntasks-per-node=2 --cpus-per-task=1 --time=15",
+    )
     try:
         assert proc.returncode == 0 and set(ids) == {"pretrain", "eval"}, proc.stdout + proc.stderr
         assert f"data {faces}" in proc.stdout
