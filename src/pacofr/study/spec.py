@@ -97,7 +97,7 @@ class StudySpec:
             **cell.arm.overrides,
             "seed_everything": cell.seed,
             "data.seed": cell.seed,
-            "data.root": self.data_root,
+            "data.root": str(Path(self.data_root).resolve()),
         }
 
     def cell_key(self, cell: Cell) -> str:
@@ -108,7 +108,7 @@ class StudySpec:
             "pretrain": cell.arm.pretrain,
             "overrides": self.fit_overrides(cell) if cell.arm.pretrain else {"seed": cell.seed},
             "probe": self.probe.__dict__,
-            "data_root": self.data_root,
+            "data_root": str(Path(self.data_root).resolve()),  # data/x and /abs/data/x are one dataset
         }
         return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
