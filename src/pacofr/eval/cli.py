@@ -68,7 +68,7 @@ class EvalCLI(LightningCLI):
         )
         if on_cpu and ("16" in precision):
             # the configs ask for bf16-mixed (GPU); on a CPU that is slow and changes nothing worth having
-            log.info("pacofr eval: precision %s -> 32-true on CPU", precision)
+            log.debug("pacofr eval: precision %s -> 32-true on CPU", precision)
             config.trainer.precision = "32-true"
         if config.trainer.logger in (None, True):
             config.trainer.logger = {
