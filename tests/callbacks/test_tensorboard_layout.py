@@ -70,6 +70,9 @@ DIFFERENT_SCALES = [
     ("data/samples_read", "data/decode_errors"),
     ("loss/total", "optim/incubating"),
     ("perf/images_per_s", "perf/step_time_s"),
+    ("val/loss", "val/rec"),  # the total is several times the reconstruction term
+    ("loss/codebook_belief_ce", "loss/codebook_alignment"),
+    ("val/codebook_belief_ce", "val/spatial"),
 ]
 
 

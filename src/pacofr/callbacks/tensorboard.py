@@ -150,10 +150,25 @@ class ScalarLayout(L.Callback):
                 [r"^optim/incubating$"],
             ],
             "reconstruction (train)": ["Multiline", [r"^loss/rec$", r"^loss/rec_covered$"]],
-            "codebook terms (train)": ["Multiline", [r"^loss/codebook.*$"]],
+            "codebook loss and its belief CE (train)": [
+                "Multiline",
+                [r"^loss/codebook$", r"^loss/codebook_belief_ce$"],
+            ],
+            "codebook alignment and commitment (train)": [
+                "Multiline",
+                [r"^loss/codebook_alignment$", r"^loss/codebook_commitment$"],
+            ],
             "spatial terms (train)": ["Multiline", [r"^loss/spatial.*$"]],
-            "validation loss": ["Multiline", [r"^val/loss$", r"^val/rec$", r"^val/rec_covered$"]],
-            "validation codebook and spatial terms": ["Multiline", [r"^val/codebook.*$", r"^val/spatial.*$"]],
+            "validation loss": ["Multiline", [r"^val/loss$"]],
+            "validation reconstruction": ["Multiline", [r"^val/rec$", r"^val/rec_covered$"]],
+            "validation codebook loss and its belief CE": [
+                "Multiline",
+                [r"^val/codebook$", r"^val/codebook_belief_ce$"],
+            ],
+            "validation alignment, commitment and spatial terms": [
+                "Multiline",
+                [r"^val/codebook_alignment$", r"^val/codebook_commitment$", r"^val/spatial.*$"],
+            ],
         },
         "2 reconstruction & masking": {
             "PSNR, dB (train and validation)": ["Multiline", [r"^recon/psnr_db$", r"^val/psnr_db$"]],
