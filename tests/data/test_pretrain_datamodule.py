@@ -10,10 +10,10 @@ import pytest
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
+from pacofr.data.batch import NO_COVERED_GROUP, MaskResult
 from pacofr.data.datamodule import PretrainDataModule
 from pacofr.data.format import NUM_REGIONS, label_to_region_lut
 from pacofr.data.shards import STATS_KEY
-from pacofr.masking.base import NO_COVERED_GROUP, MaskResult
 
 SIZE, OUT, PATCH = 16, 16, 4  # 16 px crops, 4 px patches -> N = 16
 

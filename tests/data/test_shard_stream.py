@@ -12,6 +12,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
+from pacofr.data.batch import NO_COVERED_GROUP, MaskResult
 from pacofr.data.format import NUM_REGIONS, read_manifest
 from pacofr.data.shards import (
     STATS_KEY,
@@ -23,7 +24,6 @@ from pacofr.data.shards import (
     shard_order,
 )
 from pacofr.data.transforms import AugmentConfig, JointTransform
-from pacofr.masking.base import NO_COVERED_GROUP, MaskResult
 
 SIZE = 16  # source images are 16 px: decoding stays negligible
 OUT = 12

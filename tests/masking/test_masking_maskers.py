@@ -13,8 +13,8 @@ from pacofr.masking import (
     MASKERS,
     NO_COVERED_GROUP,
     BlockMasker,
+    MaskResult,
     RandomMasker,
-    RegionMaskResult,
     StructuredMasker,
     build_masker,
     num_masked_patches,
@@ -58,7 +58,7 @@ def test_exact_mask_count(name: str) -> None:
 def test_outputs_are_complete(name: str) -> None:
     seg = random_faces(1, seed=2)[0]
     result = build_masker(name)(seg, torch.Generator().manual_seed(0))
-    assert isinstance(result, RegionMaskResult)
+    assert isinstance(result, MaskResult)
     torch.testing.assert_close(result.region_hist, patch_region_histograms(seg, 16))
     assert result.covered_patches.shape == (196,) and result.covered_patches.dtype == torch.bool
     assert not (result.covered_patches & ~result.mask).any()
@@ -74,7 +74,7 @@ def test_deterministic_for_a_generator(name: str) -> None:
     faces = random_faces(5, seed=21)
     masker = build_masker(name, mask_ratio=0.6)
 
-    def run(seed: int) -> list[RegionMaskResult]:
+    def run(seed: int) -> list[MaskResult]:
         generator = torch.Generator().manual_seed(seed)
         return [masker(seg, generator) for seg in faces]
 

@@ -13,7 +13,6 @@ trainer is attached (``set_start_batch`` sets it explicitly).
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from typing import Any
 
 import lightning as L
@@ -21,18 +20,12 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader
 
+from pacofr.data.batch import Masker
 from pacofr.data.format import read_manifest
 from pacofr.data.shards import STATS_KEY, StreamStats, TrainShardStream, ValShardStream
 from pacofr.data.transforms import AugmentConfig, JointTransform, normalize_images
-from pacofr.masking.base import MaskResult
 
 log = logging.getLogger(__name__)
-
-# The masker protocol (pacofr.masking.base.Masker) as a Callable type: jsonargparse rejects the
-# Protocol for maskers that set ``patch_size``/``mask_ratio`` in ``__init__`` (it looks for them
-# on the class), while a Callable accepts any ``class_path`` whose instances are callable.
-MaskerFn = Callable[[torch.Tensor, torch.Generator], MaskResult]
-
 
 class PretrainDataModule(L.LightningDataModule):
     """Train/val batches ``{"image": f32 [B,3,S,S], "seg": i64 [B,S,S], "key": list[str]}``, as the
@@ -56,7 +49,7 @@ class PretrainDataModule(L.LightningDataModule):
         num_workers: DataLoader workers; keep it fixed across a resume (it defines the lanes).
         image_size: output side S.
         seed: seeds shard order, shuffle buffers, augmentation and masks.
-        masker: ``masker(seg_2d_int64, generator) -> MaskResult``, or None.
+        masker: a :class:`~pacofr.data.batch.Masker` (any ``class_path`` subclass), or None.
         augment: training augmentation settings (eval uses its normalisation and crop fraction).
         train_split / val_split: split names in the manifest; ``val_split=None`` disables validation.
         shuffle_buffer: samples held by each worker's shuffle buffer.
@@ -70,7 +63,7 @@ class PretrainDataModule(L.LightningDataModule):
         num_workers: int = 8,
         image_size: int = 224,
         seed: int = 0,
-        masker: MaskerFn | None = None,
+        masker: Masker | None = None,
         augment: AugmentConfig | None = None,
         train_split: str = "train",
         val_split: str | None = "val",

@@ -61,9 +61,9 @@ from torch.utils.data import IterableDataset, get_worker_info
 from webdataset.filters import _shuffle as wds_shuffle
 from webdataset.tariterators import group_by_keys, tar_file_iterator
 
+from pacofr.data.batch import Masker
 from pacofr.data.format import KEY_IMAGE, KEY_META, KEY_SEG, NUM_LABELS, SAMPLE_KEYS, read_manifest
 from pacofr.data.transforms import JointTransform
-from pacofr.masking.base import Masker
 
 log = logging.getLogger(__name__)
 

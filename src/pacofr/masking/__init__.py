@@ -1,9 +1,8 @@
 """Patch masks built per sample in the data workers: region histograms and the random (MAE),
 block (BEiT) and structured (PaCo-FR / FSFM) maskers."""
 
-from pacofr.masking.base import NO_COVERED_GROUP, Masker, MaskResult
+from pacofr.data.batch import NO_COVERED_GROUP, Masker, MaskResult, num_masked_patches
 from pacofr.masking.block_masker import BlockMasker
-from pacofr.masking.common import RegionMaskResult, num_masked_patches
 from pacofr.masking.histograms import patch_region_histograms
 from pacofr.masking.random_masker import RandomMasker
 from pacofr.masking.registry import MASKERS, build_masker
@@ -16,7 +15,6 @@ __all__ = [
     "MaskResult",
     "Masker",
     "RandomMasker",
-    "RegionMaskResult",
     "StructuredMasker",
     "build_masker",
     "num_masked_patches",

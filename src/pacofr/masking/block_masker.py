@@ -14,14 +14,8 @@ import math
 import numpy as np
 import torch
 
-from pacofr.masking.base import NO_COVERED_GROUP, Masker
-from pacofr.masking.common import (
-    RegionMaskResult,
-    check_mask_ratio,
-    mask_random_extra,
-    num_masked_patches,
-    sample_histograms,
-)
+from pacofr.data.batch import NO_COVERED_GROUP, Masker, MaskResult, check_mask_ratio, num_masked_patches
+from pacofr.masking.common import mask_random_extra, sample_histograms
 
 _TRIES_PER_BLOCK = 10  # BEiT's value
 
@@ -68,13 +62,13 @@ class BlockMasker(Masker):
         self.min_aspect = float(min_aspect)
         self.max_aspect = float(max_aspect)
 
-    def __call__(self, seg: torch.Tensor, generator: torch.Generator) -> RegionMaskResult:
+    def __call__(self, seg: torch.Tensor, generator: torch.Generator) -> MaskResult:
         hist, (rows, cols) = sample_histograms(seg, self.patch_size)
         num_masked = num_masked_patches(rows * cols, self.mask_ratio)
         grid = self._blocks(rows, cols, num_masked, _Uniforms(generator))
         mask = torch.from_numpy(grid.reshape(-1))
         mask = mask_random_extra(mask, num_masked - int(mask.sum()), generator)
-        return RegionMaskResult(mask=mask, covered=NO_COVERED_GROUP, region_hist=hist)
+        return MaskResult(mask=mask, covered=NO_COVERED_GROUP, region_hist=hist)
 
     def _blocks(self, rows: int, cols: int, budget: int, uniform: _Uniforms) -> np.ndarray:
         grid = np.zeros((rows, cols), dtype=bool)

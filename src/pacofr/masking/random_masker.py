@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from pacofr.masking.base import NO_COVERED_GROUP, Masker
-from pacofr.masking.common import RegionMaskResult, check_mask_ratio, num_masked_patches, sample_histograms
+from pacofr.data.batch import NO_COVERED_GROUP, Masker, MaskResult, check_mask_ratio, num_masked_patches
+from pacofr.masking.common import sample_histograms
 
 
 class RandomMasker(Masker):
@@ -17,7 +17,7 @@ class RandomMasker(Masker):
         self.patch_size = int(patch_size)
         self.mask_ratio = check_mask_ratio(mask_ratio)
 
-    def __call__(self, seg: torch.Tensor, generator: torch.Generator) -> RegionMaskResult:
+    def __call__(self, seg: torch.Tensor, generator: torch.Generator) -> MaskResult:
         hist, _ = sample_histograms(seg, self.patch_size)
         num_patches = hist.shape[0]
         num_masked = num_masked_patches(num_patches, self.mask_ratio)
@@ -25,7 +25,7 @@ class RandomMasker(Masker):
         ids_shuffle = torch.argsort(noise)  # MAE keeps the first N - num_masked, hides the rest
         mask = torch.zeros(num_patches, dtype=torch.bool)
         mask[ids_shuffle[num_patches - num_masked :]] = True
-        return RegionMaskResult(mask=mask, covered=NO_COVERED_GROUP, region_hist=hist)
+        return MaskResult(mask=mask, covered=NO_COVERED_GROUP, region_hist=hist)
 
     def __repr__(self) -> str:
         return f"RandomMasker(patch_size={self.patch_size}, mask_ratio={self.mask_ratio})"

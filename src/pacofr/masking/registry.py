@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pacofr.masking.base import Masker
+from pacofr.data.batch import Masker
 from pacofr.masking.block_masker import BlockMasker
 from pacofr.masking.random_masker import RandomMasker
 from pacofr.masking.structured_masker import StructuredMasker

@@ -31,15 +31,9 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import torch
 
+from pacofr.data.batch import NO_COVERED_GROUP, Masker, MaskResult, check_mask_ratio, num_masked_patches
 from pacofr.data.format import MASKABLE_COMPONENTS, NUM_REGIONS, REGION_IDS
-from pacofr.masking.base import NO_COVERED_GROUP, Masker
-from pacofr.masking.common import (
-    RegionMaskResult,
-    check_mask_ratio,
-    mask_random_extra,
-    num_masked_patches,
-    sample_histograms,
-)
+from pacofr.masking.common import mask_random_extra, sample_histograms
 from pacofr.masking.histograms import patch_grid, patch_region_histograms
 
 FACE_BOUNDARY = "face_boundary"
@@ -201,7 +195,7 @@ class StructuredMasker(Masker):
         self.component_probs = component_probabilities(component_probs)
         self._probs = self.component_probs.numpy()
 
-    def __call__(self, seg: torch.Tensor, generator: torch.Generator) -> RegionMaskResult:
+    def __call__(self, seg: torch.Tensor, generator: torch.Generator) -> MaskResult:
         hist, grid = sample_histograms(seg, self.patch_size)
         num_patches = hist.shape[0]
         budget = num_masked_patches(num_patches, self.mask_ratio)
@@ -214,7 +208,7 @@ class StructuredMasker(Masker):
         if not eligible.any():
             nothing = torch.zeros(num_patches, dtype=torch.bool)
             mask = mask_random_extra(nothing, budget, generator)
-            return RegionMaskResult(mask=mask, covered=NO_COVERED_GROUP, region_hist=hist, covered_patches=nothing)
+            return MaskResult(mask=mask, covered=NO_COVERED_GROUP, region_hist=hist, covered_patches=nothing)
 
         uniforms = torch.rand(num_patches + 2, generator=generator, dtype=torch.float64).numpy()
         cdf = np.cumsum(np.where(eligible, self._probs, 0.0))
@@ -226,7 +220,7 @@ class StructuredMasker(Masker):
         mask = covered_patches | fill
         if int(mask.sum()) != budget:  # cheap guard: the model gathers exactly `budget` patches
             raise RuntimeError(f"structured masker produced {int(mask.sum())} masked patches, expected {budget}")
-        return RegionMaskResult(
+        return MaskResult(
             mask=torch.from_numpy(mask),
             covered=covered,
             region_hist=hist,

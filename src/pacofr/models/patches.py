@@ -7,7 +7,7 @@ import torch
 from einops import rearrange
 
 # the mask budget is the maskers' rule; the model gathers exactly that many patches
-from pacofr.masking.common import num_masked_patches  # noqa: F401  (re-exported)
+from pacofr.data.batch import num_masked_patches  # noqa: F401  (re-exported)
 
 
 def patchify(images: torch.Tensor, patch_size: int) -> torch.Tensor:
