@@ -1,7 +1,7 @@
 """``pacofr``: one entry for every job.
 
 - ``pacofr fit|validate --config configs/pretrain/<method>.yaml [--run_dir DIR] [--ckpt_path ...]``:
-  pretraining through LightningCLI (typed signatures of PaCoFRPretrain and PretrainDataModule).
+  pretraining through LightningCLI (typed signatures of PretrainModule, its objective and PretrainDataModule).
 - further subcommands (eval, export, ...) are added by their modules in ``EXTRA_COMMANDS``.
 """
 
@@ -89,6 +89,10 @@ class PacofrCLI(LightningCLI):
             "checkpoint of <run_dir>/checkpoints (a no-op on a first run; the SLURM default); or a checkpoint path. "
             "Use this rather than --ckpt_path.",
         )
+        # the data's geometry is given once, on the data side; the objective takes it from there
+        parser.link_arguments("data.image_size", "model.objective.init_args.img_size")
+        parser.link_arguments("data.masker.init_args.patch_size", "model.objective.init_args.patch_size")
+        parser.link_arguments("data.masker.init_args.mask_ratio", "model.objective.init_args.mask_ratio")
         parser.add_lightning_class_args(StepCheckpoint, "checkpoint")
         parser.add_lightning_class_args(PreemptionHandler, "preemption")
         parser.add_lightning_class_args(RNGState, "rng_state")
@@ -224,10 +228,10 @@ def run_lightning(argv: list[str]) -> int:
     show_info_logs()
     silence_known_noise()
     from pacofr.data.datamodule import PretrainDataModule
-    from pacofr.modules.pretrain import PaCoFRPretrain
+    from pacofr.training.module import PretrainModule
 
     PacofrCLI(
-        PaCoFRPretrain,
+        PretrainModule,
         PretrainDataModule,
         save_config_callback=RunFolderConfig,
         parser_class=OneLineErrorParser,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 
 import torch
 from torch import nn
@@ -58,3 +58,24 @@ def build_adamw(groups: list[dict], lr: float, betas: tuple[float, float], fused
     if fused is None:
         fused = torch.cuda.is_available() and all(p.is_cuda for g in groups for p in g["params"])
     return torch.optim.AdamW(groups, lr=lr, betas=betas, fused=bool(fused))
+
+
+def pretrain_schedules(
+    schedules: list[str], warmup_steps: int, total_steps: int, min_lr_ratio: float, incubation_steps: int = 0
+) -> list[Callable[[int], float]]:
+    """``LambdaLR`` multipliers, one per group from its schedule tag: ``codebook`` groups warm up and decay over
+    the whole run; ``main`` groups stay at 0 through the incubation steps, then warm up and decay over the rest."""
+
+    def main_schedule(step: int) -> float:
+        if step < incubation_steps:
+            return 0.0
+        return warmup_cosine(step - incubation_steps, warmup_steps, total_steps - incubation_steps, min_lr_ratio)
+
+    def codebook_schedule(step: int) -> float:
+        return warmup_cosine(step, warmup_steps, total_steps, min_lr_ratio)
+
+    known = {"main": main_schedule, "codebook": codebook_schedule}
+    unknown = sorted(set(schedules) - set(known))
+    if unknown:
+        raise ValueError(f"unknown learning-rate schedule(s) {unknown}; known: {sorted(known)}")
+    return [known[s] for s in schedules]

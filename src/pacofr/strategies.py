@@ -29,18 +29,16 @@ from lightning.pytorch.strategies import FSDPStrategy
 from lightning.pytorch.trainer.states import TrainerFn
 from timm.models.vision_transformer import Block
 from torch import nn
+from torch.distributed.fsdp import ShardingStrategy
 from torch.distributed.fsdp.wrap import CustomPolicy
 
-from pacofr.checkpointing import optim_keys
+from pacofr.checkpointing import legacy_keys, optim_keys
 from pacofr.checkpointing.prune import remove_checkpoint
+from pacofr.models.codebook import CandidateCodebook
 
 
 def wrap_policy(module: nn.Module) -> bool | dict:
     """FSDP unit per ViT block (sharded as configured); the codebook as a replicated unit."""
-    from torch.distributed.fsdp import ShardingStrategy
-
-    from pacofr.models.codebook import CandidateCodebook
-
     if isinstance(module, Block):
         return True
     if isinstance(module, CandidateCodebook):
@@ -157,9 +155,7 @@ class BlockFSDPStrategy(FSDPStrategy):
         from torch.distributed.fsdp import FullyShardedDataParallel
 
         checkpoint = _lazy_load(path)
-        drop_legacy_state = getattr(self.lightning_module, "drop_legacy_state", None)
-        if drop_legacy_state is not None:
-            drop_legacy_state(checkpoint["state_dict"])
+        legacy_keys.upgrade_checkpoint(checkpoint)  # the pre-objective layout: keys mapped before FSDP loads them
         _load_raw_module_state(
             checkpoint.pop("state_dict"), module=self.model, world_size=self.world_size,
             strict=self.lightning_module.strict_loading,

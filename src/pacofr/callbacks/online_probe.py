@@ -23,7 +23,7 @@ import torch
 from pacofr.eval.crop import IMAGENET_MEAN, IMAGENET_STD, crop_resize, to_tensor_image
 from pacofr.eval.datasets import SynthFaces
 from pacofr.eval.probes import KNNProbe, RidgeProbe
-from pacofr.fsdp_calls import call_unsharded, is_fsdp
+from pacofr.training.fsdp_access import call_unsharded, is_fsdp
 
 POSE_AXES = ("yaw", "pitch", "roll")
 

@@ -16,7 +16,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from torchvision.utils import make_grid
 
 from pacofr.data.format import NUM_REGIONS, REGION_NAMES
-from pacofr.fsdp_calls import call_unsharded, is_fsdp
+from pacofr.training.fsdp_access import call_unsharded, is_fsdp
 
 # One colour per region group (format.REGION_NAMES order), for region-map renderings.
 REGION_COLOURS = (

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from pacofr.models.encoder import PaCoFREncoder
+
+
+# the names configs use; one registry for models/ and eval/ (eval rebuilds encoders through timm_name)
+SizeName = Literal["tiny", "small", "base", "large"]
 
 
 @dataclass(frozen=True)

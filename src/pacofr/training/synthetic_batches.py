@@ -1,4 +1,4 @@
-"""Random batches shaped like ``PretrainDataModule``'s, and a data module that replays them.
+"""Random batches in the batch schema (``pacofr.data.batch``), and a data module that replays them.
 
 For measuring or testing the training step without reading shards: ``bench/train_step.py`` (on a bare GPU node
 too) and the module tests. The values are random; the structure is the real one: an exact masked count per
@@ -12,22 +12,23 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from pacofr.data.format import NUM_LABELS, NUM_REGIONS
-from pacofr.modules.pretrain import PaCoFRPretrain
+from pacofr.data.batch import PretrainBatch
+from pacofr.objectives.base import PretrainObjective
 
 
 def synthetic_batches(
-    module: PaCoFRPretrain, batch: int, count: int, seed: int = 0, device: torch.device | str = "cpu"
-) -> list[dict[str, torch.Tensor]]:
-    """``count`` batches of ``batch`` images (image, mask, covered, covered_patches, region_hist, seg)."""
-    model = module.model
-    n, s = model.num_patches, module.hparams.img_size
+    objective: PretrainObjective, batch: int, count: int, seed: int = 0, device: torch.device | str = "cpu"
+) -> list[PretrainBatch]:
+    """``count`` batches of ``batch`` images for ``objective`` (image, mask, covered, covered_patches,
+    region_hist, seg)."""
+    n, s = objective.num_patches, objective.img_size
     gen = torch.Generator().manual_seed(seed)
     out = []
     for _ in range(count):
         order = torch.rand(batch, n, generator=gen).argsort(dim=1)
-        mask = torch.zeros(batch, n, dtype=torch.bool).scatter_(1, order[:, : model.num_masked], True)
+        mask = torch.zeros(batch, n, dtype=torch.bool).scatter_(1, order[:, : objective.num_masked], True)
         # the "covered component": the first few masked patches of each image (a subset of the mask)
-        covered_patches = torch.zeros_like(mask).scatter_(1, order[:, : max(1, model.num_masked // 8)], True)
+        covered_patches = torch.zeros_like(mask).scatter_(1, order[:, : max(1, objective.num_masked // 8)], True)
         hist = torch.rand(batch, n, NUM_REGIONS, generator=gen).pow(4)
         out.append(
             {

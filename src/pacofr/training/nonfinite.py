@@ -26,7 +26,7 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 
-from pacofr.modules.host_reader import LaggedHostReader
+from pacofr.training.host_copies import LaggedHostReader
 
 
 class NonFiniteLossError(RuntimeError):

@@ -27,14 +27,6 @@ def is_fsdp(trainer: L.Trainer) -> bool:
     return isinstance(strategy, FSDPStrategy) or isinstance(getattr(strategy, "model", None), FullyShardedDataParallel)
 
 
-def unwrap_fsdp(module: nn.Module) -> nn.Module:
-    """The module inside an FSDP unit (or the module itself). Attributes *set* on a wrapper stay on the wrapper
-    (reads fall through to the inner module), so host-side state must be written on the inner module."""
-    from torch.distributed.fsdp import FullyShardedDataParallel
-
-    return module.module if isinstance(module, FullyShardedDataParallel) else module
-
-
 def call_unsharded(trainer: L.Trainer, fn: Callable[..., T], *args: Any) -> T:
     """``fn(*args)`` with every parameter of the LightningModule available.
 
@@ -55,15 +47,3 @@ def call_unsharded(trainer: L.Trainer, fn: Callable[..., T], *args: Any) -> T:
         return wrapper(*args)
     finally:
         module.forward = original_forward
-
-
-# Prefixes torch's FSDP and activation-checkpoint wrappers insert in parameter names (torch.distributed.fsdp
-# ._common_utils.FSDP_WRAPPED_MODULE and torch.distributed.algorithms._checkpoint.checkpoint_wrapper).
-_WRAPPER_PREFIXES = ("_fsdp_wrapped_module.", "_checkpoint_wrapped_module.")
-
-
-def original_param_name(name: str) -> str:
-    """A parameter's name as the unwrapped module gives it (``named_parameters()`` under FSDP adds prefixes)."""
-    for prefix in _WRAPPER_PREFIXES:
-        name = name.replace(prefix, "")
-    return name

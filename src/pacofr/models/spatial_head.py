@@ -1,4 +1,4 @@
-"""The light head that predicts each patch's region distribution from decoder tokens (DESIGN 5.6)."""
+"""The light head that predicts each patch's region distribution from decoder tokens (the spatial loss's head)."""
 
 from __future__ import annotations
 

@@ -1,0 +1,23 @@
+"""MAE: random masking (the data module's ``RandomMasker``) and the norm-pix reconstruction of the masked
+patches; nothing else. The baseline every other method is measured against (``docs/method.md``)."""
+
+from __future__ import annotations
+
+import torch
+
+from pacofr.losses.reconstruction import reconstruction_loss
+from pacofr.objectives.base import PretrainObjective, StepOutput
+
+
+class MAE(PretrainObjective):
+    """Masked autoencoder: loss = mean squared error of the normalised pixels over the masked patches."""
+
+    def __init__(self, **core) -> None:
+        """Args: those of :class:`~pacofr.objectives.base.PretrainObjective` (encoder, decoder, geometry)."""
+        super().__init__(**core)
+        self.finish_init()
+
+    def losses(self, batch: dict[str, torch.Tensor]) -> StepOutput:
+        out = self.forward_model(batch["image"], batch["mask"])
+        rec = reconstruction_loss(out["pred"], out["target"], out["loss_mask"])
+        return StepOutput(rec["loss"], {"rec": rec["rec"]}, out)

@@ -1,0 +1,227 @@
+"""PaCo-FR: structured facial-region masking, a learnable candidate codebook whose belief-weighted candidate
+mixes replace some visible patches, and a spatial-consistency loss (``docs/method.md`` has the equations).
+
+The step, after incubation: the encoder sees the visible patches, ``replace_ratio`` of them carrying the mixture
+of their top-m candidate codes' tokens instead of their own; the decoder reconstructs the masked and the replaced
+patches (norm-pix MSE, plus ``covered_weight`` x the covered component's error); the codebook terms train the
+codes, the pixel head and the Belief Predictor; the spatial term asks the decoder tokens for each patch's region
+distribution and region geometry (``region``, needs the parsing labels' region histograms) or for the affinity
+structure of an EMA teacher's tokens (``affinity``, parser-free). During incubation (the first
+``incubation_steps``) only the codebook trains, on every patch, without the encoder or decoder.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any, Literal
+
+import torch
+from torch import nn
+
+from pacofr.losses.codebook import codebook_loss
+from pacofr.losses.reconstruction import reconstruction_loss
+from pacofr.losses.spatial import affinity_consistency_loss, spatial_consistency_loss
+from pacofr.models.codebook import CandidateCodebook, MixMode
+from pacofr.models.spatial_head import SpatialHead
+from pacofr.models.unwrap import original_param_name, unwrap_fsdp
+from pacofr.objectives.base import PretrainObjective, StepOutput
+
+
+CODEBOOK_UPDATES_KEY = "pacofr_codebook_updates"  # checkpoint entry of the codebook's update counter
+
+
+class PaCoFR(PretrainObjective):
+    """Reconstruction + candidate codebook + spatial consistency, after a codebook-only incubation."""
+
+    batch_keys = ("image", "mask")
+    optional_batch_keys = ("covered_patches", "region_hist")
+
+    def __init__(
+        self,
+        covered_weight: float = 0.007,
+        num_codes: int = 1024,
+        code_dim: int = 256,
+        codebook_update: Literal["grad", "ema"] = "grad",
+        codebook_options: dict[str, Any] | None = None,
+        replace_ratio: float = 0.15,
+        num_candidates: int = 4,
+        candidate_mix: MixMode = "soft",
+        incubation_steps: int = 500,
+        codebook_weight: float = 1.0,
+        codebook_beta: float = 0.25,
+        spatial_weight: float = 0.1,
+        spatial_variant: Literal["region", "affinity"] = "region",
+        spatial_centroid_weight: float = 1.0,
+        teacher_momentum: float = 0.996,
+        **core: Any,
+    ) -> None:
+        """
+        Args:
+            covered_weight: extra weight of the covered facial component's reconstruction error (0: none).
+            num_codes, code_dim, codebook_update: codebook size K, code width, ``grad`` (VQ terms) or ``ema``.
+            codebook_options: further ``CandidateCodebook`` kwargs (dead_after, reseed_every, ...).
+            replace_ratio, num_candidates, candidate_mix: share of visible patches replaced by the belief-weighted
+                mix of their top-m candidates, m, and soft | hard (straight-through) | gumbel mixing.
+            incubation_steps: first steps in which only the codebook (C, g, Belief Predictor) trains.
+            codebook_weight, codebook_beta: lambda_cb and the belief-commitment beta.
+            spatial_weight, spatial_variant, spatial_centroid_weight: lambda_sc (0: no spatial loss); ``region``
+                (region distribution + centroid-offset geometry, lambda = centroid weight) or ``affinity``
+                (EMA-teacher affinity).
+            teacher_momentum: EMA momentum of the affinity variant's teacher encoder.
+            core: those of :class:`~pacofr.objectives.base.PretrainObjective` (encoder, decoder, geometry).
+        """
+        super().__init__(**core)
+        if not 0.0 <= replace_ratio < 1.0:
+            raise ValueError(f"replace_ratio must be in [0, 1), got {replace_ratio}")
+        self.replace_ratio = replace_ratio
+        self.num_replaced = int(round(self.num_visible * replace_ratio))
+        self.codebook = CandidateCodebook(
+            self.patch_dim,
+            self.encoder.embed_dim,
+            num_candidates=num_candidates,
+            mix=candidate_mix,
+            num_codes=num_codes,
+            code_dim=code_dim,
+            update=codebook_update,
+            **(codebook_options or {}),
+        )
+        self.covered_weight = covered_weight
+        self.incubation_steps = incubation_steps
+        self.codebook_weight, self.codebook_beta = codebook_weight, codebook_beta
+        self.spatial_weight, self.spatial_variant = spatial_weight, spatial_variant
+        self.spatial_centroid_weight, self.teacher_momentum = spatial_centroid_weight, teacher_momentum
+        decoder_width = self.decoder.decoder_dim
+        uses_spatial = spatial_weight > 0
+        self.spatial_head = SpatialHead(decoder_width) if uses_spatial and spatial_variant == "region" else None
+        self.affinity_proj: nn.Linear | None = None
+        self.teacher: nn.Module | None = None
+        if uses_spatial and spatial_variant == "affinity":
+            self.affinity_proj = nn.Linear(decoder_width, self.encoder.embed_dim)
+            self.teacher = copy.deepcopy(self.encoder).requires_grad_(False)
+        incubating = {id(p) for p in self.codebook.incubation_parameters()}
+        self._incubation_names = {n for n, p in self.named_parameters() if id(p) in incubating}
+        self.finish_init()
+
+    # --- the step -----------------------------------------------------------------------------------------
+    def forward(self, batch: dict[str, Any], step: int = 0) -> StepOutput:
+        if self.incubating(step):
+            return self.incubation_losses(batch["image"])  # eager: a phase of a few hundred steps
+        return super().forward(batch, step)
+
+    def incubation_losses(self, images: torch.Tensor) -> StepOutput:
+        """Only the codebook on all patches (what incubation trains); no encoder or decoder work."""
+        target = self.normalized_patches(images)
+        out = {"target": target, **self.codebook(target)}
+        cb = codebook_loss(out, beta=self.codebook_beta)
+        # every other parameter joins the graph with a zero gradient, so DDP (no unused-parameter search) sees all
+        # of them; their learning rate is 0 during incubation, so they do not move at all
+        idle = sum(
+            p.sum()
+            for n, p in self.named_parameters()
+            if p.requires_grad and original_param_name(n) not in self._incubation_names
+        )
+        total = self.codebook_weight * cb["loss"] + 0.0 * idle
+        terms = {f"codebook_{k}": v for k, v in cb.items() if k != "loss"}
+        terms["codebook"] = cb["loss"]
+        return StepOutput(total, terms, out)
+
+    def losses(self, batch: dict[str, torch.Tensor]) -> StepOutput:
+        images = batch["image"]
+        out = self.forward_model(images, batch["mask"])
+        rec = reconstruction_loss(
+            out["pred"], out["target"], out["loss_mask"], batch.get("covered_patches"), self.covered_weight
+        )
+        total = rec["loss"]
+        terms = {"rec": rec["rec"]}
+        if self.covered_weight > 0:
+            terms["rec_covered"] = rec["rec_covered"]
+        cb = codebook_loss(out, beta=self.codebook_beta)
+        total = total + self.codebook_weight * cb["loss"]
+        terms.update({f"codebook_{k}": v for k, v in cb.items() if k != "loss"})
+        terms["codebook"] = cb["loss"]
+        if self.spatial_head is not None:
+            if "region_hist" not in batch:
+                raise ValueError("the region spatial loss needs the batch's `region_hist` (the data module's masker)")
+            sp = spatial_consistency_loss(
+                self.spatial_head(out["decoder_tokens"]),
+                batch["region_hist"],
+                centroid_weight=self.spatial_centroid_weight,
+                grid_size=self.grid_size,
+            )
+            total = total + self.spatial_weight * sp["loss"]
+            terms.update(spatial=sp["loss"], spatial_region=sp["region"], spatial_centroid=sp["centroid"])
+        elif self.teacher is not None:
+            with torch.no_grad():
+                teacher_tokens = self.teacher.forward_features(images)[:, self.teacher.num_prefix_tokens :]
+            sp = affinity_consistency_loss(self.affinity_proj(out["decoder_tokens"]), teacher_tokens)
+            total = total + self.spatial_weight * sp
+            terms["spatial"] = sp
+        return StepOutput(total, terms, out)
+
+    def replacements(self, out: dict[str, torch.Tensor]) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """Choose ``num_replaced`` of the visible patches per image (random), run the codebook on every patch,
+        and return the chosen ids (B, R) with their candidate-mixture tokens (B, R, D); ``out`` gains the
+        codebook's outputs and ``replaced`` (B, N) bool."""
+        keep_idx = out["keep_idx"]
+        replace_idx = None
+        replaced = torch.zeros_like(out["mask"])
+        if self.num_replaced > 0:
+            noise = torch.rand(keep_idx.shape, device=keep_idx.device)
+            pick = noise.argsort(dim=1)[:, : self.num_replaced]
+            replace_idx = keep_idx.gather(1, pick)
+            replaced = replaced.scatter(1, replace_idx, True)
+        cb = self.codebook(out["target"], replace_idx)
+        replace_tokens = cb.pop("replace_tokens", None)
+        out.update(cb)
+        out["replaced"] = replaced
+        return replace_idx, replace_tokens
+
+    # --- after the optimiser step --------------------------------------------------------------------------
+    def state_for_after_step(self, out: dict[str, torch.Tensor]) -> dict[str, torch.Tensor] | None:
+        return {"target": out["target"], "target_code": out["target_code"]} if "target_code" in out else None
+
+    @torch.no_grad()
+    def after_step(self, out: dict[str, torch.Tensor] | None, step: int, apply: torch.Tensor | None = None) -> None:
+        """Codebook bookkeeping (usage, EMA, dead-code re-seeding; gated by ``apply``) and the EMA teacher."""
+        if out is not None:
+            if apply is None:
+                self.codebook.update_state(out["target"], out["target_code"])
+            else:  # gated on the device: a skipped step leaves every codebook buffer as it was
+                self.codebook.update_state(out["target"], out["target_code"], apply=apply)
+        if self.teacher is not None and not self.incubating(step):
+            m = self.teacher_momentum
+            weight = 1.0 - m if apply is None else (1.0 - m) * apply
+            for t, s in zip(self.teacher.parameters(), self.encoder.parameters()):
+                t.lerp_(s.detach(), weight)
+
+    def monitors(self, out: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        metrics = {}
+        if "code_perplexity" in out:
+            metrics["codebook/perplexity"] = out["code_perplexity"].detach()
+            metrics["codebook/usage_fraction"] = self.codebook.usage_fraction()
+        if "replaced" in out:
+            metrics["mask/replaced_ratio"] = out["replaced"].float().mean()
+        return metrics
+
+    # --- checkpoints ----------------------------------------------------------------------------------------
+    def host_state(self) -> dict[str, Any]:
+        # the codebook's update counter phases dead-code re-seeding; a host int, not a buffer. Read and written on
+        # the codebook itself: under FSDP ``self.codebook`` is its wrapper, which would keep its own copy
+        return {CODEBOOK_UPDATES_KEY: int(unwrap_fsdp(self.codebook)._updates)}
+
+    def load_host_state(self, checkpoint: dict[str, Any]) -> None:
+        if CODEBOOK_UPDATES_KEY in checkpoint:
+            unwrap_fsdp(self.codebook)._updates = int(checkpoint[CODEBOOK_UPDATES_KEY])
+
+    # --- optimisation and cost -----------------------------------------------------------------------------
+    def no_weight_decay(self) -> set[str]:
+        return super().no_weight_decay() | {f"codebook.{n}" for n in self.codebook.no_weight_decay()}
+
+    def codebook_parameter_names(self) -> set[str]:
+        return set(self._incubation_names)
+
+    def flops_per_image(self) -> float:
+        flops = super().flops_per_image() + self.codebook.flops_per_image(self.num_patches, self.num_replaced, 256)
+        if self.spatial_head is not None:
+            flops += 3 * 2 * self.num_patches * self.decoder.decoder_dim * self.spatial_head.proj.out_features
+        return flops

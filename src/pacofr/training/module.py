@@ -1,0 +1,253 @@
+"""``PretrainModule``: the LightningModule that trains any pretraining objective (``pacofr.objectives``).
+
+It owns the step, not the method: the batch-scaled learning rate and the AdamW groups the objective names, the
+non-finite gate (decided on the device on every rank, ``pacofr.training.nonfinite``), clipping, the state updates
+after the optimiser step, logging, and what checkpoints carry beside the weights.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.utilities import rank_zero_info
+from torch.optim.lr_scheduler import LambdaLR
+
+from pacofr.checkpointing import legacy_keys, optim_keys
+from pacofr.data.batch import PretrainBatch
+from pacofr.models.unwrap import original_param_name
+from pacofr.objectives.base import PretrainObjective
+from pacofr.optim import build_adamw, pretrain_schedules, scaled_lr
+from pacofr.training.fsdp_access import is_fsdp
+from pacofr.training.host_copies import LaggedHostReader
+from pacofr.training.nonfinite import NonFiniteGuard, skips_on_device
+from pacofr.training.pixels import reconstruction_psnr
+
+try:  # the config LightningCLI instantiates the module from (class paths included), when it does
+    from lightning.pytorch.core.mixins.hparams_mixin import _given_hyperparameters
+except ImportError:  # pragma: no cover - older or newer Lightning: the objective's class is recorded instead
+    _given_hyperparameters = None
+
+
+class PretrainModule(L.LightningModule):
+    # torch.compile backend of ``compile: true`` (``aot_eager``: dynamo + autograd tracing without code generation,
+    # for quick CPU checks; set on an instance before ``Trainer.fit``)
+    compile_backend: str = "inductor"
+
+    def __init__(
+        self,
+        objective: PretrainObjective,
+        base_lr: float = 1.5e-4,
+        min_lr_ratio: float = 0.0,
+        weight_decay: float = 0.05,
+        betas: tuple[float, float] = (0.9, 0.95),
+        warmup_steps: int = 40,
+        compile: bool = False,
+        max_nonfinite_steps: int = 10,
+    ) -> None:
+        """
+        Args:
+            objective: the method (``class_path`` in configs: ``pacofr.objectives.MAE`` | ``FSFM`` | ``PaCoFR``).
+            base_lr: lr per 256 images of global batch (MAE's rule); min_lr_ratio: cosine floor / peak.
+            weight_decay, betas: AdamW (no decay on norms, biases, position embeddings, tokens, codebook).
+            warmup_steps: linear warmup (after incubation for the non-codebook parameters).
+            compile: ``torch.compile`` the objective's hot path (model forward and losses as one graph); the
+                incubation steps and FSDP runs stay eager.
+            max_nonfinite_steps: a non-finite loss (decided on all ranks) skips the step; this many in a row stop.
+        """
+        super().__init__()
+        given = _given_hyperparameters.get() if _given_hyperparameters is not None else None
+        self.save_hyperparameters(ignore=None if given is not None else ["objective"])
+        if given is None:
+            self.hparams["objective"] = {"class_path": f"{type(objective).__module__}.{type(objective).__name__}"}
+        self.objective = objective
+        self.nonfinite = NonFiniteGuard(max_nonfinite_steps)
+        self._after_step_pending = False
+        self._after_step_state: dict[str, torch.Tensor] | None = None
+        self._after_step_apply: torch.Tensor | None = None
+        self._step_finite: torch.Tensor | None = None
+        self._bar_loss = LaggedHostReader()
+
+    # --- set-up -------------------------------------------------------------------------------------------
+    def configure_model(self) -> None:
+        if not self.hparams.compile or self.objective.losses_compiled:
+            return
+        if self._trainer is not None and is_fsdp(self.trainer):
+            # Eager under FSDP. pacofr's FSDP is FSDP1 (one unit per ViT block, ``use_orig_params``): each unit
+            # gathers and frees its shards in Python hooks around its forward, which dynamo does not trace, so the
+            # step would split into a graph per block rather than the one graph compile is for.
+            rank_zero_info("pacofr: compile=true is ignored under FSDP (the step runs eager)")
+            return
+        self.objective.compile_losses(self.compile_backend)
+
+    def global_batch_size(self) -> int:
+        per_device = int(getattr(getattr(self.trainer, "datamodule", None), "batch_size", 0) or 0)
+        if per_device <= 0:
+            raise ValueError("the data module must expose `batch_size` to scale the learning rate")
+        return per_device * self.trainer.world_size * self.trainer.accumulate_grad_batches
+
+    def named_param_groups(self) -> list[dict]:
+        """The objective's AdamW groups with module-level ``names`` (what checkpoints record, optimiser order)."""
+        groups = self.objective.named_param_groups(self.hparams.weight_decay)
+        for g in groups:
+            g["names"] = [f"objective.{n}" for n in g["names"]]
+        return groups
+
+    def configure_optimizers(self):
+        hp = self.hparams
+        lr = scaled_lr(hp.base_lr, self.global_batch_size())
+        groups = self.named_param_groups()
+        for g in groups:
+            del g["names"]  # kept out of the optimiser: checkpoints record them on their own (optim_keys)
+        # fused wherever torch has the kernel (CUDA, CPU): one kernel for all parameters, and the only AdamW that
+        # skips a non-finite step on the device (``found_inf``, see pacofr.training.nonfinite) without a host sync
+        fused = all(p.device.type in ("cuda", "cpu") for g in groups for p in g["params"])
+        optimizer = build_adamw(groups, lr=lr, betas=tuple(hp.betas), fused=fused)
+        total = self.trainer.max_steps
+        if total is None or total <= 0:
+            raise ValueError("pretraining is step-based: set trainer.max_steps")
+        incubation = self.objective.incubation_steps
+        lambdas = pretrain_schedules([g["schedule"] for g in groups], hp.warmup_steps, total, hp.min_lr_ratio, incubation)
+        rank_zero_info(
+            f"pacofr: peak lr {lr:.3g} (base {hp.base_lr:g} x global batch {self.global_batch_size()} / 256), "
+            f"{total} steps, warmup {hp.warmup_steps}, incubation {incubation}"
+        )
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": LambdaLR(optimizer, lambdas), "interval": "step"}}
+
+    # --- training -----------------------------------------------------------------------------------------
+    def training_step(self, batch: PretrainBatch, batch_idx: int):
+        self._after_step()  # a micro-batch without an optimiser step (gradient accumulation) left its updates
+        self._after_step_pending = True
+        total, terms, out = self.objective(batch, self.global_step)
+        optimizer = self.trainer.optimizers[0] if self.trainer.optimizers else None
+        take: torch.Tensor | None = None
+        if skips_on_device(optimizer):
+            # decided on the device: the step runs, the fused optimiser skips the update through ``found_inf``,
+            # the objective's state updates are gated; no host sync
+            finite = self.nonfinite.observe(total, self.global_step)
+            take = finite if self._step_finite is None else self._step_finite * finite  # earlier micro-batches
+            self._step_finite = take
+            optimizer.found_inf = 1.0 - take
+        elif not self.nonfinite.check(total, self.global_step):
+            self.log("loss/nonfinite_skipped", float(self.nonfinite.total), on_step=True, rank_zero_only=True)
+            self._after_step_state = None
+            return None  # every rank skips this step together (the check is an all-reduce)
+        self._after_step_state = self.objective.state_for_after_step(out)
+        self._after_step_apply = take
+        self._log_step(total, terms, out, batch)
+        return total
+
+    def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
+        super().optimizer_step(*args, **kwargs)
+        # Right after the optimiser step, not in ``on_train_batch_end``: Lightning runs the module's hook after the
+        # callbacks', i.e. after a step checkpoint is written, so a checkpoint of step k would miss step k's
+        # codebook update and a resumed run would drift from an uninterrupted one.
+        self._after_step()
+        self._step_finite = None  # the next optimiser step starts its own non-finite decision
+        for opt in self.trainer.optimizers:
+            opt.__dict__.pop("found_inf", None)  # used up: a later ``step()`` outside training must not see it
+
+    def _after_step(self) -> None:
+        if not self._after_step_pending:
+            return
+        self._after_step_pending = False
+        state, apply = self._after_step_state, self._after_step_apply
+        self._after_step_state = self._after_step_apply = None
+        self.objective.after_step(state, self.global_step, apply)
+
+    def configure_gradient_clipping(
+        self, optimizer, gradient_clip_val: float | None = None, gradient_clip_algorithm: str | None = None
+    ) -> None:
+        if is_fsdp(self.trainer) and gradient_clip_val:
+            # Lightning's FSDP precision refuses norm clipping; FSDP's own clip all-reduces the sharded norms
+            if gradient_clip_algorithm not in (None, "norm"):
+                raise ValueError(f"FSDP clips by norm only, got gradient_clip_algorithm={gradient_clip_algorithm!r}")
+            self.trainer.strategy.model.clip_grad_norm_(gradient_clip_val)
+            return
+        super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
+
+    def on_before_optimizer_step(self, optimizer) -> None:
+        if self.global_step % max(1, self.trainer.log_every_n_steps) != 0:
+            return
+        if is_fsdp(self.trainer):
+            # each rank holds gradient shards: FSDP's own norm all-reduces them (max_norm=inf clips nothing)
+            norm = self.trainer.strategy.model.clip_grad_norm_(float("inf"))
+            self.log("optim/grad_norm", norm, on_step=True, on_epoch=False)
+            return
+        grads = [p.grad for p in self.parameters() if p.grad is not None]
+        if grads:
+            self.log("optim/grad_norm", torch.nn.utils.get_total_norm(grads), on_step=True, on_epoch=False)
+
+    def validation_step(self, batch: PretrainBatch, batch_idx: int) -> None:
+        """The training losses on held-out faces."""
+        total, terms, out = self.objective(batch, self.global_step)
+        metrics = {"val/loss": total, "hp/val_loss": total, **{f"val/{k}": v for k, v in terms.items()}}
+        if "pred" in out:
+            metrics["val/psnr_db"] = reconstruction_psnr(self.objective, batch["image"], out, self._datamodule())
+        self.log_dict(metrics, on_step=False, on_epoch=True, sync_dist=True, batch_size=batch["image"].shape[0])
+
+    # --- monitors -----------------------------------------------------------------------------------------
+    def _datamodule(self) -> Any:
+        return getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
+
+    def _log_step(self, total: torch.Tensor, terms: dict, out: dict, batch: PretrainBatch) -> None:
+        metrics = {"loss/total": total.detach(), **{f"loss/{k}": v.detach() for k, v in terms.items()}}
+        metrics.update(self.objective.monitors(out))
+        if "loss_mask" in out:
+            metrics["mask/ratio"] = batch["mask"].float().mean()
+            metrics["recon/psnr_db"] = reconstruction_psnr(self.objective, batch["image"], out, self._datamodule())
+        if "covered" in batch:
+            metrics["mask/covered_fraction"] = (batch["covered"] >= 0).float().mean()
+        metrics["optim/incubating"] = torch.tensor(float(self.objective.incubating(self.global_step)))
+        for group in self.trainer.optimizers[0].param_groups if self.trainer.optimizers else []:
+            if group.get("group", "").endswith("/decay"):
+                metrics[f"optim/lr_{group['group'].split('/')[0]}"] = torch.tensor(group["lr"])
+        stats = getattr(self._datamodule(), "data_stats", None)
+        if stats is not None and self.global_step % max(1, self.trainer.log_every_n_steps) == 0:
+            # host-side counters of skipped / replaced samples and damaged shards (this rank's workers), as CPU
+            # tensors: a Python number would become a device tensor, i.e. a blocking host-to-device copy
+            metrics.update({f"data/{k}": torch.tensor(float(v)) for k, v in stats.as_dict().items()})
+        if self._step_finite is not None:  # decided on the device: the count is a device tensor
+            metrics["loss/nonfinite_skipped"] = self.nonfinite.total_tensor.float()
+        # The progress bar turns its values into Python numbers on every batch (``.item()``: a sync per step on
+        # CUDA). It gets a host copy of the loss instead, made without waiting (a few steps old on CUDA).
+        self._bar_loss.push(total.detach())
+        landed = self._bar_loss.latest()
+        if landed is not None:
+            self.log("loss", landed[0], prog_bar=True, on_step=True, on_epoch=False, logger=False)
+        self.log_dict(metrics, on_step=True, on_epoch=False)
+
+    def flops_per_image(self) -> float:
+        """Analytic training FLOPs per image (for MFU)."""
+        return self.objective.flops_per_image()
+
+    # --- checkpoints --------------------------------------------------------------------------------------
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if self._trainer is not None and self.trainer.optimizers:
+            # parameter names per group in optimiser order: resume maps Adam's state by name (DDP <-> FSDP)
+            name_of = {id(p): original_param_name(n) for n, p in self.named_parameters()}
+            checkpoint[optim_keys.NAMES_KEY] = [
+                [[name_of[id(p)] for p in g["params"]] for g in opt.param_groups] for opt in self.trainer.optimizers
+            ]
+        # the run of non-finite steps continues across a resume (it decides when to stop)
+        checkpoint["pacofr_nonfinite"] = {"in_row": self.nonfinite.in_row, "total": self.nonfinite.total}
+        checkpoint[legacy_keys.ENCODER_SPEC_KEY] = self.objective.encoder_spec()
+        checkpoint.update(self.objective.host_state())
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        legacy_keys.upgrade_checkpoint(checkpoint)  # a checkpoint of the pre-objective layout: keys mapped
+        if checkpoint.get("optimizer_states") and self._trainer is not None and not is_fsdp(self.trainer):
+            # FSDP restores its optimiser inside the strategy (BlockFSDPStrategy.load_checkpoint); here the state
+            # goes to a plain optimiser: re-key it by name onto this run's groups and order
+            current = [(g["group"], g["names"]) for g in self.named_param_groups()]
+            recorded = checkpoint.get(optim_keys.NAMES_KEY) or []
+            states = checkpoint["optimizer_states"]
+            for i, state in enumerate(states):
+                saved = optim_keys.saved_group_names(state, recorded[i] if i < len(recorded) else None)
+                if saved is not None:
+                    states[i] = optim_keys.to_positional(state, saved, current)
+        counts = checkpoint.get("pacofr_nonfinite")
+        if counts:
+            self.nonfinite.in_row, self.nonfinite.total = int(counts["in_row"]), int(counts["total"])
+        self.objective.load_host_state(checkpoint)
