@@ -22,7 +22,7 @@ def small_overrides(tmp_path: Path, root: Path, run_dir: Path, **trainer) -> Pat
     """A second --config that shrinks demo_tiny to a few seconds on tiny shards."""
     cfg = {
         "run_dir": str(run_dir),
-        "model": {"img_size": 64, "num_codes": 32, "incubation_steps": 2, "warmup_steps": 2},
+        "model": {"objective": {"init_args": {"num_codes": 32, "incubation_steps": 2}}, "warmup_steps": 2},
         "data": {"root": str(root), "image_size": 64, "batch_size": 4, "num_workers": 0, "shuffle_buffer": 8},
         "trainer": {
             "max_steps": 6,
@@ -63,7 +63,7 @@ def test_fit_writes_a_complete_run_folder(tmp_path, make_shards):
     last = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
     assert last["global_step"] == 6
     config = yaml.safe_load((run_dir / "config.yaml").read_text())
-    assert config["data"]["root"] == str(root) and config["model"]["encoder_size"] == "tiny"
+    assert config["data"]["root"] == str(root) and config["model"]["objective"]["init_args"]["encoder_size"] == "tiny"
     info = json.loads((run_dir / "run_info.json").read_text())
     assert info["pacofr_version"] and len(info["starts"]) == 1
 

@@ -12,7 +12,7 @@ from pacofr.cli import PacofrCLI
 from pacofr.data.datamodule import PretrainDataModule
 from pacofr.eval.cli import EvalCLI, make_cli
 from pacofr.eval.tasks import TASKS
-from pacofr.modules.pretrain import PaCoFRPretrain
+from pacofr.training.module import PretrainModule
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 PRETRAIN = sorted((CONFIGS / "pretrain").glob("*.yaml"))
@@ -37,7 +37,7 @@ def parse(*configs: Path):
     args = ["fit"]
     for c in configs:
         args += ["--config", str(c)]
-    cli = ParseOnlyCLI(PaCoFRPretrain, PretrainDataModule, args=args, run=True)
+    cli = ParseOnlyCLI(PretrainModule, PretrainDataModule, args=args, run=True)
     return cli.config["fit"]
 
 
@@ -66,9 +66,10 @@ def test_every_key_is_commented(path: Path):
 @pytest.mark.parametrize("path", PRETRAIN, ids=lambda p: p.name)
 def test_pretrain_config_parses(path: Path):
     config = parse(path)
-    assert config.model.mask_ratio == config.data.masker.init_args.mask_ratio, "model and masker ratios differ"
-    assert config.model.patch_size == config.data.masker.init_args.patch_size
-    assert config.model.img_size == config.data.image_size
+    objective = config.model.objective.init_args  # the data's geometry, linked (given once, on the data side)
+    assert objective.mask_ratio == config.data.masker.init_args.mask_ratio
+    assert objective.patch_size == config.data.masker.init_args.patch_size
+    assert objective.img_size == config.data.image_size
     assert config.trainer.max_steps > 0
 
 
@@ -80,12 +81,15 @@ def test_trainer_presets_parse_with_a_method(trainer: Path):
 
 def test_baselines_differ_only_where_intended():
     mae, fsfm, paco = (parse(CONFIGS / "pretrain" / f"{m}_vit_b16.yaml") for m in ("mae", "fsfm", "pacofr"))
-    assert mae.data.masker.class_path.endswith("RandomMasker") and not mae.model.use_codebook
-    assert mae.model.spatial_weight == 0 and mae.model.covered_weight == 0
-    assert fsfm.data.masker.class_path.endswith("StructuredMasker") and not fsfm.model.use_codebook
-    assert fsfm.model.covered_weight > 0 and fsfm.model.spatial_weight == 0
-    assert paco.model.use_codebook and paco.model.spatial_weight > 0 and paco.model.incubation_steps > 0
-    for key in ("encoder_size", "img_size", "decoder_depth", "decoder_dim", "base_lr", "weight_decay"):
+    assert mae.data.masker.class_path.endswith("RandomMasker") and mae.model.objective.class_path.endswith(".MAE")
+    assert fsfm.data.masker.class_path.endswith("StructuredMasker")
+    assert fsfm.model.objective.class_path.endswith(".FSFM") and fsfm.model.objective.init_args.covered_weight > 0
+    paco_args = paco.model.objective.init_args
+    assert paco.model.objective.class_path.endswith(".PaCoFR")
+    assert paco_args.spatial_weight > 0 and paco_args.incubation_steps > 0 and paco_args.replace_ratio > 0
+    for key in ("encoder_size", "img_size", "patch_size", "mask_ratio", "decoder_depth", "decoder_dim"):
+        assert mae.model.objective.init_args[key] == fsfm.model.objective.init_args[key] == paco_args[key], key
+    for key in ("base_lr", "weight_decay", "warmup_steps", "betas"):
         assert mae.model[key] == fsfm.model[key] == paco.model[key], key
 
 

@@ -20,16 +20,10 @@ class UserError(ValueError):
 
 
 def user_error_types() -> tuple[type[BaseException], ...]:
-    """Every exception type that means bad input rather than a bug in pacofr."""
-    from pacofr.data.format import ManifestError
-    from pacofr.eval.backbone import CheckpointError
-    from pacofr.eval.datasets import DatasetLayoutError
-
+    """Every exception type that means bad input rather than a bug in pacofr (pacofr's own are ``UserError``
+    subclasses: a bad manifest, checkpoint or dataset layout)."""
     return (
         UserError,
-        ManifestError,
-        CheckpointError,
-        DatasetLayoutError,
         pickle.UnpicklingError,  # the restricted unpickler refusing a .bin file's globals
         FileNotFoundError,
         NotADirectoryError,

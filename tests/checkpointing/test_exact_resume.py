@@ -29,11 +29,14 @@ def tiny_config(tmp_path: Path, root: Path, run_dir: Path, name: str, callbacks:
     cfg = {
         "run_dir": str(run_dir),
         "model": {
-            "img_size": 64,
-            "num_codes": 32,
-            "incubation_steps": 2,
+            "objective": {
+                "init_args": {
+                    "num_codes": 32,
+                    "incubation_steps": 2,
+                    "codebook_options": {"proto_hidden": 32, "belief_hidden": 32, "dead_after": 2, "reseed_every": 2},
+                }
+            },
             "warmup_steps": 2,
-            "codebook_options": {"proto_hidden": 32, "belief_hidden": 32, "dead_after": 2, "reseed_every": 2},
         },
         "data": {"root": str(root), "image_size": 64, "batch_size": 4, "num_workers": 0, "shuffle_buffer": 8},
         "trainer": {

@@ -52,11 +52,14 @@ def faces(tmp_path_factory) -> Path:
 def job_config(path: Path, faces: Path, run_dir: Path) -> Path:
     cfg = {
         "model": {
-            "img_size": 64,
-            "num_codes": 32,
-            "incubation_steps": 2,
+            "objective": {
+                "init_args": {
+                    "num_codes": 32,
+                    "incubation_steps": 2,
+                    "codebook_options": {"proto_hidden": 32, "belief_hidden": 32, "dead_after": 2, "reseed_every": 2},
+                }
+            },
             "warmup_steps": 2,
-            "codebook_options": {"proto_hidden": 32, "belief_hidden": 32, "dead_after": 2, "reseed_every": 2},
         },
         "data": {"root": str(faces), "image_size": 64, "batch_size": BATCH, "num_workers": 0, "shuffle_buffer": 8},
         "trainer": {

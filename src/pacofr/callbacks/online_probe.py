@@ -179,7 +179,7 @@ def whole_identities(identities: list, n: int) -> np.ndarray:
 
 
 def _encoder(pl_module: L.LightningModule) -> torch.nn.Module:
-    encoder = getattr(getattr(pl_module, "model", None), "encoder", None)
+    encoder = getattr(getattr(pl_module, "objective", None), "encoder", None)
     if encoder is None:
-        raise ValueError(f"OnlineProbe: {type(pl_module).__name__} has no `model.encoder` to probe")
+        raise ValueError(f"OnlineProbe: {type(pl_module).__name__} has no `objective.encoder` to probe")
     return encoder

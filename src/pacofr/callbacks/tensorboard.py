@@ -1,7 +1,7 @@
 """TensorBoard views of a pretraining run: image grids, code-usage histogram, custom-scalars layout.
 
-Images come from a separate no-grad forward on a few samples of the current batch, every
-``every_n_steps``: nothing is stashed from the training step, so the hot path stays untouched.
+Images come from a separate no-grad forward of the objective's model on a few samples of the current batch,
+every ``every_n_steps``: nothing is stashed from the training step, so the hot path stays untouched.
 """
 
 from __future__ import annotations
@@ -15,8 +15,12 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
 from torchvision.utils import make_grid
 
-from pacofr.data.format import NUM_REGIONS, REGION_NAMES
+from pacofr.data.batch import PretrainBatch
+from pacofr.data.format import NUM_REGIONS, REGION_NAMES, label_to_region_lut
+from pacofr.models.patches import unpatchify
+from pacofr.objectives.base import PretrainObjective
 from pacofr.training.fsdp_access import call_unsharded, is_fsdp
+from pacofr.training.pixels import denormalise, predicted_pixels
 
 # One colour per region group (format.REGION_NAMES order), for region-map renderings.
 REGION_COLOURS = (
@@ -51,6 +55,40 @@ def upsample_patch_map(values: torch.Tensor, grid: tuple[int, int], size: int) -
     return torch.nn.functional.interpolate(v, size=(size, size), mode="nearest")
 
 
+def reconstruction_views(
+    objective: PretrainObjective, batch: PretrainBatch, n: int, datamodule: object = None
+) -> tuple[dict[str, torch.Tensor], torch.Tensor | None]:
+    """Columns of the image grid for the first ``n`` samples: input, masked input (hidden and replaced patches
+    grey), region map, reconstruction (visible patches pasted); and the codes the patches were assigned (None
+    without a codebook)."""
+    images, mask = batch["image"][:n], batch["mask"][:n]
+    out = objective.forward_model(images, mask)
+    grid, p = objective.grid_size, objective.patch_size
+    pixels = denormalise(images, datamodule)
+    hidden = unpatchify(out["loss_mask"].unsqueeze(-1).float().expand(-1, -1, p * p * 3), p, grid)
+    masked = torch.where(hidden > 0, torch.full_like(pixels, 0.5), pixels)
+    predicted = unpatchify(predicted_pixels(objective, images, out["pred"], datamodule), p, grid)
+    pasted = torch.where(hidden > 0, predicted, pixels)
+    lut = torch.tensor(label_to_region_lut(), device=images.device)
+    regions = colour_regions(lut[batch["seg"][:n].long()])
+    views = {"input": pixels, "masked": masked, "regions": regions, "reconstruction": pasted}
+    return views, out.get("target_code")
+
+
+def codebook_images(objective: PretrainObjective, limit: int = 256) -> torch.Tensor | None:
+    """The first ``limit`` code prototypes g(c_k) as (K, 3, p, p) images, each min-max scaled (None without a
+    codebook)."""
+    codebook = getattr(objective, "codebook", None)
+    if codebook is None:
+        return None
+    protos = codebook.prototypes()[:limit].float()
+    p = objective.patch_size
+    imgs = protos.view(-1, p, p, 3).permute(0, 3, 1, 2)
+    lo = imgs.amin(dim=(1, 2, 3), keepdim=True)
+    hi = imgs.amax(dim=(1, 2, 3), keepdim=True)
+    return (imgs - lo) / (hi - lo).clamp_min(1e-6)
+
+
 def titled_grid(grid: torch.Tensor, titles: list[str], legend: bool) -> torch.Tensor:
     """(3, H, W) image grid -> the same with a row of column titles on top and, with ``legend``, one colour
     swatch per region group (``format.REGION_NAMES``) underneath."""
@@ -81,12 +119,9 @@ def _writer(trainer: L.Trainer):
 
 
 class PretrainImages(L.Callback):
-    """Every ``every_n_steps``: a grid per sample row (input | masked input | region map | prediction
-    | reconstruction with visible patches pasted), the codebook prototypes and a code-usage histogram.
-
-    Needs ``pl_module.visualise(batch, n) -> dict`` and, when a codebook exists,
-    ``pl_module.codebook_images()`` and ``pl_module.code_usage()``.
-    """
+    """Every ``every_n_steps``: a grid per sample row (input | masked input | region map | reconstruction with
+    visible patches pasted), the codebook prototypes and a histogram of the codes the grid's patches were
+    assigned. Reads ``pl_module.objective`` (a :class:`~pacofr.objectives.base.PretrainObjective`)."""
 
     def __init__(self, every_n_steps: int = 500, num_images: int = 8):
         self.every = max(1, every_n_steps)
@@ -107,8 +142,9 @@ class PretrainImages(L.Callback):
         # fork the RNG: the grid's forward draws random replaced patches, and a monitor must not change which
         # random numbers training sees next (DDP runs this on rank 0 only, FSDP on every rank: same training)
         devices = [pl_module.device] if pl_module.device.type == "cuda" else []
+        objective, datamodule = pl_module.objective, getattr(trainer, "datamodule", None)
         with torch.no_grad(), torch.random.fork_rng(devices=devices):
-            views = call_unsharded(trainer, pl_module.visualise, batch, self.num_images)
+            views, codes = call_unsharded(trainer, reconstruction_views, objective, batch, self.num_images, datamodule)
         pl_module.train(was_training)
         if writer is None or not trainer.is_global_zero:
             return
@@ -117,16 +153,14 @@ class PretrainImages(L.Callback):
         tiles = torch.stack(columns, dim=1).flatten(0, 1)
         grid = make_grid(tiles, nrow=len(columns), padding=2)
         writer.add_image("images/" + "|".join(views), titled_grid(grid, list(views), "regions" in views), step)
-        codebook_images = getattr(pl_module, "codebook_images", None)
-        if callable(codebook_images):
-            protos = codebook_images()
-            if protos is not None:
-                # a square grid: 1024 codes fit one screen instead of a 64-row strip that needs scrolling
-                side = math.ceil(math.sqrt(protos.shape[0]))
-                writer.add_image("codebook/prototypes", make_grid(protos.cpu(), nrow=side, padding=1), step)
-                usage = pl_module.code_usage()
-                if usage is not None:
-                    writer.add_histogram("codebook/usage", usage.float().cpu(), step)
+        with torch.no_grad():
+            protos = codebook_images(objective)
+        if protos is not None:
+            # a square grid: 1024 codes fit one screen instead of a 64-row strip that needs scrolling
+            side = math.ceil(math.sqrt(protos.shape[0]))
+            writer.add_image("codebook/prototypes", make_grid(protos.cpu(), nrow=side, padding=1), step)
+        if codes is not None:
+            writer.add_histogram("codebook/usage", codes.reshape(-1).float().cpu(), step)
 
 
 class ScalarLayout(L.Callback):
@@ -211,25 +245,32 @@ class ScalarLayout(L.Callback):
                 logger.log_hyperparams(hparams, metrics={self.HP_METRIC: float("nan")})
 
 
-def method_name(hparams: dict, masker: str) -> str:
-    """What a reader calls the run: PaCo-FR (codebook), CRFR-P MAE (structured masking, pixel target) or MAE."""
-    if hparams.get("use_codebook"):
-        return "PaCo-FR" if "Structured" in masker else f"PaCo-FR ({masker})"
-    if "Structured" in masker:
-        return "CRFR-P MAE"
-    return "MAE" if "Random" in masker or masker == "none" else f"MIM ({masker})"
+# what a reader calls each objective with the masker it was designed with; another masker is named beside it
+METHOD_NAMES = {"PaCoFR": ("PaCo-FR", "Structured"), "FSFM": ("CRFR-P MAE", "Structured"), "MAE": ("MAE", "Random")}
+
+
+def method_name(objective: str, masker: str) -> str:
+    """The run's method from its objective class (PaCoFR, FSFM, MAE) and masker: "PaCo-FR", "CRFR-P MAE",
+    "MAE", or e.g. "PaCo-FR (RandomMasker)" with a masker the method was not designed with."""
+    name, designed_for = METHOD_NAMES.get(objective, (objective, ""))
+    return name if designed_for in masker or masker == "none" else f"{name} ({masker})"
 
 
 def run_hparams(trainer: L.Trainer, model_hparams: dict) -> dict:
-    """The HPARAMS row of a run: the model's hyper-parameters (without LightningCLI's bookkeeping keys) and
-    what the data module and trainer decide (masker, global batch, steps, world size)."""
-    out = {k: v for k, v in model_hparams.items() if not str(k).startswith("_")}
+    """The HPARAMS row of a run: the objective's class and settings, the module's optimisation settings
+    (without LightningCLI's bookkeeping keys), and what the data module and trainer decide (masker, global
+    batch, steps, world size)."""
+    out = {k: v for k, v in model_hparams.items() if not str(k).startswith("_") and k != "objective"}
+    objective = model_hparams.get("objective") or {}
+    objective_class = str(objective.get("class_path", "?")).rsplit(".", 1)[-1]
+    out["objective"] = objective_class
+    out.update({k: v for k, v in (objective.get("init_args") or {}).items()})
     data = getattr(trainer, "datamodule", None)
     masker = type(getattr(data, "masker", None)).__name__ if getattr(data, "masker", None) is not None else "none"
     batch = getattr(data, "batch_size", None)
     out.update(
         {
-            "method": method_name(out, masker),
+            "method": method_name(objective_class, masker),
             "masker": masker,
             "world_size": trainer.world_size,
             "max_steps": trainer.max_steps,

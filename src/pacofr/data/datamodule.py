@@ -27,6 +27,7 @@ from pacofr.data.transforms import AugmentConfig, JointTransform, normalize_imag
 
 log = logging.getLogger(__name__)
 
+
 class PretrainDataModule(L.LightningDataModule):
     """Train/val batches ``{"image": f32 [B,3,S,S], "seg": i64 [B,S,S], "key": list[str]}``, as the
     LightningModule sees them.

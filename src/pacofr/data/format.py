@@ -17,6 +17,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pacofr.errors import UserError
+
 FORMAT_VERSION = "pacofr-faces/1"
 MANIFEST_NAME = "_info.json"
 LABEL_SET = "celebamask19"
@@ -140,7 +142,7 @@ def shard_name(split: str, index: int, prefix: str = "") -> str:
 
 
 # --- manifest ----------------------------------------------------------------------------------
-class ManifestError(ValueError):
+class ManifestError(UserError):
     """The dataset folder does not satisfy the ``pacofr-faces/1`` contract."""
 
 

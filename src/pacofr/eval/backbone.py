@@ -3,8 +3,10 @@
 Accepted sources:
 
 - an exported ``encoder.safetensors`` with its sidecar ``encoder.json`` (``pacofr export``);
-- a Lightning pretraining checkpoint: the encoder sits under ``state_dict["model.encoder.*"]`` and
-  ``hyper_parameters`` gives ``encoder_size`` (tiny/small/base/large), ``img_size``, ``patch_size``;
+- a Lightning pretraining checkpoint: the encoder sits under ``state_dict["objective.encoder.*"]`` and the
+  ``pacofr_encoder`` entry gives ``encoder_size`` (tiny/small/base/large), ``img_size``, ``patch_size``
+  (checkpoints written before the objectives existed, ``model.encoder.*`` with the sizes in
+  ``hyper_parameters``, are read through ``pacofr.checkpointing.legacy_keys``);
 - nothing (``path=None``): a randomly initialised encoder, the floor every probe is compared with.
 
 The state dict is timm's own and loads strictly; a different evaluation ``img_size`` resamples the
@@ -26,8 +28,11 @@ import timm
 import torch
 from timm.models.vision_transformer import VisionTransformer, checkpoint_filter_fn
 
-ENCODER_PREFIX = "model.encoder."
-ENCODER_SIZES = ("tiny", "small", "base", "large")
+from pacofr.checkpointing import legacy_keys
+from pacofr.errors import UserError
+from pacofr.models.sizes import timm_name
+
+ENCODER_PREFIX = "objective.encoder."
 SIDECAR_SUFFIX = ".json"
 
 
@@ -49,13 +54,7 @@ class EncoderSpec:
         )
 
 
-def timm_name(encoder_size: str) -> str:
-    if encoder_size not in ENCODER_SIZES:
-        raise ValueError(f"encoder_size {encoder_size!r} is not one of {ENCODER_SIZES}")
-    return f"vit_{encoder_size}_patch16_224"
-
-
-class CheckpointError(ValueError):
+class CheckpointError(UserError):
     """The file is not a pacofr pretraining checkpoint or exported encoder."""
 
 
@@ -79,16 +78,25 @@ def load_checkpoint(path: str | os.PathLike[str], trust_checkpoint: bool = False
 
 def encoder_from_checkpoint(ckpt: dict[str, Any]) -> tuple[dict[str, torch.Tensor], EncoderSpec]:
     """The encoder's timm state dict and spec out of a Lightning pretraining checkpoint dict."""
-    if "state_dict" not in ckpt or "hyper_parameters" not in ckpt:
-        raise CheckpointError("checkpoint lacks 'state_dict' / 'hyper_parameters' (not a Lightning checkpoint?)")
+    if not isinstance(ckpt.get("state_dict"), dict):
+        raise CheckpointError("checkpoint lacks 'state_dict' (not a Lightning checkpoint?)")
+    ckpt = {**ckpt, "state_dict": dict(ckpt["state_dict"])}  # the upgrade below renames in place: not the caller's
+    legacy_keys.upgrade_checkpoint(ckpt)
     state = {k[len(ENCODER_PREFIX) :]: v for k, v in ckpt["state_dict"].items() if k.startswith(ENCODER_PREFIX)}
     if not state:
-        raise CheckpointError(f"checkpoint has no parameters under {ENCODER_PREFIX!r}")
-    hp = ckpt["hyper_parameters"]
+        raise CheckpointError(f"checkpoint has no parameters under {ENCODER_PREFIX!r} (not a pacofr pretraining run?)")
+    described = ckpt.get(legacy_keys.ENCODER_SPEC_KEY)
+    if not described:
+        raise CheckpointError(
+            f"checkpoint does not say which encoder it holds (no {legacy_keys.ENCODER_SPEC_KEY!r} entry and no "
+            "encoder_size hyper-parameter)"
+        )
     try:
-        spec = EncoderSpec(timm_name(hp["encoder_size"]), int(hp["img_size"]), int(hp.get("patch_size", 16)))
-    except KeyError as err:
-        raise CheckpointError(f"checkpoint hyper_parameters lack {err}") from err
+        spec = EncoderSpec(
+            timm_name(described["encoder_size"]), int(described["img_size"]), int(described.get("patch_size", 16))
+        )
+    except (KeyError, ValueError) as err:
+        raise CheckpointError(f"checkpoint's encoder description {described} is incomplete or unknown: {err}") from err
     return state, spec
 
 

@@ -7,7 +7,6 @@ from typing import Any, Literal
 
 from pacofr.models.encoder import PaCoFREncoder
 
-
 # the names configs use; one registry for models/ and eval/ (eval rebuilds encoders through timm_name)
 SizeName = Literal["tiny", "small", "base", "large"]
 

@@ -80,7 +80,9 @@ class PretrainObjective(nn.Module):
             check_mask: assert on the device (no host sync) that each mask row has exactly the masked count.
         """
         super().__init__()
-        self.encoder = build_encoder(encoder_size, img_size=img_size, patch_size=patch_size, drop_path_rate=drop_path_rate)
+        self.encoder = build_encoder(
+            encoder_size, img_size=img_size, patch_size=patch_size, drop_path_rate=drop_path_rate
+        )
         dec = DECODER_DEFAULTS[encoder_size]
         grid = tuple(self.encoder.patch_embed.grid_size)
         self.encoder_size, self.img_size = encoder_size, img_size

@@ -26,7 +26,6 @@ from pacofr.models.spatial_head import SpatialHead
 from pacofr.models.unwrap import original_param_name, unwrap_fsdp
 from pacofr.objectives.base import PretrainObjective, StepOutput
 
-
 CODEBOOK_UPDATES_KEY = "pacofr_codebook_updates"  # checkpoint entry of the codebook's update counter
 
 

@@ -79,46 +79,52 @@ def nested(dotted: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def model_settings(spec: StudySpec, cell: Cell) -> dict[str, Any]:
-    """The cell's ``model`` section: the base config's, with the overrides applied."""
+def deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    """``update`` merged into a copy of ``base``, nested mappings key by key (as config files merge)."""
+    out = dict(base)
+    for key, value in update.items():
+        out[key] = deep_merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def cell_config(spec: StudySpec, cell: Cell) -> dict[str, Any]:
+    """The cell's pretraining config as YAML data: the base config with its override layers merged (what the
+    study reads from it: the encoder's size and geometry, the steps)."""
     try:
-        base = yaml.safe_load(Path(spec.base_config).read_text()) or {}
+        config = yaml.safe_load(Path(spec.base_config).read_text()) or {}
     except OSError as err:
         raise StudyConfigError(f"cannot read base_config {spec.base_config}: {err.strerror}") from err
-    model = dict(base.get("model") or {})
-    for key, value in spec.fit_overrides(cell).items():
-        if key.startswith("model."):
-            model[key[len("model.") :]] = value
-    return model
+    for layer in spec.fit_override_layers(cell):
+        config = deep_merge(config, nested(layer))
+    return config
 
 
-def max_steps(spec: StudySpec) -> int:
-    steps = spec.common.get("trainer.max_steps")
-    if steps is None:
-        base = yaml.safe_load(Path(spec.base_config).read_text()) or {}
-        steps = (base.get("trainer") or {}).get("max_steps")
+def encoder_geometry(config: dict[str, Any]) -> tuple[str, int, int]:
+    """(encoder size, image size, patch size) of a pretraining config (the objective's size, the data's sides)."""
+    objective = ((config.get("model") or {}).get("objective") or {}).get("init_args") or {}
+    data = config.get("data") or {}
+    masker = (data.get("masker") or {}).get("init_args") or {}
+    return (
+        str(objective.get("encoder_size", "base")),
+        int(data.get("image_size", 224)),
+        int(masker.get("patch_size", 16)),
+    )
+
+
+def max_steps(config: dict[str, Any]) -> int:
+    steps = (config.get("trainer") or {}).get("max_steps")
     if not isinstance(steps, int) or steps < 1:
         raise StudyConfigError("the study needs trainer.max_steps (in common or in the base config)")
     return steps
 
 
 def fit_command(spec: StudySpec, cell: Cell) -> list[str]:
-    overrides = cell.folder / "overrides.yaml"
-    atomic_write_text(overrides, yaml.safe_dump(nested(spec.fit_overrides(cell)), sort_keys=False))
-    return [
-        sys.executable,
-        "-m",
-        "pacofr.cli",
-        "fit",
-        "--config",
-        spec.base_config,
-        "--config",
-        str(overrides),
-        "--run_dir",
-        str(cell.run_dir),
-        "--resume",
-        "auto",
-    ]
+    command = [sys.executable, "-m", "pacofr.cli", "fit", "--config", spec.base_config]
+    for name, layer in zip(("common", "arm"), spec.fit_override_layers(cell)):
+        path = cell.folder / f"overrides_{name}.yaml"
+        atomic_write_text(path, yaml.safe_dump(nested(layer), sort_keys=False))
+        command += ["--config", str(path)]
+    return command + ["--run_dir", str(cell.run_dir), "--resume", "auto"]
 
 
 def checkpoint_step(path: Path) -> int:
@@ -127,7 +133,7 @@ def checkpoint_step(path: Path) -> int:
 
 def pretrain(spec: StudySpec, cell: Cell) -> dict[str, Any]:
     """Train the cell (or continue it); returns the pretraining facts for its result."""
-    steps = max_steps(spec)
+    steps = max_steps(cell_config(spec, cell))
     last = cell.run_dir / "checkpoints" / "last.ckpt"
     started = time.perf_counter()
     if not (last.is_file() and checkpoint_step(last) >= steps):
@@ -166,13 +172,11 @@ def read_curves(tb_dir: Path, tags: tuple[str, ...] = CURVE_TAGS) -> dict[str, l
 
 
 def encoder_for(spec: StudySpec, cell: Cell, checkpoint: str | None) -> tuple[torch.nn.Module, int]:
-    model = model_settings(spec, cell)
-    img_size = int(model.get("img_size", 224))
+    size, img_size, patch_size = encoder_geometry(cell_config(spec, cell))
     if checkpoint is not None:
         return load_backbone(checkpoint), img_size
     torch.manual_seed(cell.seed)  # the pretraining's own initialisation (MAE init, fixed sin-cos positions)
-    encoder = build_encoder(model.get("encoder_size", "base"), img_size, int(model.get("patch_size", 16)))
-    return encoder, img_size
+    return build_encoder(size, img_size, patch_size), img_size
 
 
 def machine() -> dict[str, Any]:

@@ -90,15 +90,24 @@ class StudySpec:
                 return arm
         raise StudyConfigError(f"no arm {name!r} in study {self.name!r}; arms: {[a.name for a in self.arms]}")
 
-    def fit_overrides(self, cell: Cell) -> dict[str, Any]:
-        """The dotted ``pacofr fit`` keys of one cell: common, then the arm's, then the seed's."""
-        return {
-            **self.common,
+    def fit_override_layers(self, cell: Cell) -> tuple[dict[str, Any], dict[str, Any]]:
+        """The dotted ``pacofr fit`` keys of one cell as two config layers, applied in order on the base config:
+        the common ones, then the arm's and the seed's. In two layers because an arm may switch the objective
+        (``model.objective.class_path``): the common settings apply to the base objective first, and the switch
+        keeps those the new objective accepts (jsonargparse drops the others), e.g. the codebook arms'
+        ``incubation_steps`` for an MAE arm."""
+        own = {
             **cell.arm.overrides,
             "seed_everything": cell.seed,
             "data.seed": cell.seed,
             "data.root": str(Path(self.data_root).resolve()),
         }
+        return dict(self.common), own
+
+    def fit_overrides(self, cell: Cell) -> dict[str, Any]:
+        """The dotted ``pacofr fit`` keys of one cell, merged: common, then the arm's, then the seed's."""
+        common, own = self.fit_override_layers(cell)
+        return {**common, **own}
 
     def cell_key(self, cell: Cell) -> str:
         """A digest of everything that decides a cell's result: a result with another key is stale."""

@@ -12,7 +12,6 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 import lightning as L
-from torch import nn
 
 T = TypeVar("T")
 

@@ -108,7 +108,9 @@ class PretrainModule(L.LightningModule):
         if total is None or total <= 0:
             raise ValueError("pretraining is step-based: set trainer.max_steps")
         incubation = self.objective.incubation_steps
-        lambdas = pretrain_schedules([g["schedule"] for g in groups], hp.warmup_steps, total, hp.min_lr_ratio, incubation)
+        lambdas = pretrain_schedules(
+            [g["schedule"] for g in groups], hp.warmup_steps, total, hp.min_lr_ratio, incubation
+        )
         rank_zero_info(
             f"pacofr: peak lr {lr:.3g} (base {hp.base_lr:g} x global batch {self.global_batch_size()} / 256), "
             f"{total} steps, warmup {hp.warmup_steps}, incubation {incubation}"

@@ -11,8 +11,8 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from pacofr.data.format import NUM_LABELS, NUM_REGIONS
 from pacofr.data.batch import PretrainBatch
+from pacofr.data.format import NUM_LABELS, NUM_REGIONS
 from pacofr.objectives.base import PretrainObjective
 
 

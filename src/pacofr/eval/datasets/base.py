@@ -24,10 +24,12 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from pacofr.errors import UserError
+
 Sample = dict[str, Any]
 
 
-class DatasetLayoutError(FileNotFoundError):
+class DatasetLayoutError(UserError, FileNotFoundError):
     """The folder does not hold the public layout this reader expects."""
 
 
