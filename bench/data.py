@@ -48,16 +48,13 @@ from PIL import Image  # noqa: E402
 from torchvision.io import ImageReadMode, decode_jpeg, decode_png  # noqa: E402
 
 from bench.common import emit_json, environment, markdown_table  # noqa: E402
+from pacofr.data.batch_builder import collate, masker_labels  # noqa: E402
 from pacofr.data.datamodule import PretrainDataModule  # noqa: E402
+from pacofr.data.decode import decode_arrays  # noqa: E402
 from pacofr.data.format import KEY_IMAGE, KEY_SEG, read_manifest  # noqa: E402
-from pacofr.data.shards import (  # noqa: E402
-    StreamStats,
-    collate,
-    decode_arrays,
-    derive_seed,
-    iter_shard,
-    masker_labels,
-)
+from pacofr.data.lanes import derive_seed  # noqa: E402
+from pacofr.data.shard_reader import iter_shard  # noqa: E402
+from pacofr.data.stream_stats import StreamStats  # noqa: E402
 from pacofr.data.transforms import JointTransform, normalize_images  # noqa: E402
 from pacofr.masking import StructuredMasker  # noqa: E402
 
