@@ -14,7 +14,7 @@ Runs on ONE core (affinity pinned, one torch/OpenCV thread), in-process, in the 
 * ``stages``        : the pipeline's per-image cost split by stage (library functions called one by one; the
   GPU-side normalisation timed on the CPU for reference);
 * ``decoders``      : JPEG and PNG decode alone from memory: PIL, ``torchvision.io``, OpenCV and
-  ``simplejpeg`` (each only if importable).
+  ``simplejpeg``.
 
 Figures are images per CPU-second of this process (on a shared machine wall time also counts the time
 other processes held the core; wall-clock rates are printed too). Prints a markdown table, one JSON line
@@ -41,23 +41,22 @@ from typing import Any  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import cv2  # noqa: E402
 import numpy as np  # noqa: E402
+import simplejpeg  # noqa: E402
 import torch  # noqa: E402
 import webdataset as wds  # noqa: E402
 from PIL import Image  # noqa: E402
 from torchvision.io import ImageReadMode, decode_jpeg, decode_png  # noqa: E402
 
 from bench.common import emit_json, environment, markdown_table  # noqa: E402
+from pacofr.data.batch_builder import collate, masker_labels  # noqa: E402
 from pacofr.data.datamodule import PretrainDataModule  # noqa: E402
+from pacofr.data.decode import decode_arrays  # noqa: E402
 from pacofr.data.format import KEY_IMAGE, KEY_SEG, read_manifest  # noqa: E402
-from pacofr.data.shards import (  # noqa: E402
-    StreamStats,
-    collate,
-    decode_arrays,
-    derive_seed,
-    iter_shard,
-    masker_labels,
-)
+from pacofr.data.lanes import derive_seed  # noqa: E402
+from pacofr.data.shard_reader import iter_shard  # noqa: E402
+from pacofr.data.stream_stats import StreamStats  # noqa: E402
 from pacofr.data.transforms import JointTransform, normalize_images  # noqa: E402
 from pacofr.masking import StructuredMasker  # noqa: E402
 
@@ -80,12 +79,7 @@ def pin_one_core() -> int | None:
     """Run on one core only (the first one allowed); returns it, or None where affinity is unsupported.
     Worker processes started later inherit the pin: :func:`workers_loop` lifts it first."""
     torch.set_num_threads(1)
-    try:
-        import cv2
-
-        cv2.setNumThreads(1)
-    except ImportError:
-        pass
+    cv2.setNumThreads(1)
     if hasattr(os, "sched_setaffinity"):
         core = sorted(os.sched_getaffinity(0))[0]
         os.sched_setaffinity(0, {core})
@@ -233,21 +227,9 @@ def jpeg_decoders() -> dict[str, Callable[[bytes], Any]]:
         "torchvision.io": lambda b: decode_jpeg(
             torch.frombuffer(bytearray(b), dtype=torch.uint8), mode=ImageReadMode.RGB
         ),
+        "opencv": lambda b: cv2.cvtColor(cv2.imdecode(np.frombuffer(b, np.uint8), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB),
+        "simplejpeg": lambda b: simplejpeg.decode_jpeg(b, colorspace="RGB"),
     }
-    try:
-        import cv2
-
-        found["opencv"] = lambda b: cv2.cvtColor(
-            cv2.imdecode(np.frombuffer(b, np.uint8), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB
-        )
-    except ImportError:
-        pass
-    try:
-        import simplejpeg
-
-        found["simplejpeg"] = lambda b: simplejpeg.decode_jpeg(b, colorspace="RGB")
-    except ImportError:
-        pass
     return found
 
 
@@ -257,13 +239,8 @@ def png_decoders() -> dict[str, Callable[[bytes], Any]]:
         "torchvision.io": lambda b: decode_png(
             torch.frombuffer(bytearray(b), dtype=torch.uint8), mode=ImageReadMode.UNCHANGED
         ),
+        "opencv": lambda b: cv2.imdecode(np.frombuffer(b, np.uint8), cv2.IMREAD_UNCHANGED),
     }
-    try:
-        import cv2
-
-        found["opencv"] = lambda b: cv2.imdecode(np.frombuffer(b, np.uint8), cv2.IMREAD_UNCHANGED)
-    except ImportError:
-        pass
     return found
 
 

@@ -1,6 +1,7 @@
-"""``pacofr-prep`` subcommands of the raw-image stage: run, merge, inspect, weights {fetch,check}.
+"""``pacofr-prep`` subcommands of the raw-image stage: run, merge, inspect, demo-images, weights {fetch,check}.
 
-Heavy imports happen inside the handlers, so ``--help`` works without torch/facexlib loaded.
+torch and facexlib are imported only where a command needs them (inside ``data_prep.weights`` and the
+detector and parser loaders of ``data_prep.run``), so ``--help`` works without them loaded.
 """
 
 from __future__ import annotations
@@ -10,6 +11,15 @@ import json
 import os
 import sys
 
+from data_prep import weights
+from data_prep.align import FFHQ_ZOOM
+from data_prep.dataset_report import inspect_dataset
+from data_prep.decode import DEFAULT_MAX_PIXELS, DEFAULT_MIN_SIDE
+from data_prep.demo_images import write_demo_images
+from data_prep.merge import IncompleteRunError, merge
+from data_prep.run import PrepConfig, run_chunk
+from pacofr.data.format import ManifestError
+
 
 def _env_int(name: str, default: int) -> int:
     value = os.environ.get(name)
@@ -17,9 +27,6 @@ def _env_int(name: str, default: int) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from data_prep.run import PrepConfig, run_chunk
-    from data_prep.weights import MissingWeightsError
-
     cfg = PrepConfig(
         input=args.input,
         out=args.out,
@@ -46,7 +53,7 @@ def _run(args: argparse.Namespace) -> int:
     )
     try:
         report = run_chunk(cfg)
-    except (MissingWeightsError, FileNotFoundError, ValueError, RuntimeError) as err:
+    except (weights.MissingWeightsError, FileNotFoundError, ValueError, RuntimeError) as err:
         print(f"pacofr-prep run: error: {err}", file=sys.stderr)
         return 2
     if report.get("skipped"):
@@ -61,8 +68,6 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _merge(args: argparse.Namespace) -> int:
-    from data_prep.merge import IncompleteRunError, merge
-
     try:
         path, summary = merge(args.out, expected_chunks=args.num_chunks)
     except IncompleteRunError as err:
@@ -75,9 +80,6 @@ def _merge(args: argparse.Namespace) -> int:
 
 
 def _inspect(args: argparse.Namespace) -> int:
-    from data_prep.inspect import inspect_dataset
-    from pacofr.data.format import ManifestError
-
     try:
         inspect_dataset(args.root, sheet=args.sheet, num_samples=args.samples)
     except ManifestError as err:
@@ -87,8 +89,6 @@ def _inspect(args: argparse.Namespace) -> int:
 
 
 def _weights(args: argparse.Namespace) -> int:
-    from data_prep import weights
-
     keys = tuple(args.models) if args.models else weights.DEFAULT_FETCH
     unknown = [k for k in keys if k not in weights.WEIGHTS]
     if unknown:
@@ -108,17 +108,12 @@ def _weights(args: argparse.Namespace) -> int:
 
 
 def _demo_images(args: argparse.Namespace) -> int:
-    from data_prep.demo_images import write_demo_images
-
     counts = write_demo_images(args.out, num_synthetic=args.num_synthetic, seed=args.seed)
     print(f"wrote demo images to {args.out}: {counts}")
     return 0
 
 
 def register(subparsers) -> None:
-    from data_prep.align import FFHQ_ZOOM
-    from data_prep.decode import DEFAULT_MAX_PIXELS, DEFAULT_MIN_SIDE
-
     p = subparsers.add_parser(
         "run",
         help="raw images -> aligned face crops + parsing maps (one chunk)",

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from pacofr.callbacks.checkpoint import AtomicCheckpointIO
+from pacofr.checkpointing.atomic_io import AtomicCheckpointIO
 from pacofr.checkpointing.cli import main as checkpoint_cli
 from pacofr.checkpointing.prune import prune_checkpoints
 from pacofr.checkpointing.resolve import (

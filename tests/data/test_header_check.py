@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 
 from pacofr.data.format import KEY_IMAGE, KEY_META, KEY_SEG
-from pacofr.data.shards import _check_raw, png_header
+from pacofr.data.shard_reader import _check_raw, png_header
 
 
 def pil_check(sample: dict) -> str | None:

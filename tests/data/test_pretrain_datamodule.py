@@ -13,7 +13,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from pacofr.data.batch import NO_COVERED_GROUP, MaskResult
 from pacofr.data.datamodule import PretrainDataModule
 from pacofr.data.format import NUM_REGIONS, label_to_region_lut
-from pacofr.data.shards import STATS_KEY
+from pacofr.data.streams import STATS_KEY
 
 SIZE, OUT, PATCH = 16, 16, 4  # 16 px crops, 4 px patches -> N = 16
 

@@ -1,23 +1,20 @@
-"""Step checkpoints that never lose the end of a run, written atomically.
+"""Step checkpoints that never lose the end of a run.
 
 Lightning's ``ModelCheckpoint`` with ``every_n_train_steps`` saves nothing when ``max_steps`` is not a
-multiple of the cadence (its ``on_train_end`` only writes ``last.ckpt`` if none was ever written), and its
-file writes go straight to the final name. ``StepCheckpoint`` also saves at the end of training, and
-``AtomicCheckpointIO`` writes each file under a temporary name in the same folder and renames it, so a
-job killed mid-write leaves the previous checkpoint intact and never a truncated file under a real name.
+multiple of the cadence (its ``on_train_end`` only writes ``last.ckpt`` if none was ever written).
+``StepCheckpoint`` also saves at the end of training, and can keep only the newest N periodic checkpoints.
+The files themselves are written atomically by the trainer's checkpoint IO plugin
+(:class:`~pacofr.checkpointing.atomic_io.AtomicCheckpointIO`).
 """
 
 from __future__ import annotations
 
-import os
-import tempfile
-from pathlib import Path
 from typing import Any
 
 import lightning as L
-import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
-from lightning.pytorch.plugins.io import TorchCheckpointIO
+
+from pacofr.checkpointing.prune import prune_checkpoints
 
 
 class StepCheckpoint(ModelCheckpoint):
@@ -38,8 +35,6 @@ class StepCheckpoint(ModelCheckpoint):
     def _save_checkpoint(self, trainer: L.Trainer, filepath: str) -> None:
         super()._save_checkpoint(trainer, filepath)
         if self.keep_last_n is not None and trainer.is_global_zero and self.dirpath:
-            from pacofr.checkpointing.prune import prune_checkpoints
-
             prune_checkpoints(self.dirpath, self.keep_last_n)
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -50,23 +45,3 @@ class StepCheckpoint(ModelCheckpoint):
             self._save_last_checkpoint(trainer, candidates)
             return
         super().on_train_end(trainer, pl_module)
-
-
-class AtomicCheckpointIO(TorchCheckpointIO):
-    """``torch.save`` to a temp file next to the target, fsync, then ``os.replace`` onto the final name."""
-
-    def save_checkpoint(self, checkpoint: dict[str, Any], path: str | os.PathLike, storage_options: Any = None) -> None:
-        if storage_options is not None:
-            raise TypeError(f"{type(self).__name__} does not take storage_options, got {storage_options!r}")
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                torch.save(checkpoint, fh)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise

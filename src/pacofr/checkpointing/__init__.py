@@ -1,5 +1,5 @@
-"""Checkpoints that survive preemption: resume resolution (``--resume auto``), keep-N pruning, the
-preemption handler (flag on a signal, agree at a step boundary, checkpoint, requeue), RNG state for exact
+"""Checkpoints that survive preemption: atomic checkpoint files, resume resolution (``--resume auto``), keep-N
+pruning, the preemption handler (flag on a signal, agree at a step boundary, checkpoint, requeue), RNG state for exact
 continuation, and ``pacofr checkpoint consolidate`` for sharded (FSDP) checkpoints."""
 
 from pacofr.checkpointing.resolve import (

@@ -23,8 +23,8 @@ from typing import Any
 from lightning.fabric.utilities.load import _load_distributed_checkpoint
 from lightning.pytorch.utilities.consolidate_checkpoint import _format_checkpoint
 
-from pacofr.callbacks.checkpoint import AtomicCheckpointIO
 from pacofr.checkpointing import optim_keys
+from pacofr.checkpointing.atomic_io import AtomicCheckpointIO
 from pacofr.checkpointing.resolve import DCP_METADATA, CheckpointUnreadable
 
 

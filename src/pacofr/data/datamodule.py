@@ -22,7 +22,8 @@ from torch.utils.data import DataLoader
 
 from pacofr.data.batch import Masker
 from pacofr.data.format import read_manifest
-from pacofr.data.shards import STATS_KEY, StreamStats, TrainShardStream, ValShardStream
+from pacofr.data.stream_stats import StreamStats
+from pacofr.data.streams import STATS_KEY, TrainShardStream, ValShardStream
 from pacofr.data.transforms import AugmentConfig, JointTransform, normalize_images
 
 log = logging.getLogger(__name__)
