@@ -1,4 +1,5 @@
-"""Pixel reconstruction loss (DESIGN 5.5) and a PSNR monitor.
+"""Pixel reconstruction loss (norm-pix MSE on the masked and replaced patches, plus an optional extra weight
+on the covered facial component; docs/method.md) and a PSNR monitor.
 
 Computed in float32 whatever the input dtype, with masked sums (no boolean indexing, no
 ``.item()``), so it traces under ``torch.compile`` without graph breaks or host syncs.

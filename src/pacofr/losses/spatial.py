@@ -1,4 +1,4 @@
-"""Spatial-consistency losses (DESIGN 5.6).
+"""Spatial-consistency losses of PaCo-FR (the equations and defaults are in docs/method.md).
 
 Main variant, :func:`spatial_consistency_loss`: a light head (owned by the model) predicts
 every patch's region distribution ``q = softmax(region_logits)``; the target is the patch's

@@ -1,7 +1,7 @@
 """Per-patch region histograms: the share of each region group's pixels in every patch.
 
-DESIGN 5.1: one-hot the parsing map over the 9 region groups of ``pacofr.data.format`` and
-average-pool it per patch. Done here with one ``bincount`` over ``(sample, patch, label)`` ids,
+The histograms are the parsing map one-hot over the 9 region groups of ``pacofr.data.format``,
+average-pooled per patch. Done here with one ``bincount`` over ``(sample, patch, label)`` ids,
 which is the same result as ``one_hot`` + ``avg_pool2d`` without materialising a 9-channel map
 (several times faster on CPU, where the data workers build it per sample). On the CPU the count
 runs in numpy (int32 ids, no int64 temporaries): about half the cost of the same ops in torch on

@@ -1,5 +1,5 @@
-"""Structured facial-region masking (DESIGN 5.2; CRFR-P of FSFM: Cover a Random Facial Region,
-then Proportional masking of the rest).
+"""Structured facial-region masking of PaCo-FR and the FSFM-style baseline (docs/method.md): FSFM's CRFR-P,
+Cover a Random Facial Region, then Proportional masking of the rest.
 
 Per sample:
 
