@@ -144,7 +144,7 @@ class PacofrCLI(LightningCLI):
         plugins = config.trainer.plugins
         if plugins is None:
             # atomic checkpoint files (temp + rename), unless the config chose its own IO
-            plugins = config.trainer.plugins = [{"class_path": "pacofr.callbacks.checkpoint.AtomicCheckpointIO"}]
+            plugins = config.trainer.plugins = [{"class_path": "pacofr.checkpointing.atomic_io.AtomicCheckpointIO"}]
         has_environment = isinstance(plugins, list) and any("Environment" in str(p) for p in plugins)
         if SLURMEnvironment.detect() and isinstance(plugins, list) and not has_environment:
             # our PreemptionHandler requeues; Lightning's own SLURM requeue would save in the signal handler
