@@ -5,14 +5,15 @@
 
 Rows (each: images/s, step time, achieved TFLOP/s, MFU against ``--peak``, peak memory and memory per image):
 
-* ``mae``    : ``use_codebook=False``, ``spatial_weight=0``, ``covered_weight=0`` (same encoder/decoder);
-* ``pacofr`` : the configured method (codebook, replaced patches, spatial head, covered weight);
+* ``mae``    : the ``MAE`` objective with the same encoder and decoder;
+* ``pacofr`` : the configured objective (``PaCoFR``: codebook, replaced patches, spatial head, covered weight);
 
-each eager and ``torch.compile``d (the library's compile, ``PaCoFRPretrain.compile_step``: the model forward
+each eager and ``torch.compile``d (the library's compile, ``PretrainObjective.compile_losses``: the model forward
 and every loss as one graph; ``--compile-model-only`` adds rows with the model forward compiled alone and the
-losses eager, the library's compile before issue 7), through a bare loop
-(``compute_losses`` -> backward -> grad clipping as configured -> fused AdamW -> lr schedule -> codebook
-bookkeeping), plus the compiled PaCo-FR step through ``Trainer.fit`` (in-memory pre-made batches, logger,
+losses eager, the library's compile before issue 7), through a bare loop built from the library's own pieces
+(the objective's step -> the non-finite guard -> backward -> grad clipping as configured -> the module's fused
+AdamW groups -> its lr schedules -> the objective's ``after_step``), plus the compiled PaCo-FR step through
+``PretrainModule`` and ``Trainer.fit`` (in-memory pre-made batches, logger,
 callbacks, progress bar and logging cadence as configured) for Lightning's loop overhead. Input is
 synthetic: random images, random masks with exactly the model's masked count, random region histograms.
 Incubation is off (it measures the main step). bf16 autocast on CUDA, fp32 on CPU.
@@ -31,6 +32,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import gc
+import importlib
 import statistics
 import sys
 import tempfile
@@ -60,10 +62,11 @@ from bench.common import (  # noqa: E402
     reset_peak_rss,
     rss_bytes,
 )
-from pacofr.modules.nonfinite import NonFiniteGuard  # noqa: E402
-from pacofr.modules.pretrain import PaCoFRPretrain  # noqa: E402
-from pacofr.modules.synthetic_batches import PremadeBatches, synthetic_batches  # noqa: E402
-from pacofr.optim import build_adamw, scaled_lr, warmup_cosine  # noqa: E402
+from pacofr.objectives import MAE  # noqa: E402
+from pacofr.optim import build_adamw, pretrain_schedules, scaled_lr  # noqa: E402
+from pacofr.training.module import PretrainModule  # noqa: E402
+from pacofr.training.nonfinite import NonFiniteGuard  # noqa: E402
+from pacofr.training.synthetic_batches import PremadeBatches, synthetic_batches  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = {"tiny": REPO / "configs/pretrain/demo_tiny.yaml", "other": REPO / "configs/pretrain/pacofr_vit_b16.yaml"}
@@ -76,50 +79,60 @@ def load_config(path: Path) -> dict[str, Any]:
         return yaml.safe_load(fh)
 
 
-def model_kwargs(config: dict[str, Any], args: argparse.Namespace, method: str) -> dict[str, Any]:
-    """The config's model section for ``method`` (pacofr = as configured, mae = its plain-MAE twin)."""
-    kwargs = dict(config["model"])
+def build_module(config: dict[str, Any], args: argparse.Namespace, method: str) -> PretrainModule:
+    """The config's module for ``method`` (pacofr = its objective as configured, mae = the MAE objective with the
+    same encoder and decoder), at ``args``' size and geometry, incubation off, compile off (rows compile)."""
+    spec = config["model"]["objective"]
+    kwargs = dict(spec.get("init_args") or {})
     if args.size != kwargs.get("encoder_size"):
         # another size than the config's: its decoder defaults too, unless given explicitly
         kwargs.update(encoder_size=args.size, decoder_depth=None, decoder_dim=None)
-    kwargs["img_size"] = args.img_size
+    masker = config["data"]["masker"]["init_args"]
+    kwargs.update(img_size=args.img_size, patch_size=masker["patch_size"], mask_ratio=masker["mask_ratio"])
     for name in ("decoder_depth", "decoder_dim"):
         if getattr(args, name) is not None:
             kwargs[name] = getattr(args, name)
-    kwargs.update(incubation_steps=0, compile=False, grad_checkpointing=args.grad_checkpointing)
+    kwargs["grad_checkpointing"] = args.grad_checkpointing
     if method == "mae":
-        kwargs.update(use_codebook=False, spatial_weight=0.0, covered_weight=0.0)
-    return kwargs
+        core = ("encoder_size", "img_size", "patch_size", "mask_ratio", "decoder_depth", "decoder_dim")
+        objective = MAE(**{k: kwargs[k] for k in core if k in kwargs}, grad_checkpointing=args.grad_checkpointing)
+    else:
+        module_name, _, cls_name = spec["class_path"].rpartition(".")
+        objective = getattr(importlib.import_module(module_name), cls_name)(**kwargs)
+        objective.incubation_steps = 0  # the main step is what is measured
+    settings = {k: v for k, v in config["model"].items() if k != "objective"}
+    return PretrainModule(objective, **{**settings, "compile": False})
 
 
 # --- synthetic input ----------------------------------------------------------------------------------
 # --- the bare loop --------------------------------------------------------------------------------------
-def bare_optimizer(module: PaCoFRPretrain, batch: int, total_steps: int) -> tuple[torch.optim.Optimizer, LambdaLR]:
-    """The module's AdamW groups and warmup-cosine schedule, without a Trainer (fused, as the module's)."""
+def bare_optimizer(module: PretrainModule, batch: int, total_steps: int) -> tuple[torch.optim.Optimizer, LambdaLR]:
+    """The module's AdamW groups and schedules (``named_param_groups``, ``pretrain_schedules``), without a Trainer
+    (fused, as the module's)."""
     hp = module.hparams
     groups = module.named_param_groups()
     for g in groups:
         del g["names"]
     optimizer = build_adamw(groups, lr=scaled_lr(hp.base_lr, batch), betas=tuple(hp.betas), fused=True)
-    schedule = LambdaLR(optimizer, lambda step: warmup_cosine(step, hp.warmup_steps, total_steps, hp.min_lr_ratio))
-    return optimizer, schedule
+    lambdas = pretrain_schedules([g["schedule"] for g in groups], hp.warmup_steps, total_steps, hp.min_lr_ratio)
+    return optimizer, LambdaLR(optimizer, lambdas)
 
 
-def bare_step_fn(module: PaCoFRPretrain, batches: list[dict], autocast: Callable, clip: float | None, steps: int):
-    """One training step as a closure, through ``module.compute_losses`` (compiled when the module is).
-
-    The non-finite guard runs as in ``training_step``, on the device: the all-ranks flag goes to the fused
-    AdamW as ``found_inf`` and gates the codebook bookkeeping (no host sync)."""
+def bare_step_fn(module: PretrainModule, batches: list[dict], autocast: Callable, clip: float | None, steps: int):
+    """One training step as a closure: the objective's step (compiled when it is), the non-finite guard on the
+    device (the all-ranks flag goes to the fused AdamW as ``found_inf``), backward, clipping, the optimiser and
+    schedule, and the objective's ``after_step`` gated by the same flag (no host sync)."""
     optimizer, schedule = bare_optimizer(module, batches[0]["image"].shape[0], steps)
     params = [p for p in module.parameters() if p.requires_grad]
     guard = NonFiniteGuard(module.hparams.max_nonfinite_steps)
+    objective = module.objective
     counter = {"i": 0}
 
     def step() -> None:
         batch = batches[counter["i"] % len(batches)]
         counter["i"] += 1
         with autocast():
-            total, _, out = module.compute_losses(batch)
+            total, _, out = objective(batch, counter["i"])
         finite = guard.observe(total, counter["i"])
         total.backward()
         if clip:
@@ -128,8 +141,7 @@ def bare_step_fn(module: PaCoFRPretrain, batches: list[dict], autocast: Callable
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         schedule.step()
-        if "target_code" in out:
-            module.model.codebook.update_state(out["target"], out["target_code"], apply=finite)
+        objective.after_step(objective.state_for_after_step(out), counter["i"], apply=finite)
 
     return step, optimizer
 
@@ -286,7 +298,6 @@ NEEDS_DATASET = {"OnlineProbe"}
 
 def build_callbacks(config: dict[str, Any]) -> tuple[list[L.Callback], list[str]]:
     """The config's trainer callbacks (from class_path / init_args) but those in NEEDS_DATASET; and their names."""
-    import importlib
 
     callbacks, names = [], []
     for spec in config.get("trainer", {}).get("callbacks") or []:
@@ -300,7 +311,7 @@ def build_callbacks(config: dict[str, Any]) -> tuple[list[L.Callback], list[str]
 
 
 def lightning_run(
-    module: PaCoFRPretrain,
+    module: PretrainModule,
     batches: list[dict],
     config: dict,
     args: argparse.Namespace,
@@ -382,7 +393,7 @@ class SyncProbe(L.Callback):
 
 # --- largest batch (CUDA) ----------------------------------------------------------------------------------
 def find_max_batch(
-    make_module: Callable[[], PaCoFRPretrain], start: int, limit: int, device: torch.device, autocast, clip
+    make_module: Callable[[], PretrainModule], start: int, limit: int, device: torch.device, autocast, clip
 ) -> dict:
     """Doubling then bisection over the batch size; a batch fits when two eager steps run without OOM."""
     module = make_module().to(device).train()
@@ -390,7 +401,7 @@ def find_max_batch(
     def fits(batch: int) -> bool:
         batches = None
         try:
-            batches = synthetic_batches(module, batch, 1, seed=batch, device=device)
+            batches = synthetic_batches(module.objective, batch, 1, seed=batch, device=device)
             step, optimizer = bare_step_fn(module, batches, autocast, clip, 10)
             step()
             step()
@@ -488,9 +499,9 @@ def main(argv: list[str] | None = None) -> None:
             return torch.autocast(device.type, dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
-    def make_module(method: str) -> PaCoFRPretrain:
+    def make_module(method: str) -> PretrainModule:
         torch.manual_seed(args.seed)
-        return PaCoFRPretrain(**model_kwargs(config, args, method))
+        return build_module(config, args, method)
 
     rows: list[Measurement] = []
     interleaved: list[tuple] = []  # (row, step, optimizer, module, batches) of rows timed together
@@ -503,7 +514,7 @@ def main(argv: list[str] | None = None) -> None:
         for method in ("mae", "pacofr"):
             module = make_module(method).to(device).train()
             flops[method] = module.flops_per_image()
-            batches = synthetic_batches(module, args.batch, 2, seed=args.seed, device=device)
+            batches = synthetic_batches(module.objective, args.batch, 2, seed=args.seed, device=device)
             if mode != "eager":
                 if not args.interleave:
                     torch._dynamo.reset()  # fresh caches: this row compiles its own graphs
@@ -513,7 +524,7 @@ def main(argv: list[str] | None = None) -> None:
                 if mode == "compiled":
                     module.configure_model()  # the library's compile (compile: true): forward + losses, one graph
                 else:
-                    module.compile_step(losses=False)  # the forward alone, the losses eager around it
+                    module.objective.compile_forward_only(args.compile_backend)  # the losses eager around it
             base_mem = memory_reset(device)
             step, optimizer = bare_step_fn(module, batches, autocast, clip, args.warmup + args.steps)
             warmup = args.warmup + (args.compile_warmup if mode != "eager" else 0)

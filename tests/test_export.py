@@ -51,7 +51,7 @@ def test_strict_load_detects_a_wrong_file(tmp_path):
     )
     with pytest.raises(CheckpointError, match="missing"):
         load_backbone(ckpt)
-    with pytest.raises(CheckpointError, match="model.encoder"):
+    with pytest.raises(CheckpointError, match="objective.encoder"):
         torch.save({"state_dict": {"x": torch.zeros(1)}, "hyper_parameters": {}}, ckpt)
         load_backbone(ckpt)
 

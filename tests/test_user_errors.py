@@ -73,11 +73,11 @@ def test_bad_resume_checkpoint(tmp_path, faces, capsys, kind):
 
 def test_misspelt_option_suggests_the_nearest(tmp_path, faces, capsys):
     with pytest.raises(SystemExit) as exit_info:  # the parser's own exit, before anything is built
-        main(fit_args(faces, tmp_path / "run", "--model.mask_ration", "0.5"))
+        main(fit_args(faces, tmp_path / "run", "--model.base_lrr", "0.1"))
     assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and err.startswith("pacofr fit: error: unrecognized arguments"), err
-    assert "did you mean --model.mask_ratio?" in err
+    assert "did you mean --model.base_lr?" in err
 
 
 def test_export_of_a_garbage_file(tmp_path, capsys):

@@ -19,7 +19,8 @@ from pacofr.data.datamodule import PretrainDataModule
 from pacofr.data.format import Manifest, SplitInfo, sample_key, write_manifest
 from pacofr.eval.probes import KNNProbe, RidgeProbe
 from pacofr.masking import RandomMasker
-from pacofr.modules.pretrain import PaCoFRPretrain
+from pacofr.objectives import MAE
+from pacofr.training.module import PretrainModule
 
 # --- RidgeProbe -----------------------------------------------------------------------------------
 
@@ -127,10 +128,9 @@ def write_probe_faces(root: Path, n: int = 24, size: int = 48) -> Path:
 def test_callback_logs_finite_probe_scores_during_fit(tmp_path, make_shards):
     faces = make_shards(tmp_path / "faces", {"train": [16, 16]}, size=64)
     probe_root = write_probe_faces(tmp_path / "probe")
-    module = PaCoFRPretrain(
-        encoder_size="tiny", img_size=64, decoder_depth=1, decoder_dim=32, use_codebook=False, warmup_steps=1,
-        base_lr=1e-2,
-    )  # fmt: skip
+    module = PretrainModule(
+        MAE(encoder_size="tiny", img_size=64, decoder_depth=1, decoder_dim=32), warmup_steps=1, base_lr=1e-2
+    )
     data = PretrainDataModule(
         root=str(faces), batch_size=8, num_workers=0, image_size=64, val_split=None, shuffle_buffer=8,
         masker=RandomMasker(patch_size=16, mask_ratio=0.75),
@@ -158,7 +158,7 @@ def test_callback_logs_finite_probe_scores_during_fit(tmp_path, make_shards):
 def test_callback_needs_pose_in_the_json(tmp_path, make_shards):
     faces = make_shards(tmp_path / "faces", {"val": [12]}, size=32)  # the pretraining shards carry no pose
     probe = OnlineProbe(root=str(faces), num_samples=12)
-    module = PaCoFRPretrain(encoder_size="tiny", img_size=32, decoder_depth=1, decoder_dim=32, use_codebook=False)
+    module = PretrainModule(MAE(encoder_size="tiny", img_size=32, decoder_depth=1, decoder_dim=32))
     trainer = L.Trainer(accelerator="cpu", logger=False)
     with pytest.raises(ValueError, match="no pose or identity"):
         probe.setup(trainer, module, "fit")

@@ -104,20 +104,23 @@ def test_problem_counters_are_apart_and_validation_has_a_chart():
 
 
 def test_method_names():
-    assert method_name({"use_codebook": True}, "StructuredMasker") == "PaCo-FR"
-    assert method_name({"use_codebook": True}, "RandomMasker") == "PaCo-FR (RandomMasker)"
-    assert method_name({"use_codebook": False}, "StructuredMasker") == "CRFR-P MAE"
-    assert method_name({"use_codebook": False}, "RandomMasker") == "MAE"
+    assert method_name("PaCoFR", "StructuredMasker") == "PaCo-FR"
+    assert method_name("PaCoFR", "RandomMasker") == "PaCo-FR (RandomMasker)"
+    assert method_name("FSFM", "StructuredMasker") == "CRFR-P MAE"
+    assert method_name("MAE", "RandomMasker") == "MAE"
+    assert method_name("MAE", "StructuredMasker") == "MAE (StructuredMasker)"
 
 
 def test_hparams_say_method_masker_batch_steps_world():
     data = SimpleNamespace(masker=StructuredMasker(16, 0.75), batch_size=32)
     trainer = SimpleNamespace(datamodule=data, world_size=4, max_steps=1000, accumulate_grad_batches=2)
-    row = run_hparams(trainer, {"use_codebook": False, "_instantiator": "x", "base_lr": 1e-3})
-    assert row["method"] == "CRFR-P MAE" and row["masker"] == "StructuredMasker"
+    objective = {"class_path": "pacofr.objectives.FSFM", "init_args": {"covered_weight": 0.007}}
+    row = run_hparams(trainer, {"objective": objective, "_instantiator": "x", "base_lr": 1e-3})
+    assert row["method"] == "CRFR-P MAE" and row["masker"] == "StructuredMasker" and row["objective"] == "FSFM"
     assert (row["global_batch"], row["max_steps"], row["world_size"]) == (256, 1000, 4)
-    assert "_instantiator" not in row and row["base_lr"] == 1e-3
-    mae = run_hparams(SimpleNamespace(**{**vars(trainer), "datamodule": SimpleNamespace(masker=RandomMasker())}), {})
+    assert "_instantiator" not in row and row["base_lr"] == 1e-3 and row["covered_weight"] == 0.007
+    mae_trainer = SimpleNamespace(**{**vars(trainer), "datamodule": SimpleNamespace(masker=RandomMasker())})
+    mae = run_hparams(mae_trainer, {"objective": {"class_path": "pacofr.objectives.MAE"}})
     assert mae["method"] == "MAE" and mae["global_batch"] == -1
 
 

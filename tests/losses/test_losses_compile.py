@@ -1,55 +1,52 @@
 """The whole loss computation of a training step after incubation (model forward + every loss of the configured
-method: ``PaCoFRPretrain._main_losses``, what ``compile: true`` compiles) traces as one graph:
+objective: ``PretrainObjective.losses``, what ``compile: true`` compiles) traces as one graph:
 ``torch.compile(fullgraph=True)`` raises on any graph break. ``backend="eager"`` runs dynamo's tracing only (no
-code generation), so this stays quick on CPU. tests/modules/test_pretrain_compile.py trains the compiled module."""
+code generation), so this stays quick on CPU. tests/training/test_compile.py trains the compiled module."""
 
 import pytest
 import torch
 
 from pacofr.losses.codebook import codebook_loss
-from pacofr.modules.pretrain import PaCoFRPretrain
-from pacofr.modules.synthetic_batches import synthetic_batches
+from pacofr.objectives import MAE, PaCoFR, PretrainObjective
+from pacofr.training.synthetic_batches import synthetic_batches
 
-IMG = 32
-
-
-def _module(**overrides) -> PaCoFRPretrain:
-    torch.manual_seed(0)
-    kwargs = dict(
-        encoder_size="tiny",
-        img_size=IMG,
-        patch_size=8,
-        decoder_depth=1,
-        decoder_dim=32,
-        num_codes=16,
-        code_dim=8,
-        codebook_options={"proto_hidden": 16, "belief_hidden": 16},
-        spatial_weight=0.1,
-        covered_weight=0.007,
-    )
-    return PaCoFRPretrain(**{**kwargs, **overrides})
+CORE = dict(encoder_size="tiny", img_size=32, patch_size=8, mask_ratio=0.75, decoder_depth=1, decoder_dim=32)
+PACOFR = dict(
+    num_codes=16,
+    code_dim=8,
+    codebook_options={"proto_hidden": 16, "belief_hidden": 16},
+    spatial_weight=0.1,
+    covered_weight=0.007,
+    incubation_steps=0,
+)
 
 
 @pytest.mark.parametrize(
-    "overrides",
+    "make",
     [
-        pytest.param({}, id="pacofr"),
-        pytest.param({"codebook_update": "ema", "candidate_mix": "hard"}, id="pacofr-ema-hard", marks=pytest.mark.slow),
-        pytest.param({"use_codebook": False, "spatial_weight": 0.0}, id="mae", marks=pytest.mark.slow),
+        pytest.param(lambda: PaCoFR(**CORE, **PACOFR), id="pacofr"),
+        pytest.param(
+            lambda: PaCoFR(**CORE, **{**PACOFR, "codebook_update": "ema", "candidate_mix": "hard"}),
+            id="pacofr-ema-hard",
+            marks=pytest.mark.slow,
+        ),
+        pytest.param(lambda: MAE(**CORE), id="mae", marks=pytest.mark.slow),
     ],
 )
-def test_compute_losses_traces_without_graph_breaks(overrides):
-    module = _module(**overrides).train()
-    batch = synthetic_batches(module, batch=2, count=1)[0]
-    compiled = torch.compile(module._main_losses, fullgraph=True, backend="eager")
+def test_losses_trace_without_graph_breaks(make):
+    torch.manual_seed(0)
+    objective: PretrainObjective = make().train()
+    batch = synthetic_batches(objective, batch=2, count=1)[0]
+    tensors = {k: batch[k] for k in objective.batch_keys + objective.optional_batch_keys}
+    compiled = torch.compile(objective.losses, fullgraph=True, backend="eager")
     torch.manual_seed(1)
-    total, terms, _ = compiled(batch["image"], batch["mask"], batch["covered_patches"], batch["region_hist"])
+    total, terms, _ = compiled(tensors)
     torch.manual_seed(1)
-    ref_total, ref_terms, _ = module.compute_losses(batch)
+    ref_total, ref_terms, _ = objective(batch, step=0)
     torch.testing.assert_close(total, ref_total)
     assert terms.keys() == ref_terms.keys()
     total.backward()  # the compiled graph is differentiable end to end
-    assert module.model.encoder.blocks[0].attn.qkv.weight.grad is not None
+    assert objective.encoder.blocks[0].attn.qkv.weight.grad is not None
 
 
 def test_codebook_loss_traces_without_graph_breaks():

@@ -1,12 +1,17 @@
-"""The composed model: shapes, replaced patches, mask handling, FLOP count, compile-friendliness."""
+"""The objectives' model forward: shapes, replaced patches, mask handling, FLOP count, compile-friendliness."""
 
 import pytest
 import torch
 
-from pacofr.models import PaCoFRModel, visible_indices
+from pacofr.objectives import MAE, PaCoFR
+from pacofr.objectives.base import visible_indices
 
 IMG = 64
-CB = dict(num_codes=64, code_dim=16, proto_hidden=32, belief_hidden=32)
+CB = dict(num_codes=64, code_dim=16, codebook_options={"proto_hidden": 32, "belief_hidden": 32}, spatial_weight=0.0)
+
+
+def paco(img_size: int = IMG, update: str = "grad", **kwargs) -> PaCoFR:
+    return PaCoFR(encoder_size="tiny", img_size=img_size, codebook_update=update, **{**CB, **kwargs})
 
 
 def _mask(b, n, k, seed=0):
@@ -21,13 +26,13 @@ def test_visible_indices_are_the_unmasked_patches_in_order():
 
 @pytest.mark.parametrize("size", ["tiny", "small"])
 def test_mae_config_shapes_and_no_replacement(size):
-    model = PaCoFRModel(size, img_size=IMG, use_codebook=False)
+    model = MAE(encoder_size=size, img_size=IMG)
     mask = _mask(3, 16, model.num_masked)
-    out = model(torch.randn(3, 3, IMG, IMG), mask)
-    assert model.codebook is None and model.num_replaced == 0
+    out = model.forward_model(torch.randn(3, 3, IMG, IMG), mask)
+    assert not hasattr(model, "codebook")
     assert out["pred"].shape == out["target"].shape == (3, 16, 768)
     assert out["decoder_tokens"].shape == (3, 16, model.decoder.decoder_dim)
-    assert not out["replaced"].any()
+    assert "replaced" not in out
     assert torch.equal(out["loss_mask"], mask)
     assert "belief_logits" not in out
 
@@ -35,12 +40,10 @@ def test_mae_config_shapes_and_no_replacement(size):
 @pytest.mark.parametrize("mix", ["soft", "hard", "gumbel"])
 @pytest.mark.parametrize("update", ["grad", "ema"])
 def test_pacofr_config_shapes_and_replaced_patches(mix, update):
-    model = PaCoFRModel(
-        "tiny", img_size=IMG, mask_ratio=0.5, replace_ratio=0.25, mix=mix, codebook={**CB, "update": update}
-    )
+    model = paco(mask_ratio=0.5, replace_ratio=0.25, candidate_mix=mix, update=update)
     assert (model.num_masked, model.num_visible, model.num_replaced) == (8, 8, 2)
     mask = _mask(4, 16, 8)
-    out = model(torch.randn(4, 3, IMG, IMG), mask)
+    out = model.forward_model(torch.randn(4, 3, IMG, IMG), mask)
     assert out["pred"].shape == (4, 16, 768) and out["keep_idx"].shape == (4, 8)
     assert out["belief_logits"].shape == (4, 16, 64) and out["target_code"].shape == (4, 16)
     assert out["candidate_weights"].shape == out["candidate_codes"].shape == (4, 2, 4)
@@ -54,33 +57,33 @@ def test_pacofr_config_shapes_and_replaced_patches(mix, update):
     assert model.encoder.blocks[0].attn.qkv.weight.grad.abs().sum() > 0
     assert model.codebook.token_proj.weight.grad.abs().sum() > 0
     assert model.codebook.belief.fc1.weight.grad.abs().sum() > 0
-    model.update_codebook_state(out)
+    model.after_step(model.state_for_after_step(out), step=0)
     assert model.codebook.recent_count.item() > 0
 
 
 def test_replaced_tokens_reach_the_encoder():
     torch.manual_seed(0)
-    model = PaCoFRModel("tiny", img_size=IMG, mask_ratio=0.5, replace_ratio=0.25, codebook=CB).eval()
+    model = paco(mask_ratio=0.5, replace_ratio=0.25).eval()
     images, mask = torch.randn(2, 3, IMG, IMG), _mask(2, 16, 8)
     torch.manual_seed(1)
-    out = model(images, mask)
+    out = model.forward_model(images, mask)
     model.replace_ratio, model.num_replaced = 0.0, 0
     torch.manual_seed(1)
-    plain = model(images, mask)
+    plain = model.forward_model(images, mask)
     assert not torch.allclose(out["pred"], plain["pred"])
     assert not plain["replaced"].any()
 
 
 def test_mask_with_wrong_count_is_refused():
-    model = PaCoFRModel("tiny", img_size=IMG, use_codebook=False)
+    model = MAE(encoder_size="tiny", img_size=IMG)
     with pytest.raises(RuntimeError, match="num_masked"):
-        model(torch.randn(2, 3, IMG, IMG), _mask(2, 16, model.num_masked - 1))
+        model.forward_model(torch.randn(2, 3, IMG, IMG), _mask(2, 16, model.num_masked - 1))
     with pytest.raises(ValueError, match="mask must be"):
-        model(torch.randn(2, 3, IMG, IMG), torch.zeros(2, 15, dtype=torch.bool))
+        model.forward_model(torch.randn(2, 3, IMG, IMG), torch.zeros(2, 15, dtype=torch.bool))
 
 
 def _reference_step_flops(img=224, patch=16, dim=768, depth=12, ddim=512, ddepth=8, ratio=0.75):
-    """shared/reference/mae_step.py's step_flops, restated (the package must not import it)."""
+    """MAE's analytic training FLOPs of one image (matmuls only, forward + backward = 3x forward), written out."""
     n = (img // patch) ** 2
     te = int(n * (1 - ratio)) + 1
     td = n + 1
@@ -93,7 +96,7 @@ def _reference_step_flops(img=224, patch=16, dim=768, depth=12, ddim=512, ddepth
 
 def test_flops_per_image_matches_reference_mae_base():
     with torch.device("meta"):
-        model = PaCoFRModel("base", use_codebook=False)
+        model = MAE(encoder_size="base")
     flops = model.flops_per_image()
     assert flops == _reference_step_flops()
     assert flops / 1e9 == pytest.approx(58.7, abs=0.05)
@@ -101,8 +104,8 @@ def test_flops_per_image_matches_reference_mae_base():
 
 def test_flops_per_image_of_codebook_model_adds_codebook_work():
     with torch.device("meta"):
-        mae = PaCoFRModel("base", use_codebook=False)
-        paco = PaCoFRModel("base")
+        mae = MAE(encoder_size="base")
+        paco = PaCoFR(encoder_size="base", spatial_weight=0.0)
     cb = paco.codebook
     n, k, p = 196, 1024, 768
     extra = (
@@ -118,35 +121,35 @@ def test_flops_per_image_of_codebook_model_adds_codebook_work():
 
 
 def test_no_weight_decay_and_incubation_names():
-    model = PaCoFRModel("tiny", img_size=IMG, codebook=CB)
+    model = paco()
     names = dict(model.named_parameters())
     assert all(n in names for n in model.no_weight_decay())
     assert {"encoder.pos_embed", "decoder.mask_token", "codebook.codes"} <= model.no_weight_decay()
-    inc = model.incubation_parameter_names()
+    inc = model.codebook_parameter_names()
     assert inc and all(n.startswith(("codebook.codes", "codebook.proto_head.", "codebook.belief.")) for n in inc)
 
 
 @pytest.mark.slow
 def test_forward_backward_compiles_without_graph_breaks():
     torch.manual_seed(0)
-    model = PaCoFRModel("tiny", img_size=32, decoder_depth=1, codebook=CB, mask_ratio=0.5, replace_ratio=0.5)
+    model = paco(img_size=32, decoder_depth=1, mask_ratio=0.5, replace_ratio=0.5)
     model.encoder.blocks = model.encoder.blocks[:1]
     # aot_eager traces forward and backward exactly like inductor (graph breaks included) without the C++ build
-    compiled = torch.compile(model, fullgraph=True, dynamic=False, backend="aot_eager")
+    compiled = torch.compile(model.forward_model, fullgraph=True, dynamic=False, backend="aot_eager")
     images, mask = torch.randn(2, 3, 32, 32), _mask(2, 4, 2)
     out = compiled(images, mask)
     loss = ((out["pred"] - out["target"]).square().mean(-1) * out["loss_mask"]).sum() + out["belief_logits"].mean()
     loss.backward()
     assert model.encoder.blocks[0].attn.qkv.weight.grad is not None
-    model.update_codebook_state(out)
+    model.after_step(model.state_for_after_step(out), step=0)
 
 
 @pytest.mark.parametrize("update", ["grad", "ema"])
 def test_bf16_autocast_forward_backward(update):
     torch.manual_seed(0)
-    model = PaCoFRModel("tiny", img_size=32, mask_ratio=0.5, replace_ratio=0.5, codebook={**CB, "update": update})
+    model = paco(img_size=32, mask_ratio=0.5, replace_ratio=0.5, update=update)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        out = model(torch.randn(2, 3, 32, 32), _mask(2, 4, 2))
+        out = model.forward_model(torch.randn(2, 3, 32, 32), _mask(2, 4, 2))
     assert out["target"].dtype == torch.float32  # targets stay exact
     assert out["pred"].dtype == torch.bfloat16
     loss = ((out["pred"].float() - out["target"]).square().mean(-1) * out["loss_mask"]).sum()

@@ -14,25 +14,26 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from tiny_training import PoisonedPaCoFR
+from tiny_training import tiny_module as build_tiny_module
 
-from pacofr.modules.host_reader import LaggedHostReader
-from pacofr.modules.nonfinite import (
+from pacofr.training.host_copies import LaggedHostReader
+from pacofr.training.module import PretrainModule
+from pacofr.training.nonfinite import (
     NonFiniteGuard,
     NonFiniteLossError,
     skips_on_device,
 )
-from pacofr.modules.pretrain import PaCoFRPretrain
-from pacofr.modules.synthetic_batches import PremadeBatches, synthetic_batches
+from pacofr.training.synthetic_batches import PremadeBatches, synthetic_batches
 
 IMG = 32  # 4 x 4 patches of 8 px
 
 
-def tiny_module(cls=PaCoFRPretrain, **overrides) -> PaCoFRPretrain:
+def tiny_module(module_cls=PretrainModule, **overrides) -> PretrainModule:
+    """A PaCo-FR (spatial loss on, re-seeding every step) whose loss is NaN at ``module.objective.poison``."""
     kwargs = dict(
-        encoder_size="tiny",
         img_size=IMG,
         patch_size=8,
-        decoder_depth=1,
         decoder_dim=32,
         num_codes=16,
         code_dim=8,
@@ -44,23 +45,10 @@ def tiny_module(cls=PaCoFRPretrain, **overrides) -> PaCoFRPretrain:
     )
     kwargs.update(overrides)
     torch.manual_seed(0)
-    return cls(**kwargs)
+    return build_tiny_module(PoisonedPaCoFR, module_cls=module_cls, **kwargs)
 
 
-class Poisoned(PaCoFRPretrain):
-    """The loss is NaN at the listed global steps (``poison``), or from ``poison_from`` on."""
-
-    poison: frozenset[int] = frozenset()
-    poison_from: int | None = None
-
-    def compute_losses(self, batch):
-        total, terms, out = super().compute_losses(batch)
-        if self.global_step in self.poison or (self.poison_from is not None and self.global_step >= self.poison_from):
-            total = total * float("nan")
-        return total, terms, out
-
-
-def fit(module: PaCoFRPretrain, steps: int, callbacks=(), **kwargs) -> L.Trainer:
+def fit(module: PretrainModule, steps: int, callbacks=(), **kwargs) -> L.Trainer:
     trainer = L.Trainer(
         accelerator="cpu",
         devices=1,
@@ -74,7 +62,9 @@ def fit(module: PaCoFRPretrain, steps: int, callbacks=(), **kwargs) -> L.Trainer
         callbacks=list(callbacks),
         **kwargs,
     )
-    trainer.fit(module, datamodule=PremadeBatches(synthetic_batches(module, batch=4, count=3, seed=1), steps + 2))
+    trainer.fit(
+        module, datamodule=PremadeBatches(synthetic_batches(module.objective, batch=4, count=3, seed=1), steps + 2)
+    )
     return trainer
 
 
@@ -187,8 +177,8 @@ def test_fused_adamw_skips_bitwise_on_found_inf_and_others_refuse_it():
     ids=["grad-codebook", "ema-codebook-affinity-teacher"],
 )
 def test_nonfinite_step_changes_nothing_and_the_run_goes_on(overrides):
-    module = tiny_module(Poisoned, **overrides)
-    module.poison = frozenset({2})
+    module = tiny_module(**overrides)
+    module.objective.poison = frozenset({2})
     at_nan, after = StepSnapshot(2), StepSnapshot(3)
     trainer = fit(module, 5, [at_nan, after], gradient_clip_val=1.0)
     assert skips_on_device(trainer.optimizers[0]), "the module's AdamW is fused on CPU too"
@@ -200,9 +190,13 @@ def test_nonfinite_step_changes_nothing_and_the_run_goes_on(overrides):
     assert any(k[1] == "exp_avg" for k in opt_before) and any(k[1] == "step" for k in opt_before)
     # the next, finite step trains again
     (mod_before, opt_before), (mod_after, opt_after) = after.before, after.after
-    moved = ["model.encoder.blocks.0.attn.qkv.weight", "model.codebook.codes", "model.codebook.recent_count"]
+    moved = [
+        "objective.encoder.blocks.0.attn.qkv.weight",
+        "objective.codebook.codes",
+        "objective.codebook.recent_count",
+    ]
     if "codebook_update" in overrides:
-        moved += ["model.codebook.ema_sum", "teacher.blocks.0.attn.qkv.weight"]
+        moved += ["objective.codebook.ema_sum", "objective.teacher.blocks.0.attn.qkv.weight"]
     assert_moved(mod_before, mod_after, moved)
     assert all(opt_after[k].item() == opt_before[k].item() + 1 for k in opt_before if k[1] == "step")
     assert (module.nonfinite.in_row, module.nonfinite.total) == (0, 1)
@@ -213,8 +207,8 @@ def test_nonfinite_step_changes_nothing_and_the_run_goes_on(overrides):
 
 
 def test_k_nonfinite_steps_in_a_row_stop_the_run_with_nothing_changed():
-    module = tiny_module(Poisoned)
-    module.poison_from = 1
+    module = tiny_module()
+    module.objective.poison_from = 1
     snapshot = StepSnapshot(1)
     with pytest.raises(NonFiniteLossError, match=r"3 steps in a row \(last at step 3\).*max_nonfinite_steps"):
         fit(module, 10, [snapshot])
@@ -223,15 +217,9 @@ def test_k_nonfinite_steps_in_a_row_stop_the_run_with_nothing_changed():
     assert (module.nonfinite.in_row, module.nonfinite.total) == (3, 3)
 
 
-class NoHostReads(PaCoFRPretrain):
+class NoHostReads(PretrainModule):
     """Every optimiser step (training_step, backward, clipping, AdamW, codebook bookkeeping) runs with the
     tensor -> Python conversions that block on an accelerator turned into errors."""
-
-    poison: frozenset[int] = frozenset()
-
-    def compute_losses(self, batch):
-        total, terms, out = super().compute_losses(batch)
-        return (total * float("nan") if self.global_step in self.poison else total), terms, out
 
     def optimizer_step(self, *args, **kwargs):
         def refuse(self, *a, **k):
@@ -245,7 +233,7 @@ class NoHostReads(PaCoFRPretrain):
 
 def test_the_training_step_reads_no_device_value_on_the_host():
     module = tiny_module(NoHostReads)
-    module.poison = frozenset({1})
+    module.objective.poison = frozenset({1})
     # log_every_n_steps=1: the logging path (grad norm, lr, monitors) runs on every step too
     trainer = fit(module, 3, gradient_clip_val=1.0, log_every_n_steps=1)
     assert trainer.global_step == 3
@@ -255,12 +243,12 @@ def test_the_training_step_reads_no_device_value_on_the_host():
 
 
 def test_non_fused_optimiser_falls_back_to_the_host_decision():
-    class Foreach(Poisoned):
+    class Foreach(PretrainModule):
         def configure_optimizers(self):
             return torch.optim.AdamW(self.parameters(), lr=1e-2, foreach=True)
 
     module = tiny_module(Foreach)
-    module.poison = frozenset({1})
+    module.objective.poison = frozenset({1})
     snapshot = StepSnapshot(1)
     trainer = fit(module, 3, [snapshot])
     assert not skips_on_device(trainer.optimizers[0])

@@ -1,5 +1,5 @@
-"""PaCoFRPretrain: the three methods train, incubation isolates the codebook, non-finite steps are
-skipped together, a short run learns, and the encoder of a checkpoint is a timm ViT."""
+"""PretrainModule with each objective: the three methods train, incubation isolates the codebook, non-finite
+steps are skipped together, a short run learns, and the encoder of a checkpoint is a timm ViT."""
 
 from __future__ import annotations
 
@@ -10,38 +10,17 @@ import lightning as L
 import pytest
 import timm
 import torch
+from tiny_training import tiny_module
 
 from pacofr.data.datamodule import PretrainDataModule
 from pacofr.eval.backbone import load_backbone
 from pacofr.masking import RandomMasker, StructuredMasker
-from pacofr.modules.nonfinite import NonFiniteLossError
-from pacofr.modules.pretrain import PaCoFRPretrain
-from pacofr.optim import param_groups
+from pacofr.training.nonfinite import NonFiniteLossError
 
 IMG = 64  # 4 x 4 patches of 16 px: tiny but enough for structured masking
 
-METHODS = {
-    "mae": ({"use_codebook": False}, RandomMasker),
-    "fsfm": ({"use_codebook": False, "covered_weight": 0.007}, StructuredMasker),
-    "pacofr": ({"use_codebook": True, "spatial_weight": 0.1, "incubation_steps": 1}, StructuredMasker),
-}
-
-
-def tiny_module(**overrides) -> PaCoFRPretrain:
-    kwargs = dict(
-        encoder_size="tiny",
-        img_size=IMG,
-        patch_size=16,
-        decoder_depth=1,
-        decoder_dim=64,
-        num_codes=64,
-        code_dim=32,
-        codebook_options={"proto_hidden": 64, "belief_hidden": 64, "dead_after": 5, "reseed_every": 5},
-        warmup_steps=2,
-        base_lr=1e-3,
-    )
-    kwargs.update(overrides)
-    return PaCoFRPretrain(**kwargs)
+METHODS = {"mae": RandomMasker, "fsfm": StructuredMasker, "pacofr": StructuredMasker}
+PACOFR = {"spatial_weight": 0.1, "incubation_steps": 1}
 
 
 def datamodule(root: Path, masker_cls=StructuredMasker, batch_size: int = 8) -> PretrainDataModule:
@@ -78,8 +57,8 @@ def faces(tmp_path, make_shards) -> Path:
 
 @pytest.mark.parametrize("method", sorted(METHODS))
 def test_fast_dev_run_each_method(method, faces, tmp_path):
-    overrides, masker = METHODS[method]
-    module = tiny_module(**overrides)
+    masker = METHODS[method]
+    module = tiny_module(method, **(PACOFR if method == "pacofr" else {}))
     tr = trainer(tmp_path, fast_dev_run=2)
     tr.fit(module, datamodule=datamodule(faces, masker))
     logged = tr.callback_metrics
@@ -101,22 +80,22 @@ class GradRecorder(L.Callback):
             grads = [p.grad for p in params if p.grad is not None]
             return float(torch.nn.utils.get_total_norm(grads)) if grads else 0.0
 
-        self.encoder.append(norm(pl_module.model.encoder.parameters()))
-        self.codebook.append(norm(pl_module.model.incubation_parameters()))
+        self.encoder.append(norm(pl_module.objective.encoder.parameters()))
+        self.codebook.append(norm(pl_module.objective.codebook.incubation_parameters()))
 
 
 def test_incubation_trains_only_the_codebook(faces, tmp_path):
     module = tiny_module(incubation_steps=3, spatial_weight=0.1)
-    before = {k: v.clone() for k, v in module.model.encoder.state_dict().items()}
-    codes_before = module.model.codebook.codes.detach().clone()
+    before = {k: v.clone() for k, v in module.objective.encoder.state_dict().items()}
+    codes_before = module.objective.codebook.codes.detach().clone()
     recorder = GradRecorder()
     tr = trainer(tmp_path, max_steps=3, callbacks=[recorder], limit_val_batches=0)
     tr.fit(module, datamodule=datamodule(faces))
     assert recorder.encoder == [0.0, 0.0, 0.0], "no gradient may reach the encoder during incubation"
     assert all(g > 0 for g in recorder.codebook)
-    for k, v in module.model.encoder.state_dict().items():
+    for k, v in module.objective.encoder.state_dict().items():
         assert torch.equal(v, before[k]), f"encoder weight {k} moved during incubation"
-    assert not torch.equal(module.model.codebook.codes.detach(), codes_before)
+    assert not torch.equal(module.objective.codebook.codes.detach(), codes_before)
 
     # a fresh trainer counts from step 0 again: 3 incubation steps, then 3 where everything learns
     recorder2 = GradRecorder()
@@ -127,33 +106,32 @@ def test_incubation_trains_only_the_codebook(faces, tmp_path):
 
 
 def test_nonfinite_loss_skips_then_stops(faces, tmp_path):
-    class PoisonedModule(PaCoFRPretrain):
-        def compute_losses(self, batch):
-            total, terms, out = super().compute_losses(batch)
-            return total * float("nan"), terms, out
-
-    module = PoisonedModule(**{**tiny_module().hparams, "max_nonfinite_steps": 3})
+    module = tiny_module("poisoned", max_nonfinite_steps=3)
+    module.objective.poison_from = 0
     before = {k: v.clone() for k, v in module.state_dict().items()}
     tr = trainer(tmp_path, max_steps=10, limit_val_batches=0)
     with pytest.raises(NonFiniteLossError, match="3 steps in a row"):
         tr.fit(module, datamodule=datamodule(faces))
     for k, v in module.state_dict().items():
-        if v.is_floating_point() and not k.startswith("model.codebook."):
+        if v.is_floating_point() and not k.startswith("objective.codebook."):
             assert torch.equal(v, before[k]), f"{k} changed although every step was skipped"
 
 
-def test_param_groups_spare_norms_biases_positions_and_codebook():
+def test_param_groups_spare_norms_biases_positions_and_codes():
     module = tiny_module()
-    named = list(module.named_parameters())
-    groups = param_groups(named, 0.05, {"model." + n for n in module.model.no_weight_decay()})
-    no_decay = {id(p) for p in groups[1]["params"]}
-    names = {n for n, p in named if id(p) in no_decay}
-    assert "model.encoder.cls_token" in names
-    assert not module.model.encoder.pos_embed.requires_grad, "fixed 2D sin-cos positions are not trained"
-    assert "model.codebook.codes" in names
-    assert any(n.endswith("norm1.weight") for n in names) and any(n.endswith(".bias") for n in names)
-    decayed = {n for n, p in named if id(p) not in no_decay}
+    groups = module.named_param_groups()
+    assert [g["group"] for g in groups] == ["codebook/decay", "codebook/no_decay", "main/decay", "main/no_decay"]
+    no_decay = {n for g in groups if g["weight_decay"] == 0 for n in g["names"]}
+    assert "objective.encoder.cls_token" in no_decay
+    assert not module.objective.encoder.pos_embed.requires_grad, "fixed 2D sin-cos positions are not trained"
+    assert "objective.codebook.codes" in no_decay
+    assert any(n.endswith("norm1.weight") for n in no_decay) and any(n.endswith(".bias") for n in no_decay)
+    decayed = {n for g in groups if g["weight_decay"] > 0 for n in g["names"]}
     assert any(n.endswith("attn.qkv.weight") for n in decayed)
+    named = {n for n, p in module.named_parameters() if p.requires_grad}
+    assert decayed | no_decay == named and not decayed & no_decay, "every trained parameter in exactly one group"
+    codebook = {n for g in groups if g["schedule"] == "codebook" for n in g["names"]}
+    assert codebook and all(n.startswith("objective.codebook.") for n in codebook)
 
 
 @pytest.mark.slow
@@ -176,7 +154,7 @@ def test_short_run_learns_and_uses_the_codebook(tmp_path, make_shards):
     first, last = sum(learned[:10]) / 10, sum(learned[-10:]) / 10
     assert all(math.isfinite(v) for v in history)
     assert last < 0.9 * first, f"reconstruction loss did not fall: {first:.4f} -> {last:.4f}"
-    usage = float(module.model.codebook.usage_fraction())
+    usage = float(module.objective.codebook.usage_fraction())
     assert usage > 0.25, f"only {usage:.0%} of the codes are in use"
 
 
@@ -194,4 +172,4 @@ def test_checkpoint_encoder_loads_strictly_into_timm(faces, tmp_path):
     module.eval()
     vit.eval()
     with torch.no_grad():
-        assert torch.allclose(vit.forward_features(x), module.model.encoder.forward_features(x), atol=1e-5)
+        assert torch.allclose(vit.forward_features(x), module.objective.encoder.forward_features(x), atol=1e-5)

@@ -1,5 +1,5 @@
-"""``compile: true``: the model forward and every loss of a step run as one compiled graph, train like eager,
-and do not recompile as the trainer's step advances (the compiled part never reads ``global_step``).
+"""``compile: true``: the objective's model forward and every loss of a step run as one compiled graph, train like
+eager, and do not recompile as the trainer's step advances (the compiled part never reads ``global_step``).
 
 The compiled module uses the ``aot_eager`` backend (dynamo and AOTAutograd, the parts that decide graph breaks,
 guards and the backward graph, without inductor's C++ code generation, which takes minutes on a loaded 2-core CPU);
@@ -12,11 +12,13 @@ from __future__ import annotations
 import lightning as L
 import pytest
 import torch
-from test_pretrain import tiny_module, trainer
+from test_module import trainer
+from tiny_training import tiny_module
 from torch._dynamo.utils import counters
 
-from pacofr.modules.pretrain import PaCoFRPretrain
-from pacofr.modules.synthetic_batches import PremadeBatches, synthetic_batches
+from pacofr.strategies import BlockFSDPStrategy
+from pacofr.training.module import PretrainModule
+from pacofr.training.synthetic_batches import PremadeBatches, synthetic_batches
 
 STEPS = 4
 PACOFR = dict(spatial_weight=0.1, covered_weight=0.007, incubation_steps=1)
@@ -30,12 +32,12 @@ class LossRecorder(L.Callback):
         self.losses.append(float(outputs["loss"]))
 
 
-def fit(module: PaCoFRPretrain, tmp_path, name: str) -> list[float]:
+def fit(module: PretrainModule, tmp_path, name: str) -> list[float]:
     recorder = LossRecorder()
     torch.manual_seed(1)  # the same candidate choices in both runs
     with torch._inductor.config.patch(fallback_random=True):
         trainer(tmp_path / name, max_steps=STEPS, callbacks=[recorder]).fit(
-            module, datamodule=PremadeBatches(synthetic_batches(module, batch=4, count=STEPS, seed=7))
+            module, datamodule=PremadeBatches(synthetic_batches(module.objective, batch=4, count=STEPS, seed=7))
         )
     return recorder.losses
 
@@ -51,7 +53,8 @@ def test_compiled_module_trains_like_eager_in_one_graph(tmp_path):
     counters.clear()
 
     got = fit(compiled, tmp_path, "compiled")
-    assert compiled.step_compiled and not eager.step_compiled  # configure_model compiled it (compile=True)
+    # configure_model compiled it (compile=True)
+    assert compiled.objective.losses_compiled and not eager.objective.losses_compiled
     # one graph for the forward + losses of steps 2..4 (step 1 incubates, eager): no graph break, and no
     # recompile while global_step, the lr schedule and the codebook buffers change from step to step
     assert dict(counters["graph_break"]) == {}
@@ -66,44 +69,43 @@ def test_compiled_module_trains_like_eager_in_one_graph(tmp_path):
 @pytest.mark.parametrize(
     "overrides",
     [
-        pytest.param({"use_codebook": False, "covered_weight": 0.007}, id="fsfm"),
+        pytest.param(("fsfm", {}), id="fsfm"),
         pytest.param(
-            {"spatial_weight": 0.1, "spatial_variant": "affinity", "candidate_mix": "gumbel"},
+            ("pacofr", {"spatial_weight": 0.1, "spatial_variant": "affinity", "candidate_mix": "gumbel"}),
             id="pacofr-affinity-gumbel",
             marks=pytest.mark.slow,
         ),
     ],
 )
 def test_compiled_part_has_no_graph_breaks(overrides):
-    """What ``compile_step`` compiles (``_main_losses``) is one graph (dynamo's own count); PaCo-FR with the region
-    loss, MAE and the EMA codebook: tests/losses/test_losses_compile.py."""
+    """What ``compile_losses`` compiles (the objective's ``losses``) is one graph (dynamo's own count); PaCo-FR with
+    the region loss, MAE and the EMA codebook: tests/losses/test_losses_compile.py."""
+    kind, kwargs = overrides
     torch.manual_seed(0)
-    module = tiny_module(**overrides).train()
-    batch = synthetic_batches(module, batch=4, count=1, seed=7)[0]
-    args = (batch["image"], batch["mask"], batch["covered_patches"], batch["region_hist"])
-    explained = torch._dynamo.explain(module._main_losses)(*args)
+    objective = tiny_module(kind, **kwargs).objective.train()
+    batch = synthetic_batches(objective, batch=4, count=1, seed=7)[0]
+    tensors = {k: batch[k] for k in objective.batch_keys + objective.optional_batch_keys}
+    explained = torch._dynamo.explain(objective.losses)(tensors)
     assert explained.graph_break_count == 0, explained.break_reasons
     assert explained.graph_count == 1
 
 
 def test_fsdp_stays_eager(tmp_path):
     """FSDP1 units gather their shards in hooks dynamo does not trace: ``compile: true`` leaves the step eager."""
-    from pacofr.strategies import BlockFSDPStrategy
-
     module = tiny_module(compile=True)
     module.compile_backend = "eager"
     module.trainer = trainer(tmp_path / "fsdp", strategy=BlockFSDPStrategy())
     module.configure_model()
-    assert not module.step_compiled
+    assert not module.objective.losses_compiled
     module.trainer = trainer(tmp_path / "single")  # the same module on one device compiles
     module.configure_model()
-    assert module.step_compiled
+    assert module.objective.losses_compiled
 
 
-def test_compile_step_runs_once():
+def test_compile_losses_runs_once():
     module = tiny_module(compile=True)
-    module.compile_step(backend="eager")
+    module.objective.compile_losses(backend="eager")
     with pytest.raises(RuntimeError, match="already"):
-        module.compile_step()
+        module.objective.compile_losses()
     module.configure_model()  # already compiled: a second configure_model (e.g. a second fit) keeps it
-    assert module.step_compiled
+    assert module.objective.losses_compiled
