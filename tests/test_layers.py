@@ -1,0 +1,117 @@
+"""The package reads bottom-up: every import inside ``src/pacofr`` (at module top or inside a function) goes to
+the same layer or one below, and no modules import each other in a cycle (docs/architecture.md draws the
+layers)."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+SRC = Path(__file__).resolve().parents[1] / "src"
+
+# lowest first; a module belongs to the longest prefix that names it
+LAYERS: list[tuple[str, ...]] = [
+    ("pacofr", "pacofr.errors", "pacofr.logs", "pacofr.cli_parser", "pacofr.run_folder"),  # utilities
+    ("pacofr.data.format", "pacofr.data.batch"),  # the contract: the shard format and the batch schema
+    ("pacofr.data",),  # reading shards into batches
+    ("pacofr.masking", "pacofr.losses", "pacofr.optim"),  # masks on the batch schema; losses; the optimiser recipe
+    ("pacofr.models",),  # model parts
+    ("pacofr.objectives",),  # one method per file: model parts + loss
+    ("pacofr.checkpointing", "pacofr.strategies", "pacofr.training"),  # training any objective
+    ("pacofr.callbacks", "pacofr.eval"),  # monitors and evaluation
+    ("pacofr.study", "pacofr.export", "pacofr.cli"),  # commands
+]
+
+
+def layer_of(module: str) -> int:
+    best, rank = -1, None
+    for i, prefixes in enumerate(LAYERS):
+        for prefix in prefixes:
+            if (module == prefix or module.startswith(prefix + ".")) and len(prefix) > best:
+                best, rank = len(prefix), i
+    assert rank is not None, f"{module} is in no layer: add it to LAYERS"
+    return rank
+
+
+def module_name(path: Path) -> str:
+    parts = list(path.relative_to(SRC).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def is_module(name: str) -> bool:
+    path = SRC / Path(*name.split("."))
+    return path.with_suffix(".py").exists() or (path / "__init__.py").exists()
+
+
+def imports_of(path: Path) -> set[str]:
+    """pacofr modules ``path`` imports anywhere in the file, top or function level (``from a.b import c``
+    counts a.b, and a.b.c when that is a module; relative imports resolved)."""
+    package = module_name(path) if path.name == "__init__.py" else module_name(path).rsplit(".", 1)[0]
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found.update(a.name for a in node.names if a.name.startswith("pacofr"))
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                parts = package.split(".")
+                base = ".".join(parts[: len(parts) - (node.level - 1)])
+                target = f"{base}.{node.module}" if node.module else base
+            else:
+                target = node.module or ""
+            if not target.startswith("pacofr"):
+                continue
+            found.add(target)
+            found.update(f"{target}.{a.name}" for a in node.names if is_module(f"{target}.{a.name}"))
+    return found
+
+
+def graph() -> dict[str, set[str]]:
+    return {module_name(p): imports_of(p) - {module_name(p)} for p in sorted((SRC / "pacofr").rglob("*.py"))}
+
+
+def test_every_import_goes_to_the_same_layer_or_below():
+    upward = []
+    for module, targets in graph().items():
+        for target in targets:
+            if layer_of(target) > layer_of(module):
+                upward.append(f"{module} (layer {layer_of(module)}) imports {target} (layer {layer_of(target)})")
+    assert not upward, "imports that go up a layer:\n" + "\n".join(sorted(upward))
+
+
+def test_no_import_cycles():
+    edges = graph()
+    # a package's __init__ importing its own modules is not a cycle of design; leave those edges out
+    edges = {
+        m: {t for t in ts if not (m == t.rsplit(".", 1)[0] and (SRC / Path(*m.split("."))).is_dir())}
+        for m, ts in edges.items()
+    }
+    state: dict[str, int] = {}
+    stack: list[str] = []
+
+    def visit(node: str) -> list[str] | None:
+        state[node] = 1
+        stack.append(node)
+        for nxt in sorted(edges.get(node, ())):
+            if state.get(nxt) == 1:
+                return stack[stack.index(nxt) :] + [nxt]
+            if nxt in edges and state.get(nxt) is None:
+                cycle = visit(nxt)
+                if cycle:
+                    return cycle
+        stack.pop()
+        state[node] = 2
+        return None
+
+    for start in sorted(edges):
+        if state.get(start) is None:
+            cycle = visit(start)
+            assert cycle is None, "import cycle: " + " -> ".join(cycle)
+
+
+@pytest.mark.parametrize("name", ["inspect", "modules", "fsdp_calls", "host_reader"])
+def test_no_unclear_or_shadowing_module_names(name: str):
+    repo = SRC.parent
+    clashes = [p for p in [*SRC.rglob(f"{name}.py"), *SRC.rglob(name), *(repo / "data_prep").rglob(f"{name}.py")]]
+    assert not clashes, clashes
