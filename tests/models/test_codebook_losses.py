@@ -3,9 +3,13 @@ import torch
 import torch.nn.functional as F
 
 from pacofr.losses.codebook import alignment_loss, belief_commitment, belief_cross_entropy, codebook_loss
-from pacofr.models import PaCoFRModel
+from pacofr.objectives import PaCoFR
 
-CB = dict(num_codes=32, code_dim=16, proto_hidden=32, belief_hidden=32)
+CB = dict(num_codes=32, code_dim=16, codebook_options={"proto_hidden": 32, "belief_hidden": 32}, spatial_weight=0.0)
+
+
+def paco(**kwargs) -> PaCoFR:
+    return PaCoFR(encoder_size="tiny", img_size=32, mask_ratio=0.75, **{**CB, **kwargs})
 
 
 def _mask(b, n, k, seed=0):
@@ -28,16 +32,16 @@ def test_terms_match_their_definitions():
 @pytest.mark.parametrize("update", ["grad", "ema"])
 def test_codebook_losses_train_only_belief_codes_and_pixel_head(update):
     torch.manual_seed(0)
-    model = PaCoFRModel("tiny", img_size=32, codebook={**CB, "update": update}, replace_ratio=0.5)
+    model = paco(codebook_update=update, replace_ratio=0.5)
     images, mask = torch.randn(2, 3, 32, 32), _mask(2, 4, 3)
-    out = model(images, mask)
+    out = model.forward_model(images, mask)
     if update == "ema":  # EMA prototypes start at g(C): move them once so the alignment term is not zero
-        model.update_codebook_state(out)
-        out = model(images, mask)
+        model.after_step(model.state_for_after_step(out), step=0)
+        out = model.forward_model(images, mask)
     terms = codebook_loss(out, beta=0.25)
     assert set(terms) == {"belief_ce", "alignment", "commitment", "loss"}
     terms["loss"].backward()
-    allowed = model.incubation_parameter_names()
+    allowed = model.codebook_parameter_names()
     got_grad = {n for n, p in model.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0}
     assert got_grad <= allowed
     assert any(n.startswith("codebook.belief.") for n in got_grad)
@@ -47,12 +51,12 @@ def test_codebook_losses_train_only_belief_codes_and_pixel_head(update):
 
 def test_codebook_loss_decreases_when_trained():
     torch.manual_seed(0)
-    model = PaCoFRModel("tiny", img_size=32, codebook=CB)
+    model = paco()
     images = torch.randn(4, 3, 32, 32)
-    opt = torch.optim.Adam(model.incubation_parameters(), lr=3e-3)
+    opt = torch.optim.Adam(model.codebook.incubation_parameters(), lr=3e-3)
     losses = []
     for _ in range(30):
-        out = model.forward_codebook(images)
+        out = model.incubation_losses(images).out
         loss = codebook_loss(out)["loss"]
         opt.zero_grad()
         loss.backward()

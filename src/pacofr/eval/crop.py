@@ -11,10 +11,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .datasets.base import Sample
+from pacofr.data.transforms import IMAGENET_MEAN, IMAGENET_STD  # one source of the normalisation
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from .datasets.base import Sample
 
 
 def square_region(sample: Sample, use_box: bool, box_scale: float) -> tuple[float, float, float]:

@@ -60,7 +60,7 @@ def codebook_loss(
     align_weight: float = 1.0,
     weight: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor]:
-    """All codebook terms from :class:`PaCoFRModel` outputs; ``loss`` is their weighted sum.
+    """All codebook terms from the PaCo-FR objective's outputs; ``loss`` is their weighted sum.
 
     ``outputs`` needs belief_logits, target_code, assigned_prototype, prototype_target,
     prototypes_detached and target (the normalised patches). ``weight`` (B, N) restricts the patches.
