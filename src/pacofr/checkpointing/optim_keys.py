@@ -113,3 +113,21 @@ def to_name_keyed(state: dict[str, Any], saved_names: list[list[str]]) -> dict[s
                 new_state[name] = entries[key]
         new_groups.append({**group, "params": list(names)})
     return {"state": new_state, "param_groups": new_groups}
+
+
+def record_names(checkpoint: dict[str, Any], optimizers: list[Any], name_of: dict[int, str]) -> None:
+    """Write each optimiser group's parameter names, in optimiser order, into ``checkpoint`` (``name_of``: the
+    parameters' ids to their unwrapped names)."""
+    checkpoint[NAMES_KEY] = [[[name_of[id(p)] for p in g["params"]] for g in opt.param_groups] for opt in optimizers]
+
+
+def to_current_groups(checkpoint: dict[str, Any], current: list[tuple[str, list[str]]]) -> None:
+    """Re-key, in place, every saved optimiser state of ``checkpoint`` by name onto a plain optimiser whose groups
+    are ``current`` ((tag, parameter names) in optimiser order); old files without recorded names are left as
+    they are (Lightning loads them by position)."""
+    recorded = checkpoint.get(NAMES_KEY) or []
+    states = checkpoint.get("optimizer_states") or []
+    for i, state in enumerate(states):
+        saved = saved_group_names(state, recorded[i] if i < len(recorded) else None)
+        if saved is not None:
+            states[i] = to_positional(state, saved, current)

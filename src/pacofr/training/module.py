@@ -229,9 +229,7 @@ class PretrainModule(L.LightningModule):
         if self._trainer is not None and self.trainer.optimizers:
             # parameter names per group in optimiser order: resume maps Adam's state by name (DDP <-> FSDP)
             name_of = {id(p): original_param_name(n) for n, p in self.named_parameters()}
-            checkpoint[optim_keys.NAMES_KEY] = [
-                [[name_of[id(p)] for p in g["params"]] for g in opt.param_groups] for opt in self.trainer.optimizers
-            ]
+            optim_keys.record_names(checkpoint, self.trainer.optimizers, name_of)
         # the run of non-finite steps continues across a resume (it decides when to stop)
         checkpoint["pacofr_nonfinite"] = {"in_row": self.nonfinite.in_row, "total": self.nonfinite.total}
         checkpoint[legacy_keys.ENCODER_SPEC_KEY] = self.objective.encoder_spec()
@@ -242,13 +240,7 @@ class PretrainModule(L.LightningModule):
         if checkpoint.get("optimizer_states") and self._trainer is not None and not is_fsdp(self.trainer):
             # FSDP restores its optimiser inside the strategy (BlockFSDPStrategy.load_checkpoint); here the state
             # goes to a plain optimiser: re-key it by name onto this run's groups and order
-            current = [(g["group"], g["names"]) for g in self.named_param_groups()]
-            recorded = checkpoint.get(optim_keys.NAMES_KEY) or []
-            states = checkpoint["optimizer_states"]
-            for i, state in enumerate(states):
-                saved = optim_keys.saved_group_names(state, recorded[i] if i < len(recorded) else None)
-                if saved is not None:
-                    states[i] = optim_keys.to_positional(state, saved, current)
+            optim_keys.to_current_groups(checkpoint, [(g["group"], g["names"]) for g in self.named_param_groups()])
         counts = checkpoint.get("pacofr_nonfinite")
         if counts:
             self.nonfinite.in_row, self.nonfinite.total = int(counts["in_row"]), int(counts["total"])
