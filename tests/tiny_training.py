@@ -3,8 +3,10 @@ images, each method by name, and a PaCo-FR whose loss can be made non-finite at 
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
+import lightning as L
 import torch
 
 from pacofr.objectives import FSFM, MAE, PaCoFR, PretrainObjective, StepOutput
@@ -67,3 +69,19 @@ def tiny_module(
 def seeded(fn, *args: Any, seed: int = 0, **kwargs: Any):
     torch.manual_seed(seed)
     return fn(*args, **kwargs)
+
+
+def trainer(tmp_path: Path, **kwargs) -> L.Trainer:
+    defaults = dict(
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=str(tmp_path),
+        check_val_every_n_epoch=None,
+        num_sanity_val_steps=0,
+    )
+    defaults.update(kwargs)
+    return L.Trainer(**defaults)

@@ -12,8 +12,7 @@ from __future__ import annotations
 import lightning as L
 import pytest
 import torch
-from test_module import trainer
-from tiny_training import tiny_module
+from tiny_training import tiny_module, trainer
 from torch._dynamo.utils import counters
 
 from pacofr.strategies import BlockFSDPStrategy

@@ -10,7 +10,7 @@ import lightning as L
 import pytest
 import timm
 import torch
-from tiny_training import tiny_module
+from tiny_training import tiny_module, trainer
 
 from pacofr.data.datamodule import PretrainDataModule
 from pacofr.eval.backbone import load_backbone
@@ -32,22 +32,6 @@ def datamodule(root: Path, masker_cls=StructuredMasker, batch_size: int = 8) -> 
         masker=masker_cls(patch_size=16, mask_ratio=0.75),
         shuffle_buffer=16,
     )
-
-
-def trainer(tmp_path: Path, **kwargs) -> L.Trainer:
-    defaults = dict(
-        accelerator="cpu",
-        devices=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        default_root_dir=str(tmp_path),
-        check_val_every_n_epoch=None,
-        num_sanity_val_steps=0,
-    )
-    defaults.update(kwargs)
-    return L.Trainer(**defaults)
 
 
 @pytest.fixture
