@@ -86,7 +86,8 @@ def test_baselines_differ_only_where_intended():
     assert fsfm.model.objective.class_path.endswith(".FSFM") and fsfm.model.objective.init_args.covered_weight > 0
     paco_args = paco.model.objective.init_args
     assert paco.model.objective.class_path.endswith(".PaCoFR")
-    assert paco_args.spatial_weight > 0 and paco_args.incubation_steps > 0 and paco_args.replace_ratio > 0
+    assert paco_args.spatial_weight > 0 and paco_args.incubation_epochs > 0 and paco_args.replace_ratio > 0
+    assert fsfm.model.objective.init_args.id_weight > 0 and fsfm.data.masker.init_args.per_batch_component
     for key in ("encoder_size", "img_size", "patch_size", "mask_ratio", "decoder_depth", "decoder_dim"):
         assert mae.model.objective.init_args[key] == fsfm.model.objective.init_args[key] == paco_args[key], key
     for key in ("base_lr", "weight_decay", "warmup_steps", "betas"):

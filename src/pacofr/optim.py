@@ -61,10 +61,18 @@ def build_adamw(groups: list[dict], lr: float, betas: tuple[float, float], fused
 
 
 def pretrain_schedules(
-    schedules: list[str], warmup_steps: int, total_steps: int, min_lr_ratio: float, incubation_steps: int = 0
+    schedules: list[str],
+    warmup_steps: int,
+    total_steps: int,
+    min_lr_ratio: float,
+    incubation_steps: int = 0,
+    codebook_warmup_steps: int | None = None,
 ) -> list[Callable[[int], float]]:
-    """``LambdaLR`` multipliers, one per group from its schedule tag: ``codebook`` groups warm up and decay over
-    the whole run; ``main`` groups stay at 0 through the incubation steps, then warm up and decay over the rest."""
+    """``LambdaLR`` multipliers, one per group from its schedule tag: ``codebook`` groups warm up over their own
+    ``codebook_warmup_steps`` (default ``warmup_steps``) from step 0, so they reach their peak early in
+    incubation, then decay over the whole run; ``main`` groups stay at 0 through the incubation steps, then warm
+    up and decay over the rest."""
+    codebook_warmup = warmup_steps if codebook_warmup_steps is None else codebook_warmup_steps
 
     def main_schedule(step: int) -> float:
         if step < incubation_steps:
@@ -72,7 +80,7 @@ def pretrain_schedules(
         return warmup_cosine(step - incubation_steps, warmup_steps, total_steps - incubation_steps, min_lr_ratio)
 
     def codebook_schedule(step: int) -> float:
-        return warmup_cosine(step, warmup_steps, total_steps, min_lr_ratio)
+        return warmup_cosine(step, codebook_warmup, total_steps, min_lr_ratio)
 
     known = {"main": main_schedule, "codebook": codebook_schedule}
     unknown = sorted(set(schedules) - set(known))

@@ -65,8 +65,27 @@ def test_geometry_term_hand_computed() -> None:
     predicted[0, 0], predicted[0, 3] = target[0, 3].clone(), target[0, 0].clone()
     out = spatial_consistency_loss(torch.log(predicted.clamp_min(1e-12)), target, grid_size=(1, 4))
     # centres x = 1/8, 3/8, 5/8, 7/8. Pairs: nose-mouth error |3/4 - (-3/4)| = 1.5; skin-nose and
-    # skin-mouth: 0.75 each (skin stays at 1/2). Mean over the 3 pairs = 1.0.
-    assert math.isclose(float(out["centroid"]), 1.0, rel_tol=1e-4)
+    # skin-mouth: 0.75 each (skin stays at 1/2). Sum over the 3 pairs = 3.0, mean 1.0.
+    assert math.isclose(float(out["centroid"]), 3.0, rel_tol=1e-4)
+    mean = spatial_consistency_loss(
+        torch.log(predicted.clamp_min(1e-12)), target, grid_size=(1, 4), pair_reduction="mean"
+    )
+    assert math.isclose(float(mean["centroid"]), 1.0, rel_tol=1e-4)
+
+
+def test_patch_weight_keeps_the_uncounted_patches_out() -> None:
+    """Only the counted patches enter either term: what the others' targets say changes nothing."""
+    torch.manual_seed(0)
+    logits = torch.randn(2, 16, NUM_REGIONS)
+    target = torch.softmax(torch.randn(2, 16, NUM_REGIONS), -1)
+    counted = torch.rand(2, 16) > 0.5
+    other = torch.where(counted.unsqueeze(-1), target, torch.softmax(torch.randn(2, 16, NUM_REGIONS), -1))
+    a = spatial_consistency_loss(logits, target, patch_weight=counted)
+    b = spatial_consistency_loss(logits, other, patch_weight=counted)
+    torch.testing.assert_close(a["loss"], b["loss"])
+    assert not torch.allclose(
+        spatial_consistency_loss(logits, target)["loss"], spatial_consistency_loss(logits, other)["loss"]
+    )
 
 
 def test_grows_with_a_larger_shift_of_one_part() -> None:
@@ -99,8 +118,8 @@ def test_only_groups_present_in_the_target_form_pairs() -> None:
     target[0, left, R["skin"]], target[0, left, R["ears"]] = 0.7, 0.3
     predicted[0, right, R["skin"]], predicted[0, right, R["ears"]] = 0.7, 0.3
     logits = torch.log(predicted.clamp_min(1e-12))
-    absent = spatial_consistency_loss(logits, target, min_group_mass=0.5)["centroid"]
-    present = spatial_consistency_loss(logits, target, min_group_mass=0.2)["centroid"]
+    absent = spatial_consistency_loss(logits, target, min_group_mass=0.5, pair_reduction="mean")["centroid"]
+    present = spatial_consistency_loss(logits, target, min_group_mass=0.2, pair_reduction="mean")["centroid"]
     assert float(absent) < 0.01  # only the skin centroid moves a little
     assert float(present) > 0.1  # ears pairs are off by ~7/12 of the width
     # A target with a single present group has no pair: geometry term exactly 0.

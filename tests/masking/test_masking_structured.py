@@ -198,3 +198,16 @@ def test_batch_equals_one_call_per_sample(options: dict) -> None:
         assert torch.equal(batched["covered_patches"][i], alone.covered_patches)
         torch.testing.assert_close(batched["region_hist"][i], alone.region_hist, rtol=0, atol=0)
     assert (batched["mask"].sum(1) == num_masked_patches(196, masker.mask_ratio)).all()
+
+
+def test_per_batch_component_covers_one_component_in_every_image_it_fits():
+    """FSFM's per-batch draw: one component for the batch; the per-sample draw mixes them."""
+    segs = torch.stack(random_faces(16, seed=3)).to(torch.uint8)
+    gens = lambda: [torch.Generator().manual_seed(i) for i in range(16)]  # noqa: E731
+    shared = StructuredMasker(per_batch_component=True).batch(segs, gens())
+    own = StructuredMasker().batch(segs, gens())
+    covered = shared["covered"][shared["covered"] >= 0].tolist()
+    assert len(covered) >= 12 and len(set(covered)) == 1
+    assert len(set(own["covered"].tolist())) > 1
+    assert (shared["mask"].sum(1) == num_masked_patches(196, 0.75)).all()
+    assert (shared["covered_patches"] <= shared["mask"]).all()

@@ -155,3 +155,39 @@ def test_bf16_autocast_forward_backward(update):
     loss = ((out["pred"].float() - out["target"]).square().mean(-1) * out["loss_mask"]).sum()
     loss.backward()
     assert torch.isfinite(model.codebook.token_proj.weight.grad).all()
+
+
+@pytest.mark.parametrize("share", [0.0, 0.5])
+def test_full_sequence_arm_replaces_the_masked_patches_and_encodes_all(share):
+    from pacofr.objectives import PaCoFRFull
+
+    torch.manual_seed(0)
+    model = PaCoFRFull(encoder_size="tiny", img_size=IMG, mask_ratio=0.5, mask_token_share=share, **CB)
+    assert (model.num_masked, model.num_mask_tokens, model.num_replaced) == (
+        8,
+        int(round(8 * share)),
+        8 - int(round(8 * share)),
+    )
+    assert model.encoder_tokens() == 16
+    mask = _mask(2, 16, 8)
+    seen = []
+    model.encoder.blocks[0].register_forward_hook(lambda m, i, o: seen.append(o.shape))
+    out = model.forward_model(torch.randn(2, 3, IMG, IMG), mask)
+    assert seen[0][1] == 1 + 16, "the encoder sees every patch (and the class token)"
+    assert torch.equal(out["loss_mask"], mask)
+    assert (out["replaced"] & ~mask).sum() == 0 and out["replaced"].sum(1).eq(model.num_replaced).all()
+    total, terms, _ = model({"image": torch.randn(2, 3, IMG, IMG), "mask": mask}, step=10**6)
+    total.backward()
+    assert model.encoder.blocks[0].attn.qkv.weight.grad.abs().sum() > 0
+    assert (model.mask_token.grad is not None and model.mask_token.grad.abs().sum() > 0) == (share > 0)
+    if share < 1:
+        assert model.codebook.token_proj.weight.grad.abs().sum() > 0  # the mixes reach the encoder
+
+
+def test_full_sequence_arm_costs_more_encoder_work_than_the_hybrid():
+    from pacofr.objectives import PaCoFRFull
+
+    with torch.device("meta"):
+        hybrid = PaCoFR(encoder_size="base", mask_ratio=0.5, spatial_weight=0.0)
+        full = PaCoFRFull(encoder_size="base", mask_ratio=0.5, spatial_weight=0.0)
+    assert full.flops_per_image() > 1.5 * hybrid.flops_per_image()

@@ -25,6 +25,7 @@ import yaml
 from slurm_harness import SlurmCluster, read_lines
 
 from pacofr.checkpointing.resolve import checkpoint_global_step, find_checkpoints
+from pacofr.study.runner import deep_merge
 
 REPO = Path(__file__).resolve().parents[2]
 SBATCH = REPO / "slurm" / "pretrain.sbatch"
@@ -341,8 +342,7 @@ def test_chained_pretraining_reads_the_dataset_the_chain_wrote(
     run_dir = tmp_path / "run"
     config = yaml.safe_load(DEMO.read_text())
     tiny = yaml.safe_load(job_config(tmp_path / "tiny.yaml", faces, run_dir).read_text())
-    for section in ("model", "data", "trainer", "checkpoint"):
-        config.setdefault(section, {}).update(tiny[section])
+    config = deep_merge(config, {k: tiny[k] for k in ("model", "data", "trainer", "checkpoint")})
     config["trainer"]["callbacks"] = []
     config["trainer"]["max_steps"] = 2
     config["data"]["root"] = str(tmp_path / "not-this-one")  # the chain must override it with OUT

@@ -230,6 +230,14 @@ class PretrainDataModule(L.LightningDataModule):
             total = total + stats
         return total
 
+    @property
+    def train_samples(self) -> int:
+        """Samples in one epoch of the training split (all ranks together), from the manifest."""
+        split = read_manifest(self.root, check_shards=False).splits.get(self.train_split)
+        if split is None:
+            raise ValueError(f"{self.root}: the manifest has no split {self.train_split!r}")
+        return int(split.num_samples)
+
     def describe_data(self) -> dict[str, Any]:
         """What ties a run to its data (written into the run folder's ``run_info.json``)."""
         manifest = read_manifest(self.root, check_shards=False)

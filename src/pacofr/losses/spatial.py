@@ -11,8 +11,10 @@ region histogram ``r`` from the parsing map. Two terms:
   least ``min_group_mass`` patches), ``||(mu_hat_a - mu_hat_b) - (mu_a - mu_b)||_1`` where ``mu_g``
   is group ``g``'s centroid on the patch grid weighted by ``r[:, g]`` and ``mu_hat_g`` the same
   weighted by ``q[:, g]``. Coordinates are patch centres normalised to [0, 1] (``x = (col + 0.5) /
-  cols``, ``y = (row + 0.5) / rows``) so the weight does not depend on the grid size. Averaged over
-  a sample's pairs, then over the samples that have at least one pair. It measures the relative
+  cols``, ``y = (row + 0.5) / rows``) so the weight does not depend on the grid size. Summed over a
+  sample's pairs (``pair_reduction="sum"``, as the method describes it; ``"mean"`` averages them, which
+  divides the term by the number of pairs, 36 for nine groups), then averaged over the samples that have at
+  least one pair. It measures the relative
   layout of the groups: moving one part relative to the others grows it, while a part-preserving
   shift of the whole face only registers through the background group, which fills what the face
   leaves (the region term catches any shift).
@@ -27,6 +29,8 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+
+from pacofr.losses.sides import split_sides
 
 
 def patch_centres(rows: int, cols: int, device: torch.device | None = None) -> torch.Tensor:
@@ -61,6 +65,9 @@ def spatial_consistency_loss(
     centroid_weight: float = 1.0,
     min_group_mass: float = 0.5,
     grid_size: tuple[int, int] | None = None,
+    patch_weight: torch.Tensor | None = None,
+    pair_reduction: str = "sum",
+    sides: bool = False,
 ) -> dict[str, torch.Tensor]:
     """Region-distribution + part-geometry loss (see module doc).
 
@@ -71,6 +78,10 @@ def spatial_consistency_loss(
         min_group_mass: a group is present in a sample when its ``r`` mass is at least this many
             patches' worth of pixels (0.5 = half a patch).
         grid_size: ``(rows, cols)`` of the patch grid; None means square.
+        patch_weight: optional ``(B, N)`` 0/1 (or bool): the patches that count, in both terms (the region
+            term averages over them; the centroids are taken over them, predicted and target alike).
+        pair_reduction: ``sum`` or ``mean`` over a sample's group pairs.
+        sides: the geometry term keeps left and right parts apart (``pacofr.losses.sides``: twelve groups).
 
     Returns:
         ``{"loss": region + centroid_weight * centroid, "region": KL term, "centroid": geometry term}``.
@@ -80,18 +91,27 @@ def spatial_consistency_loss(
             f"region_logits and region_hist must both be (B, N, G), got "
             f"{tuple(region_logits.shape)} and {tuple(region_hist.shape)}"
         )
+    if pair_reduction not in ("sum", "mean"):
+        raise ValueError(f"pair_reduction must be 'sum' or 'mean', got {pair_reduction!r}")
     rows, cols = _grid_size(region_logits.shape[1], grid_size)
     log_q = F.log_softmax(region_logits.float(), dim=-1)
     r = region_hist.float()
+    w = None if patch_weight is None else patch_weight.to(torch.float32).unsqueeze(-1)  # (B, N, 1)
 
     # KL(r || q) = sum_g r (log r - log q); terms with r = 0 are 0 (also when log q = -inf).
     positive = r > 0
     pointwise = torch.where(positive, r * (torch.log(r.clamp_min(1e-30)) - log_q), torch.zeros_like(r))
-    region = pointwise.sum(dim=-1).mean()
+    per_patch = pointwise.sum(dim=-1)
+    region = per_patch.mean() if w is None else (per_patch * w[..., 0]).sum() / w.sum().clamp_min(1.0)
 
     centres = patch_centres(rows, cols, device=r.device)
+    q = log_q.exp()
+    if w is not None:
+        r, q = r * w, q * w  # only the counted patches place the groups
+    if sides:
+        r, q = split_sides(r, (rows, cols)), split_sides(q, (rows, cols))
     mu = group_centroids(r, centres)  # (B, G, 2)
-    mu_hat = group_centroids(log_q.exp(), centres)
+    mu_hat = group_centroids(q, centres)
     offsets = mu.unsqueeze(2) - mu.unsqueeze(1)  # (B, G, G, 2): mu_a - mu_b
     offsets_hat = mu_hat.unsqueeze(2) - mu_hat.unsqueeze(1)
     pair_error = (offsets_hat - offsets).abs().sum(dim=-1)  # (B, G, G), L1 over (x, y)
@@ -102,7 +122,8 @@ def spatial_consistency_loss(
     pairs = present.unsqueeze(2) & present.unsqueeze(1) & upper  # each unordered pair once
     pair_count = pairs.sum(dim=(1, 2))
     per_sample = torch.where(pairs, pair_error, torch.zeros_like(pair_error)).sum(dim=(1, 2))
-    per_sample = per_sample / pair_count.clamp_min(1)
+    if pair_reduction == "mean":
+        per_sample = per_sample / pair_count.clamp_min(1)
     has_pairs = pair_count > 0
     centroid = per_sample.sum() / has_pairs.sum().clamp_min(1)
 

@@ -185,7 +185,12 @@ class StructuredMasker(Masker):
         component_probs: Mapping[str, float] | Sequence[float] | None = None,
         touch_threshold: float = 0.0,
         boundary_neighbours: bool = False,
+        per_batch_component: bool = False,
     ) -> None:
+        """``per_batch_component``: FSFM's CRFR-P draws one facial component per batch and covers it in every
+        image of the batch; a sample where it does not fit the budget draws its own. Off: one draw per sample.
+        (A data worker's batch is the batch here; a single ``__call__`` is a batch of one.)"""
+        self.per_batch_component = bool(per_batch_component)
         self.patch_size = int(patch_size)
         self.mask_ratio = check_mask_ratio(mask_ratio)
         if not 0.0 <= touch_threshold < 1.0:
@@ -254,6 +259,13 @@ class StructuredMasker(Masker):
             cdf = np.where(eligible[rows], self._probs, 0.0).cumsum(axis=1)
             # searchsorted(cdf, u * cdf[-1], side="right") per row = how many cdf entries are <= the target
             chosen = np.minimum((cdf <= (uniforms[:, 0] * cdf[:, -1])[:, None]).sum(axis=1), cdf.shape[1] - 1)
+            if self.per_batch_component:
+                # the first sample's draw over the probabilities alone names the batch's component
+                batch_cdf = np.cumsum(self._probs)
+                shared = min(
+                    int(np.searchsorted(batch_cdf, uniforms[0, 0] * batch_cdf[-1], side="right")), len(batch_cdf) - 1
+                )
+                chosen = np.where(eligible[rows, shared], shared, chosen)
             cover = components[rows, :, chosen]  # (R, N)
             remaining = budget - sizes[rows, chosen]
             fill = proportional_fill_rows(~cover, hist_np[rows].argmax(axis=2), remaining, uniforms[:, 1:])
@@ -277,5 +289,6 @@ class StructuredMasker(Masker):
         probs = {name: round(float(p), 4) for name, p in zip(MASKABLE_COMPONENTS, self.component_probs)}
         return (
             f"StructuredMasker(patch_size={self.patch_size}, mask_ratio={self.mask_ratio}, component_probs={probs}, "
-            f"touch_threshold={self.touch_threshold}, boundary_neighbours={self.boundary_neighbours})"
+            f"touch_threshold={self.touch_threshold}, boundary_neighbours={self.boundary_neighbours}, "
+            f"per_batch_component={self.per_batch_component})"
         )

@@ -103,9 +103,15 @@ class CandidateCodebook(nn.Module):
         dead_after: int = 100,
         reseed_every: int = 50,
         reseed_noise: float = 0.05,
+        reseed_belief: bool = True,
+        usage_window: int | None = None,
         buffer_size: int = 2048,
         buffer_writes_per_step: int = 256,
     ) -> None:
+        """``reseed_belief``: a re-seeded code takes over the Belief Predictor's output row of the live code it
+        copies, so the predictor splits that code's belief between the two instead of meeting a code it has
+        never scored (which knocked its cross-entropy over: 1.5 -> 15 in one re-seed). ``usage_window``: the
+        window (updates) of ``usage_fraction``, default ``dead_after``."""
         super().__init__()
         if mix not in ("soft", "hard", "gumbel"):
             raise ValueError(f"unknown mix {mix!r}; use 'soft', 'hard' or 'gumbel'")
@@ -128,6 +134,8 @@ class CandidateCodebook(nn.Module):
         self.dead_after = dead_after
         self.reseed_every = reseed_every
         self.reseed_noise = reseed_noise
+        self.reseed_belief = reseed_belief
+        self.usage_window = usage_window or dead_after
         self.buffer_writes_per_step = min(buffer_writes_per_step, buffer_size)
         self._updates = 0  # host-side step counter: decides when to re-seed without reading the device
 
@@ -138,7 +146,11 @@ class CandidateCodebook(nn.Module):
         for m in (self.proto_head, self.belief, self.token_proj):
             m.apply(mae_init_)
 
+        # steps_since_used decides re-seeding (a re-seeded code starts a fresh grace period); steps_since_hit is the
+        # honest monitor: updates since a patch was last assigned to the code, never reset by re-seeding
         self.register_buffer("steps_since_used", torch.zeros(num_codes, dtype=torch.long))
+        self.register_buffer("steps_since_hit", torch.zeros(num_codes, dtype=torch.long))
+        self.register_buffer("reseeded_total", torch.zeros((), dtype=torch.long))  # codes re-seeded so far
         self.register_buffer("recent_patches", torch.zeros(buffer_size, patch_dim))
         self.register_buffer("recent_count", torch.zeros((), dtype=torch.long))  # patches ever written
         if update == "ema":
@@ -237,8 +249,9 @@ class CandidateCodebook(nn.Module):
         return torch.exp(-(p * p.clamp_min(1e-12).log()).sum())
 
     def usage_fraction(self, window: int | None = None) -> torch.Tensor:
-        """Fraction of codes assigned at least once in the last ``window`` updates (default ``dead_after``)."""
-        return (self.steps_since_used < (window or self.dead_after)).float().mean()
+        """Fraction of codes a patch was assigned to in the last ``window`` updates (default ``usage_window``).
+        Re-seeding does not count as use: a collapsed codebook reads 1/K however often it re-seeds."""
+        return (self.steps_since_hit < (window or self.usage_window)).float().mean()
 
     # --- state updates (call after the optimiser step, outside the compiled forward) -----------------
     @torch.no_grad()
@@ -259,6 +272,7 @@ class CandidateCodebook(nn.Module):
 
         counts = _all_reduce_sum_(self.code_counts(codes))
         self.steps_since_used.copy_(gated(torch.where(counts > 0, 0, self.steps_since_used + 1), self.steps_since_used))
+        self.steps_since_hit.copy_(gated(torch.where(counts > 0, 0, self.steps_since_hit + 1), self.steps_since_hit))
 
         # ring buffer of recent patches: a fixed number of random rows per step from every rank, so every rank
         # holds the same buffer (a sharded checkpoint stores one rank's copy of a replicated buffer, any rank's)
@@ -309,8 +323,21 @@ class CandidateCodebook(nn.Module):
             new_sum = samples * mean_count
             self.ema_sum.copy_(_broadcast_(torch.where(dead.unsqueeze(-1), new_sum, self.ema_sum)))
             self.ema_count.copy_(_broadcast_(torch.where(dead, mean_count, self.ema_count)))
+        if self.reseed_belief:
+            # the predictor's row of each re-seeded code becomes that of the live code it copies (same logit)
+            fc2 = self.belief.fc2
+            fc2.weight.copy_(_broadcast_(torch.where(dead.unsqueeze(-1), fc2.weight[source], fc2.weight)))
+            fc2.bias.copy_(_broadcast_(torch.where(dead, fc2.bias[source], fc2.bias)))
         self.steps_since_used.masked_fill_(dead, 0)
+        self.reseeded_total.add_(dead.sum())
         return dead.sum()
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
+        # checkpoints from before the honest usage monitor: start it from the re-seeding counter, count from 0
+        if prefix + "steps_since_used" in state_dict:
+            state_dict.setdefault(prefix + "steps_since_hit", state_dict[prefix + "steps_since_used"].clone())
+            state_dict.setdefault(prefix + "reseeded_total", torch.zeros((), dtype=torch.long))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     # --- cost --------------------------------------------------------------------------------------
     def flops_per_image(self, num_patches: int, num_replaced: int, batch_size: int = 256) -> float:

@@ -24,7 +24,9 @@ class MAEDecoder(nn.Module):
         num_heads: int | None = None,
         mlp_ratio: float = 4.0,
         in_chans: int = 3,
+        predict_pixels: bool = True,
     ) -> None:
+        """``predict_pixels=False``: a representation decoder (its tokens only, no pixel head), e.g. FSFM's."""
         super().__init__()
         num_heads = num_heads or max(1, decoder_dim // 32)  # MAE: 16 heads of 32 dims at width 512
         if decoder_dim % num_heads:
@@ -44,7 +46,7 @@ class MAEDecoder(nn.Module):
             *[Block(decoder_dim, num_heads, mlp_ratio, qkv_bias=True, norm_layer=LayerNorm) for _ in range(depth)]
         )
         self.norm = LayerNorm(decoder_dim)
-        self.pred = nn.Linear(decoder_dim, self.patch_dim)
+        self.pred = nn.Linear(decoder_dim, self.patch_dim) if predict_pixels else None
         self.apply(mae_init_)
         nn.init.normal_(self.mask_token, std=0.02)
 
@@ -70,7 +72,7 @@ class MAEDecoder(nn.Module):
         else:
             x = self.blocks(x)
         tokens = self.norm(x)[:, 1:]
-        return self.pred(tokens), tokens
+        return (self.pred(tokens) if self.pred is not None else None), tokens
 
     def no_weight_decay(self) -> set[str]:
         return {"pos_embed", "mask_token"}

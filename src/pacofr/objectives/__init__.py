@@ -5,5 +5,6 @@ from pacofr.objectives.base import PretrainObjective, StepOutput
 from pacofr.objectives.fsfm import FSFM
 from pacofr.objectives.mae import MAE
 from pacofr.objectives.paco_fr import PaCoFR
+from pacofr.objectives.paco_fr_full import PaCoFRFull
 
-__all__ = ["FSFM", "MAE", "PaCoFR", "PretrainObjective", "StepOutput"]
+__all__ = ["FSFM", "MAE", "PaCoFR", "PaCoFRFull", "PretrainObjective", "StepOutput"]

@@ -147,6 +147,11 @@ class PretrainObjective(nn.Module):
         """State updates once per optimiser step, after it (nothing for plain MAE). ``apply``: None when the step
         was taken (decided on the host), else the device flag (1 = taken) that must gate every update."""
 
+    def configure_run(self, total_steps: int, samples_per_epoch: int | None, global_batch: int) -> None:
+        """What the objective learns of the run before its schedules are built (called by the training module):
+        the optimiser steps, the training split's size (None when unknown) and the global batch. E.g. an
+        incubation given in epochs becomes steps, an EMA momentum schedule learns its length."""
+
     def incubating(self, step: int) -> bool:
         """Whether step ``step`` belongs to a phase in which only some parts train (PaCo-FR's incubation)."""
         return step < self.incubation_steps
@@ -174,8 +179,9 @@ class PretrainObjective(nn.Module):
 
     def forward_model(self, images: torch.Tensor, mask: torch.Tensor) -> dict[str, torch.Tensor]:
         """images (B, 3, H, W); mask (B, N) bool, True = masked, exactly ``num_masked`` per row. Returns target
-        (B, N, P) normalised pixels, mask, keep_idx (B, K), pred (B, N, P), decoder_tokens (B, N, Dd) and
-        loss_mask (B, N): the patches the loss counts (the masked ones, and any ``replacements`` chose)."""
+        (B, N, P) normalised pixels, mask, keep_idx (B, K), encoded (B, 1 + K, D), pred (B, N, P),
+        decoder_tokens (B, N, Dd) and loss_mask (B, N): the patches the loss counts (the masked ones, and
+        any that ``replacements`` chose)."""
         mask = self.check_batch_mask(images, mask)
         target = self.normalized_patches(images)
         tokens = self.encoder.embed_patches(images)
@@ -185,7 +191,7 @@ class PretrainObjective(nn.Module):
         encoded = self.encoder.forward_masked(tokens, keep_idx, replace_idx, replace_tokens)
         pred, decoder_tokens = self.decoder(encoded, keep_idx)
         loss_mask = mask | out["replaced"] if "replaced" in out else mask
-        out.update(pred=pred, decoder_tokens=decoder_tokens, loss_mask=loss_mask)
+        out.update(encoded=encoded, pred=pred, decoder_tokens=decoder_tokens, loss_mask=loss_mask)
         return out
 
     def replacements(self, out: dict[str, torch.Tensor]) -> tuple[torch.Tensor | None, torch.Tensor | None]:

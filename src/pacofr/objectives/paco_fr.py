@@ -13,11 +13,13 @@ structure of an EMA teacher's tokens (``affinity``, parser-free). During incubat
 from __future__ import annotations
 
 import copy
+import math
 from typing import Any, Literal
 
 import torch
 from torch import nn
 
+from pacofr.data.format import NUM_REGIONS
 from pacofr.losses.codebook import codebook_loss
 from pacofr.losses.reconstruction import reconstruction_loss
 from pacofr.losses.spatial import affinity_consistency_loss, spatial_consistency_loss
@@ -45,12 +47,17 @@ class PaCoFR(PretrainObjective):
         replace_ratio: float = 0.15,
         num_candidates: int = 4,
         candidate_mix: MixMode = "soft",
-        incubation_steps: int = 500,
+        incubation_epochs: float | None = 1.0,
+        incubation_steps: int | None = None,
         codebook_weight: float = 1.0,
         codebook_beta: float = 0.25,
         spatial_weight: float = 0.1,
         spatial_variant: Literal["region", "affinity"] = "region",
         spatial_centroid_weight: float = 1.0,
+        spatial_on: Literal["visible", "all"] = "visible",
+        spatial_pairs: Literal["sum", "mean"] = "sum",
+        spatial_sides: bool = True,
+        spatial_prior: bool = True,
         teacher_momentum: float = 0.996,
         **core: Any,
     ) -> None:
@@ -61,11 +68,21 @@ class PaCoFR(PretrainObjective):
             codebook_options: further ``CandidateCodebook`` kwargs (dead_after, reseed_every, ...).
             replace_ratio, num_candidates, candidate_mix: share of visible patches replaced by the belief-weighted
                 mix of their top-m candidates, m, and soft | hard (straight-through) | gumbel mixing.
-            incubation_steps: first steps in which only the codebook (C, g, Belief Predictor) trains.
+            incubation_epochs, incubation_steps: how long only the codebook (C, g, Belief Predictor) trains at the
+                start: ``incubation_epochs`` passes over the training split (the paper's first epoch; turned into
+                steps from the data's size and the global batch), or exactly ``incubation_steps`` when given.
             codebook_weight, codebook_beta: lambda_cb and the belief-commitment beta.
             spatial_weight, spatial_variant, spatial_centroid_weight: lambda_sc (0: no spatial loss); ``region``
                 (region distribution + centroid-offset geometry, lambda = centroid weight) or ``affinity``
                 (EMA-teacher affinity).
+            spatial_on: the patches the region spatial loss scores: ``visible`` (neither masked nor replaced: the
+                mask's shape, which a structured masker draws around a facial component, cannot give the answer
+                away) or ``all``.
+            spatial_pairs, spatial_sides: the geometry term sums (or averages) over group pairs, and keeps left
+                and right parts apart (``pacofr.losses.sides``).
+            spatial_prior: train a position-only prior (a learned region distribution per patch position, no
+                image) beside the spatial head on the same targets, logged as ``spatial_prior*``: what the
+                head must beat for the spatial loss to be earned from the image. It does not touch the encoder.
             teacher_momentum: EMA momentum of the affinity variant's teacher encoder.
             core: those of :class:`~pacofr.objectives.base.PretrainObjective` (encoder, decoder, geometry).
         """
@@ -85,10 +102,19 @@ class PaCoFR(PretrainObjective):
             **(codebook_options or {}),
         )
         self.covered_weight = covered_weight
-        self.incubation_steps = incubation_steps
+        if incubation_steps is None and incubation_epochs is None:
+            incubation_steps = 0
+        if (incubation_steps or 0) < 0 or (incubation_epochs or 0) < 0:
+            raise ValueError("incubation_steps and incubation_epochs must not be negative")
+        self.incubation_epochs = incubation_epochs
+        self.incubation_steps = incubation_steps if incubation_steps is not None else 0
+        self._incubation_in_epochs = incubation_steps is None
         self.codebook_weight, self.codebook_beta = codebook_weight, codebook_beta
         self.spatial_weight, self.spatial_variant = spatial_weight, spatial_variant
         self.spatial_centroid_weight, self.teacher_momentum = spatial_centroid_weight, teacher_momentum
+        if spatial_on not in ("visible", "all"):
+            raise ValueError(f"spatial_on must be 'visible' or 'all', got {spatial_on!r}")
+        self.spatial_on, self.spatial_pairs, self.spatial_sides = spatial_on, spatial_pairs, spatial_sides
         decoder_width = self.decoder.decoder_dim
         uses_spatial = spatial_weight > 0
         self.spatial_head = SpatialHead(decoder_width) if uses_spatial and spatial_variant == "region" else None
@@ -97,11 +123,24 @@ class PaCoFR(PretrainObjective):
         if uses_spatial and spatial_variant == "affinity":
             self.affinity_proj = nn.Linear(decoder_width, self.encoder.embed_dim)
             self.teacher = copy.deepcopy(self.encoder).requires_grad_(False)
+        self.position_prior: nn.Parameter | None = None
+        if self.spatial_head is not None and spatial_prior:
+            self.position_prior = nn.Parameter(torch.zeros(self.num_patches, NUM_REGIONS))
         incubating = {id(p) for p in self.codebook.incubation_parameters()}
         self._incubation_names = {n for n, p in self.named_parameters() if id(p) in incubating}
         self.finish_init()
 
     # --- the step -----------------------------------------------------------------------------------------
+    def configure_run(self, total_steps: int, samples_per_epoch: int | None, global_batch: int) -> None:
+        if not self._incubation_in_epochs:
+            return
+        if not samples_per_epoch:
+            raise ValueError(
+                "incubation_epochs needs the size of the training split (the data module's train_samples); "
+                "give incubation_steps instead"
+            )
+        self.incubation_steps = math.ceil(self.incubation_epochs * samples_per_epoch / global_batch)
+
     def forward(self, batch: dict[str, Any], step: int = 0) -> StepOutput:
         if self.incubating(step):
             return self.incubation_losses(batch["image"])  # eager: a phase of a few hundred steps
@@ -141,14 +180,25 @@ class PaCoFR(PretrainObjective):
         if self.spatial_head is not None:
             if "region_hist" not in batch:
                 raise ValueError("the region spatial loss needs the batch's `region_hist` (the data module's masker)")
-            sp = spatial_consistency_loss(
-                self.spatial_head(out["decoder_tokens"]),
-                batch["region_hist"],
+            settings = dict(
                 centroid_weight=self.spatial_centroid_weight,
                 grid_size=self.grid_size,
+                patch_weight=~out["loss_mask"] if self.spatial_on == "visible" else None,
+                pair_reduction=self.spatial_pairs,
+                sides=self.spatial_sides,
             )
+            sp = spatial_consistency_loss(self.spatial_head(out["decoder_tokens"]), batch["region_hist"], **settings)
             total = total + self.spatial_weight * sp["loss"]
             terms.update(spatial=sp["loss"], spatial_region=sp["region"], spatial_centroid=sp["centroid"])
+            if self.position_prior is not None:
+                # the same loss from the patch position alone; it trains only the prior (added as a zero, so the
+                # total's value and the encoder's gradient are those without it)
+                prior_logits = self.position_prior.unsqueeze(0).expand(images.shape[0], -1, -1)
+                prior = spatial_consistency_loss(prior_logits, batch["region_hist"], **settings)
+                total = total + (prior["loss"] - prior["loss"].detach())
+                terms.update(
+                    spatial_prior_region=prior["region"].detach(), spatial_prior_centroid=prior["centroid"].detach()
+                )
         elif self.teacher is not None:
             with torch.no_grad():
                 teacher_tokens = self.teacher.forward_features(images)[:, self.teacher.num_prefix_tokens :]
@@ -198,6 +248,7 @@ class PaCoFR(PretrainObjective):
         if "code_perplexity" in out:
             metrics["codebook/perplexity"] = out["code_perplexity"].detach()
             metrics["codebook/usage_fraction"] = self.codebook.usage_fraction()
+            metrics["codebook/reseeded_total"] = self.codebook.reseeded_total.float()
         if "replaced" in out:
             metrics["mask/replaced_ratio"] = out["replaced"].float().mean()
         return metrics
@@ -214,7 +265,8 @@ class PaCoFR(PretrainObjective):
 
     # --- optimisation and cost -----------------------------------------------------------------------------
     def no_weight_decay(self) -> set[str]:
-        return super().no_weight_decay() | {f"codebook.{n}" for n in self.codebook.no_weight_decay()}
+        names = super().no_weight_decay() | {f"codebook.{n}" for n in self.codebook.no_weight_decay()}
+        return names | ({"position_prior"} if self.position_prior is not None else set())
 
     def codebook_parameter_names(self) -> set[str]:
         return set(self._incubation_names)

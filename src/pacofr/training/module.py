@@ -21,7 +21,7 @@ from pacofr.objectives.base import PretrainObjective
 from pacofr.optim import build_adamw, pretrain_schedules, scaled_lr
 from pacofr.training.fsdp_access import is_fsdp
 from pacofr.training.host_copies import LaggedHostReader
-from pacofr.training.nonfinite import NonFiniteGuard, skips_on_device
+from pacofr.training.nonfinite import NonFiniteGuard, all_ranks_finite_flag, skips_on_device
 from pacofr.training.pixels import reconstruction_psnr
 
 try:  # the config LightningCLI instantiates the module from (class paths included), when it does
@@ -43,6 +43,8 @@ class PretrainModule(L.LightningModule):
         weight_decay: float = 0.05,
         betas: tuple[float, float] = (0.9, 0.95),
         warmup_steps: int = 40,
+        codebook_warmup_steps: int = 20,
+        codebook_lr_scale: float = 1.0,
         compile: bool = False,
         max_nonfinite_steps: int = 10,
     ) -> None:
@@ -52,6 +54,8 @@ class PretrainModule(L.LightningModule):
             base_lr: lr per 256 images of global batch (MAE's rule); min_lr_ratio: cosine floor / peak.
             weight_decay, betas: AdamW (no decay on norms, biases, position embeddings, tokens, codebook).
             warmup_steps: linear warmup (after incubation for the non-codebook parameters).
+            codebook_warmup_steps, codebook_lr_scale: the codebook group's own short warmup from step 0 and its
+                peak (x the batch-scaled lr), so it trains at full rate during incubation; then cosine to the end.
             compile: ``torch.compile`` the objective's hot path (model forward and losses as one graph); the
                 incubation steps and FSDP runs stay eager.
             max_nonfinite_steps: a non-finite loss (decided on all ranks) skips the step; this many in a row stop.
@@ -97,16 +101,19 @@ class PretrainModule(L.LightningModule):
     def configure_optimizers(self):
         hp = self.hparams
         lr = scaled_lr(hp.base_lr, self.global_batch_size())
+        total = self.trainer.max_steps
+        if total is None or total <= 0:
+            raise ValueError("pretraining is step-based: set trainer.max_steps")
+        self.objective.configure_run(total, self._samples_per_epoch(), self.global_batch_size())
         groups = self.named_param_groups()
         for g in groups:
             del g["names"]  # kept out of the optimiser: checkpoints record them on their own (optim_keys)
+            if g["schedule"] == "codebook":
+                g["lr"] = lr * hp.codebook_lr_scale
         # fused wherever torch has the kernel (CUDA, CPU): one kernel for all parameters, and the only AdamW that
         # skips a non-finite step on the device (``found_inf``, see pacofr.training.nonfinite) without a host sync
         fused = all(p.device.type in ("cuda", "cpu") for g in groups for p in g["params"])
         optimizer = build_adamw(groups, lr=lr, betas=tuple(hp.betas), fused=fused)
-        total = self.trainer.max_steps
-        if total is None or total <= 0:
-            raise ValueError("pretraining is step-based: set trainer.max_steps")
         incubation = self.objective.incubation_steps
         lambdas = pretrain_schedules(
             [g["schedule"] for g in groups], hp.warmup_steps, total, hp.min_lr_ratio, incubation
@@ -117,28 +124,31 @@ class PretrainModule(L.LightningModule):
         )
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": LambdaLR(optimizer, lambdas), "interval": "step"}}
 
+    def _samples_per_epoch(self) -> int | None:
+        samples = getattr(self._datamodule(), "train_samples", None)
+        return int(samples) if samples else None
+
     # --- training -----------------------------------------------------------------------------------------
     def training_step(self, batch: PretrainBatch, batch_idx: int):
         self._after_step()  # a micro-batch without an optimiser step (gradient accumulation) left its updates
         self._after_step_pending = True
         total, terms, out = self.objective(batch, self.global_step)
-        optimizer = self.trainer.optimizers[0] if self.trainer.optimizers else None
-        take: torch.Tensor | None = None
-        if skips_on_device(optimizer):
-            # decided on the device: the step runs, the fused optimiser skips the update through ``found_inf``,
-            # the objective's state updates are gated; no host sync
-            finite = self.nonfinite.observe(total, self.global_step)
-            take = finite if self._step_finite is None else self._step_finite * finite  # earlier micro-batches
-            self._step_finite = take
-            optimizer.found_inf = 1.0 - take
-        elif not self.nonfinite.check(total, self.global_step):
+        finite = all_ranks_finite_flag(total)  # one all-reduce on the device; counted with the gradients' flag
+        if skips_on_device(self._optimizer()):
+            # decided on the device: the step runs, the fused optimiser skips the update through ``found_inf``
+            # (set before the step, with the gradients' flag), the objective's updates are gated; no host sync
+            self._step_finite = finite if self._step_finite is None else self._step_finite * finite
+        elif not bool(finite.item()):  # host path: one blocking read
+            self.nonfinite.record(finite, self.global_step)
             self.log("loss/nonfinite_skipped", float(self.nonfinite.total), on_step=True, rank_zero_only=True)
             self._after_step_state = None
-            return None  # every rank skips this step together (the check is an all-reduce)
+            return None  # every rank skips this step together (the flag is all-reduced)
         self._after_step_state = self.objective.state_for_after_step(out)
-        self._after_step_apply = take
         self._log_step(total, terms, out, batch)
         return total
+
+    def _optimizer(self) -> torch.optim.Optimizer | None:
+        return self.trainer.optimizers[0] if self.trainer.optimizers else None
 
     def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
         super().optimizer_step(*args, **kwargs)
@@ -158,28 +168,62 @@ class PretrainModule(L.LightningModule):
         self._after_step_state = self._after_step_apply = None
         self.objective.after_step(state, self.global_step, apply)
 
+    def on_before_optimizer_step(self, optimizer) -> None:
+        """Before clipping and the step: each schedule group's gradient norm (logged, and what clipping uses),
+        and the step's decision: loss and gradients finite on every rank."""
+        norms = self._group_grad_norms(optimizer)
+        self._grad_norms = norms
+        total = torch.stack(list(norms.values())).square().sum().sqrt() if norms else None
+        grads_finite = all_ranks_finite_flag(total) if total is not None else None
+        if self._step_finite is not None:  # the device path: the loss's flag of this step's micro-batches
+            take = self._step_finite if grads_finite is None else self._step_finite * grads_finite
+            self.nonfinite.record(take, self.global_step)
+            optimizer.found_inf = 1.0 - take
+            self._after_step_apply = take
+        elif grads_finite is not None and self._after_step_pending:  # the host path, the loss was finite
+            self.nonfinite.record(grads_finite, self.global_step)
+            if not bool(grads_finite.item()):
+                for group in optimizer.param_groups:
+                    for p in group["params"]:
+                        p.grad = None  # the optimiser skips parameters without a gradient
+                self._after_step_apply = torch.zeros((), device=total.device)
+        if norms and self.global_step % max(1, self.trainer.log_every_n_steps) == 0:
+            self.log_dict({f"optim/grad_norm_{tag}": n for tag, n in norms.items()}, on_step=True, on_epoch=False)
+            self.log("optim/grad_norm", total, on_step=True, on_epoch=False)
+
+    def _group_grad_norms(self, optimizer) -> dict[str, torch.Tensor]:
+        """Gradient norm per schedule group (``main``, ``codebook``), on the device. Under FSDP one norm of all
+        shards (FSDP's own, all-reduced), under ``all``."""
+        if is_fsdp(self.trainer):
+            return {"all": self.trainer.strategy.model.clip_grad_norm_(float("inf"))}  # max_norm=inf: no clipping
+        by_tag: dict[str, list[torch.Tensor]] = {}
+        for group in optimizer.param_groups:
+            grads = [p.grad for p in group["params"] if p.grad is not None]
+            by_tag.setdefault(group.get("schedule", "main"), []).extend(grads)
+        return {tag: torch.nn.utils.get_total_norm(grads) for tag, grads in by_tag.items() if grads}
+
     def configure_gradient_clipping(
         self, optimizer, gradient_clip_val: float | None = None, gradient_clip_algorithm: str | None = None
     ) -> None:
-        if is_fsdp(self.trainer) and gradient_clip_val:
+        """Clip by norm per schedule group: the codebook's large gradients no longer shrink the encoder's step.
+        Under FSDP, one norm over all shards (FSDP's clip); value clipping is Lightning's, over everything."""
+        if not gradient_clip_val:
+            return
+        if is_fsdp(self.trainer):
             # Lightning's FSDP precision refuses norm clipping; FSDP's own clip all-reduces the sharded norms
             if gradient_clip_algorithm not in (None, "norm"):
                 raise ValueError(f"FSDP clips by norm only, got gradient_clip_algorithm={gradient_clip_algorithm!r}")
             self.trainer.strategy.model.clip_grad_norm_(gradient_clip_val)
             return
-        super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
-
-    def on_before_optimizer_step(self, optimizer) -> None:
-        if self.global_step % max(1, self.trainer.log_every_n_steps) != 0:
+        if gradient_clip_algorithm not in (None, "norm"):
+            super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
             return
-        if is_fsdp(self.trainer):
-            # each rank holds gradient shards: FSDP's own norm all-reduces them (max_norm=inf clips nothing)
-            norm = self.trainer.strategy.model.clip_grad_norm_(float("inf"))
-            self.log("optim/grad_norm", norm, on_step=True, on_epoch=False)
-            return
-        grads = [p.grad for p in self.parameters() if p.grad is not None]
-        if grads:
-            self.log("optim/grad_norm", torch.nn.utils.get_total_norm(grads), on_step=True, on_epoch=False)
+        norms = getattr(self, "_grad_norms", None) or self._group_grad_norms(optimizer)
+        for group in optimizer.param_groups:
+            norm = norms.get(group.get("schedule", "main"))
+            params = [p for p in group["params"] if p.grad is not None]
+            if norm is not None and params:
+                torch.nn.utils.clip_grads_with_norm_(params, gradient_clip_val, norm)
 
     def validation_step(self, batch: PretrainBatch, batch_idx: int) -> None:
         """The training losses on held-out faces."""

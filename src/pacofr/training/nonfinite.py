@@ -1,6 +1,8 @@
-"""A non-finite loss is decided on all ranks together: every rank skips the same step, and the run
-stops with a clear message after ``max_in_row`` such steps in a row (FSFM hangs DDP when one rank
-skips alone).
+"""A non-finite loss or non-finite gradients are decided on all ranks together: every rank skips the same
+step, intermittent skips are warned about (at most once a minute), and the run stops with a clear message
+after ``max_in_row`` such steps in a row (FSFM hangs DDP when one rank skips alone). The training module
+decides the loss in ``training_step`` and the gradients (their norm, which is non-finite when any gradient
+is) before the optimiser step, and counts the step once with both (:meth:`NonFiniteGuard.record`).
 
 Two ways to skip, chosen by the optimiser:
 
@@ -23,10 +25,15 @@ Two ways to skip, chosen by the optimiser:
 
 from __future__ import annotations
 
+import logging
+import time
+
 import torch
 import torch.distributed as dist
 
 from pacofr.training.host_copies import LaggedHostReader
+
+log = logging.getLogger(__name__)
 
 
 class NonFiniteLossError(RuntimeError):
@@ -73,6 +80,8 @@ class NonFiniteGuard:
         has usually finished it, so the read does not wait); 0 where copies are synchronous (CPU)."""
         self.max_in_row = max_in_row
         self.lag_steps = lag_steps
+        self.warn_every_s = 60.0
+        self._warned_total, self._warned_at = 0, None
         self._counts = torch.zeros(2, dtype=torch.long)  # [in a row, total], moved to the loss's device on use
         self._reader = LaggedHostReader(keep=lag_steps + 1)
 
@@ -106,7 +115,11 @@ class NonFiniteGuard:
         everywhere, take the step), updates the counters on the device, and raises ``NonFiniteLossError``
         once the in-row count read on the host (``lag_steps`` old on CUDA, see the module doc) reaches
         ``max_in_row``."""
-        finite = all_ranks_finite_flag(loss)
+        return self.record(all_ranks_finite_flag(loss), step)
+
+    def record(self, finite: torch.Tensor, step: int) -> torch.Tensor:
+        """Count one step whose all-ranks decision is the device flag ``finite`` (1 = taken): the loss and the
+        gradients, as the training module decides it. Returns the flag; raises like :meth:`observe`."""
         if self._counts.device != finite.device:
             self._counts = self._counts.to(finite.device)
         bad = (finite == 0).long()
@@ -131,9 +144,26 @@ class NonFiniteGuard:
         if landed is None:
             return
         counts, step = landed
-        in_row = int(counts.numpy()[0])  # a host copy: read through numpy, no tensor -> Python conversion
+        in_row, total = (int(v) for v in counts.numpy())  # a host copy: read through numpy, no device sync
         if in_row >= self.max_in_row:
             raise NonFiniteLossError(
-                f"loss was non-finite on at least one rank for {in_row} steps in a row (last at step {step}); "
-                "stopping. Lower the learning rate, check the data, or raise max_nonfinite_steps."
+                f"loss or gradients were non-finite on at least one rank for {in_row} steps in a row (last at step "
+                f"{step}); stopping. Lower the learning rate, check the data, or raise max_nonfinite_steps."
             )
+        self._warn_if_new(total, step)
+
+    def _warn_if_new(self, total: int, step: int) -> None:
+        """Intermittent skips are said, not only counted: a warning when the total has grown, at most once per
+        ``warn_every_s`` seconds (the count is in each message, so none is lost)."""
+        if total <= self._warned_total:
+            return
+        now = time.monotonic()
+        if self._warned_at is not None and now - self._warned_at < self.warn_every_s:
+            return
+        self._warned_total, self._warned_at = total, now
+        log.warning(
+            "pacofr: %d step(s) skipped so far for a non-finite loss or gradients on some rank (known at step %d); "
+            "training goes on. Many of them mean a too high learning rate or bad data.",
+            total,
+            step,
+        )

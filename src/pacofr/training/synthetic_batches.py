@@ -62,6 +62,7 @@ class PremadeBatches(L.LightningDataModule):
         super().__init__()
         self.batches, self.length = batches, length if length is not None else len(batches)
         self.batch_size = int(batches[0]["image"].shape[0])
+        self.train_samples = self.length * self.batch_size  # one epoch: every replayed batch once
 
     def train_dataloader(self) -> DataLoader:
         return DataLoader(_Cycle(self.batches, self.length), batch_size=None, num_workers=0)

@@ -1,0 +1,80 @@
+"""PaCo-FR, full sequence: the most literal reading of the paper's framework ("the image Î, in which some patches
+have been replaced, goes through the encoder and decoder, which predict the original image I").
+
+The encoder sees all N patches. The structurally masked ones (the masker's ``mask``, a ratio of about 0.4-0.6)
+do not enter as themselves: each is replaced by the belief-weighted mix of its top-m candidate codes' tokens,
+or, for a ``mask_token_share`` of them, by a learned mask token. The decoder predicts every patch; the loss is
+the reconstruction of the replaced patches (plus the covered-region weight), the codebook terms and the spatial
+term, as in the hybrid :class:`~pacofr.objectives.paco_fr.PaCoFR` (which drops the masked patches and replaces a
+share of the visible ones). Everything else (incubation, codebook upkeep, monitors) is the hybrid's.
+
+Cost: the encoder runs on N tokens instead of ``N (1 - mask_ratio)``, about ``1 / (1 - mask_ratio)`` times the
+hybrid's encoder work (``bench/train_step.py`` measures the step against MAE's).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from pacofr.objectives.paco_fr import PaCoFR
+
+
+def masked_indices(mask: torch.Tensor, num_masked: int) -> torch.Tensor:
+    """(B, N) bool mask -> (B, num_masked) indices of the masked patches, ascending."""
+    order = torch.argsort((~mask).to(torch.int8), dim=1, stable=True)  # masked (0) first, in patch order
+    return order[:, :num_masked]
+
+
+class PaCoFRFull(PaCoFR):
+    """PaCo-FR with the encoder on the full sequence and the masked patches replaced by candidate mixes."""
+
+    def __init__(self, mask_token_share: float = 0.0, **settings: Any) -> None:
+        """
+        Args:
+            mask_token_share: share of the masked patches that get the learned mask token instead of a candidate
+                mix (0: all candidate mixes).
+            settings: those of :class:`~pacofr.objectives.paco_fr.PaCoFR` (``replace_ratio`` does not apply: the
+                masked patches are the replaced ones).
+        """
+        if not 0.0 <= mask_token_share <= 1.0:
+            raise ValueError(f"mask_token_share must be in [0, 1], got {mask_token_share}")
+        settings["replace_ratio"] = 0.0
+        super().__init__(**settings)
+        self.mask_token_share = mask_token_share
+        self.num_mask_tokens = int(round(self.num_masked * mask_token_share))
+        self.num_replaced = self.num_masked - self.num_mask_tokens  # the candidate-mix share
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, self.encoder.embed_dim))
+        nn.init.normal_(self.mask_token, std=0.02)
+        self.finish_init()  # again: the mask token's shape is recorded for weight decay
+
+    def forward_model(self, images: torch.Tensor, mask: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Every patch through the encoder; the masked ones as candidate mixes (or the mask token). Returns the
+        hybrid's outputs; ``replaced`` marks the candidate-mix patches, ``loss_mask`` every masked one."""
+        mask = self.check_batch_mask(images, mask)
+        target = self.normalized_patches(images)
+        tokens = self.encoder.embed_patches(images)
+        hidden = masked_indices(mask, self.num_masked)  # (B, M)
+        order = torch.rand(hidden.shape, device=hidden.device).argsort(dim=1)
+        shuffled = hidden.gather(1, order)
+        mixed_idx = shuffled[:, : self.num_replaced]  # the rest of `shuffled` gets the mask token
+        cb = self.codebook(target, mixed_idx if self.num_replaced > 0 else None)
+        mixes = cb.pop("replace_tokens", None)
+        b, d = images.shape[0], self.encoder.embed_dim
+        substitutes = [mixes] if mixes is not None else []
+        if self.num_mask_tokens > 0:
+            substitutes.append(self.mask_token.to(tokens.dtype).expand(b, self.num_mask_tokens, d))
+        encoded = self.encoder.forward_masked(tokens, None, shuffled, torch.cat(substitutes, dim=1))
+        pred, decoder_tokens = self.decoder(encoded, None)
+        replaced = torch.zeros_like(mask).scatter(1, mixed_idx, True)
+        out = {"target": target, "mask": mask, **cb}
+        out.update(pred=pred, decoder_tokens=decoder_tokens, replaced=replaced, loss_mask=mask)
+        return out
+
+    def no_weight_decay(self) -> set[str]:
+        return super().no_weight_decay() | {"mask_token"}
+
+    def encoder_tokens(self) -> int:
+        return self.num_patches
