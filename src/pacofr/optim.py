@@ -82,7 +82,8 @@ def pretrain_schedules(
     def codebook_schedule(step: int) -> float:
         return warmup_cosine(step, codebook_warmup, total_steps, min_lr_ratio)
 
-    known = {"main": main_schedule, "codebook": codebook_schedule}
+    # ``probe``: parameters that only measure (a position prior) learn from step 0, like the codebook
+    known = {"main": main_schedule, "codebook": codebook_schedule, "probe": codebook_schedule}
     unknown = sorted(set(schedules) - set(known))
     if unknown:
         raise ValueError(f"unknown learning-rate schedule(s) {unknown}; known: {sorted(known)}")

@@ -179,7 +179,8 @@ def test_full_sequence_arm_replaces_the_masked_patches_and_encodes_all(share):
     total, terms, _ = model({"image": torch.randn(2, 3, IMG, IMG), "mask": mask}, step=10**6)
     total.backward()
     assert model.encoder.blocks[0].attn.qkv.weight.grad.abs().sum() > 0
-    assert (model.mask_token.grad is not None and model.mask_token.grad.abs().sum() > 0) == (share > 0)
+    assert (model.mask_token is not None and model.mask_token.grad.abs().sum() > 0) == (share > 0)
+    assert all(p.grad is not None for p in model.parameters() if p.requires_grad), "no trained parameter idles (DDP)"
     if share < 1:
         assert model.codebook.token_proj.weight.grad.abs().sum() > 0  # the mixes reach the encoder
 

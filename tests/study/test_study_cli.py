@@ -8,6 +8,9 @@ import pytest
 from conftest import DEFAULT_STUDY
 
 from pacofr.cli import main as pacofr_main
+from pacofr.study.spec import load_study
+
+CELLS = len(load_study(DEFAULT_STUDY).cells())  # arms x seeds of the default study
 
 
 def study(*args: str) -> int:
@@ -31,7 +34,7 @@ def test_random_init_cell_is_probed_and_then_skipped(tmp_path, study_faces, caps
     listing = capsys.readouterr().out
     assert "random_init/seed0" in listing and "done" in listing.splitlines()[0]
     assert study("list", *common, "--count") == 0
-    assert capsys.readouterr().out.strip() == "21"
+    assert capsys.readouterr().out.strip() == str(CELLS)
     # probe strength: the same encoder, two probe seeds x two budgets
     assert study("probe-check", *common, "--arm", "random_init", "--seed", "0", "--budgets", "20", "40") == 0
     check = json.loads((result_path.parent / "probe_check.json").read_text())
@@ -43,7 +46,7 @@ def test_random_init_cell_is_probed_and_then_skipped(tmp_path, study_faces, caps
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["cell", "--index", "99"], "outside 0..20"),
+        (["cell", "--index", "99"], f"outside 0..{CELLS - 1}"),
         (["cell"], "needs --index"),
         (["aggregate"], "no finished cell"),
         (["cell", "--index", "0", "--data-root", "/nonexistent"], "no dataset at /nonexistent"),

@@ -69,12 +69,18 @@ def test_codebook_schedule_reaches_its_peak_during_incubation():
 
 def test_incubation_in_epochs_becomes_steps_from_the_data(tmp_path):
     module = tiny_module(img_size=32, patch_size=8, decoder_dim=32, incubation_steps=None, incubation_epochs=1.5)
+    module.hparams.codebook_warmup_steps, module.hparams.warmup_steps = 1, 50
     batches = synthetic_batches(module.objective, batch=4, count=2, seed=0)
     data = PremadeBatches(batches, length=6)  # an epoch: 6 batches of 4 = 24 samples
     trainer = L.Trainer(accelerator="cpu", max_steps=2, logger=False, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False)  # fmt: skip
     trainer.fit(module, datamodule=data)
     assert module.objective.incubation_steps == math.ceil(1.5 * 24 / 4) == 9
+    # the module's schedules: the codebook at its peak after its own 1-step warmup, the backbone still waiting
+    scheduler = trainer.lr_scheduler_configs[0].scheduler
+    tags = [g["group"] for g in trainer.optimizers[0].param_groups]
+    at_step_1 = {tag: fn(1) for tag, fn in zip(tags, scheduler.lr_lambdas)}
+    assert at_step_1["codebook/decay"] == 1.0 and at_step_1["main/decay"] == 0.0
 
 
 class NaNGradients(PoisonedPaCoFR):

@@ -234,8 +234,9 @@ class StructuredMasker(Masker):
 
     def batch(self, segs: torch.Tensor, generators: Sequence[torch.Generator]) -> dict[str, torch.Tensor]:
         """The per-sample results for ``B`` maps ``(B, H, W)``, map ``b`` drawn from ``generators[b]``, stacked
-        (``as_dict`` keys, each ``(B, ...)``) — the same numbers as ``B`` calls, with the per-patch logic
-        vectorised over the batch (the data workers' per-call overhead was most of the masker's cost)."""
+        (``as_dict`` keys, each ``(B, ...)``) — the same numbers as ``B`` calls (unless ``per_batch_component``),
+        with the per-patch logic vectorised over the batch (the data workers' per-call overhead was most of the
+        masker's cost)."""
         if segs.dim() != 3 or len(generators) != segs.shape[0]:
             raise ValueError(f"need (B, H, W) maps and B generators, got {tuple(segs.shape)} and {len(generators)}")
         hist = patch_region_histograms(segs, self.patch_size)  # (B, N, NUM_REGIONS)
@@ -260,7 +261,7 @@ class StructuredMasker(Masker):
             # searchsorted(cdf, u * cdf[-1], side="right") per row = how many cdf entries are <= the target
             chosen = np.minimum((cdf <= (uniforms[:, 0] * cdf[:, -1])[:, None]).sum(axis=1), cdf.shape[1] - 1)
             if self.per_batch_component:
-                # the first sample's draw over the probabilities alone names the batch's component
+                # the first coverable sample's draw over the probabilities alone names the batch's component
                 batch_cdf = np.cumsum(self._probs)
                 shared = min(
                     int(np.searchsorted(batch_cdf, uniforms[0, 0] * batch_cdf[-1], side="right")), len(batch_cdf) - 1

@@ -334,9 +334,10 @@ class CandidateCodebook(nn.Module):
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
         # checkpoints from before the honest usage monitor: start it from the re-seeding counter, count from 0
-        if prefix + "steps_since_used" in state_dict:
-            state_dict.setdefault(prefix + "steps_since_hit", state_dict[prefix + "steps_since_used"].clone())
-            state_dict.setdefault(prefix + "reseeded_total", torch.zeros((), dtype=torch.long))
+        if prefix + "steps_since_used" in state_dict and prefix + "steps_since_hit" not in state_dict:
+            state_dict[prefix + "steps_since_hit"] = torch.as_tensor(state_dict[prefix + "steps_since_used"]).clone()
+        if prefix + "steps_since_used" in state_dict and prefix + "reseeded_total" not in state_dict:
+            state_dict[prefix + "reseeded_total"] = torch.zeros((), dtype=torch.long)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     # --- cost --------------------------------------------------------------------------------------

@@ -213,17 +213,24 @@ class PretrainObjective(nn.Module):
         """Names of the parameters in the ``codebook`` schedule group (empty without a codebook)."""
         return set()
 
+    def probe_parameter_names(self) -> set[str]:
+        """Names of parameters that only measure (e.g. a position-only prior): the ``probe`` schedule group, which
+        trains from step 0 and is clipped apart, so it neither waits for nor shrinks the backbone's step."""
+        return set()
+
     def named_param_groups(self, weight_decay: float) -> list[dict]:
         """AdamW groups: ``params``, ``names`` (as the unwrapped module gives them: under FSDP,
         ``named_parameters()`` adds wrapper prefixes), ``weight_decay`` and ``group`` = ``<schedule>/<decay>``,
-        ``schedule`` in (``codebook``, ``main``). Codebook parameters come first, each part decayed then not."""
-        codebook = self.codebook_parameter_names()
+        ``schedule`` in (``codebook``, ``main``, ``probe``). Codebook parameters come first, each part decayed then
+        not."""
+        codebook, probe = self.codebook_parameter_names(), self.probe_parameter_names()
         named = [(original_param_name(n), p) for n, p in self.named_parameters() if p.requires_grad]
         name_of = {id(p): n for n, p in named}
         groups = []
         for schedule, subset in (
             ("codebook", [(n, p) for n, p in named if n in codebook]),
-            ("main", [(n, p) for n, p in named if n not in codebook]),
+            ("main", [(n, p) for n, p in named if n not in codebook and n not in probe]),
+            ("probe", [(n, p) for n, p in named if n in probe]),
         ):
             for g in param_groups(subset, weight_decay, no_decay_names=self.no_weight_decay(), ndim=self._param_ndim):
                 if g["params"]:

@@ -78,6 +78,10 @@ class FSFM(PretrainObjective):
             self.target_projector = copy.deepcopy(self.projector).requires_grad_(False)
         self.finish_init()
 
+    def no_weight_decay(self) -> set[str]:
+        names = super().no_weight_decay()
+        return names | ({f"id_decoder.{n}" for n in self.id_decoder.no_weight_decay()} if self.id_decoder else set())
+
     def configure_run(self, total_steps: int, samples_per_epoch: int | None, global_batch: int) -> None:
         self.total_steps = total_steps
 

@@ -271,6 +271,9 @@ class PaCoFR(PretrainObjective):
     def codebook_parameter_names(self) -> set[str]:
         return set(self._incubation_names)
 
+    def probe_parameter_names(self) -> set[str]:
+        return {"position_prior"} if self.position_prior is not None else set()
+
     def flops_per_image(self) -> float:
         flops = super().flops_per_image() + self.codebook.flops_per_image(self.num_patches, self.num_replaced, 256)
         if self.spatial_head is not None:

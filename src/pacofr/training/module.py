@@ -30,6 +30,10 @@ except ImportError:  # pragma: no cover - older or newer Lightning: the objectiv
     _given_hyperparameters = None
 
 
+# parameters FSDP keeps whole on every rank (the codebook's unit is NO_SHARD: pacofr.strategies.wrap_policy)
+REPLICATED = ("objective.codebook.",)
+
+
 class PretrainModule(L.LightningModule):
     # torch.compile backend of ``compile: true`` (``aot_eager``: dynamo + autograd tracing without code generation,
     # for quick CPU checks; set on an instance before ``Trainer.fit``)
@@ -116,8 +120,9 @@ class PretrainModule(L.LightningModule):
         optimizer = build_adamw(groups, lr=lr, betas=tuple(hp.betas), fused=fused)
         incubation = self.objective.incubation_steps
         lambdas = pretrain_schedules(
-            [g["schedule"] for g in groups], hp.warmup_steps, total, hp.min_lr_ratio, incubation
-        )
+            [g["schedule"] for g in groups], hp.warmup_steps, total, hp.min_lr_ratio, incubation,
+            codebook_warmup_steps=hp.codebook_warmup_steps,
+        )  # fmt: skip
         rank_zero_info(
             f"pacofr: peak lr {lr:.3g} (base {hp.base_lr:g} x global batch {self.global_batch_size()} / 256), "
             f"{total} steps, warmup {hp.warmup_steps}, incubation {incubation}"
@@ -142,6 +147,7 @@ class PretrainModule(L.LightningModule):
             self.nonfinite.record(finite, self.global_step)
             self.log("loss/nonfinite_skipped", float(self.nonfinite.total), on_step=True, rank_zero_only=True)
             self._after_step_state = None
+            self._after_step_apply = torch.zeros((), device=total.device)  # EMA targets stay where they are
             return None  # every rank skips this step together (the flag is all-reduced)
         self._after_step_state = self.objective.state_for_after_step(out)
         self._log_step(total, terms, out, batch)
@@ -192,36 +198,45 @@ class PretrainModule(L.LightningModule):
             self.log("optim/grad_norm", total, on_step=True, on_epoch=False)
 
     def _group_grad_norms(self, optimizer) -> dict[str, torch.Tensor]:
-        """Gradient norm per schedule group (``main``, ``codebook``), on the device. Under FSDP one norm of all
-        shards (FSDP's own, all-reduced), under ``all``."""
-        if is_fsdp(self.trainer):
-            return {"all": self.trainer.strategy.model.clip_grad_norm_(float("inf"))}  # max_norm=inf: no clipping
-        by_tag: dict[str, list[torch.Tensor]] = {}
+        """Gradient norm per schedule group (``main``, ``codebook``), on the device, of the whole model on every
+        rank: under FSDP each rank holds gradient shards, so their squares are summed over the sharding group;
+        the codebook's unit is replicated (not sharded), its gradients count once."""
+        sharded = is_fsdp(self.trainer)
+        replicated = {id(p) for n, p in self.named_parameters() if original_param_name(n).startswith(REPLICATED)}
+        squares: dict[str, list[torch.Tensor]] = {}  # tag -> [sum over sharded grads, sum over replicated grads]
         for group in optimizer.param_groups:
-            grads = [p.grad for p in group["params"] if p.grad is not None]
-            by_tag.setdefault(group.get("schedule", "main"), []).extend(grads)
-        return {tag: torch.nn.utils.get_total_norm(grads) for tag, grads in by_tag.items() if grads}
+            tag = group.get("schedule", "main")
+            for p in group["params"]:
+                if p.grad is None or p.grad.numel() == 0:
+                    continue
+                sums = squares.setdefault(tag, [p.grad.new_zeros((), dtype=torch.float32)] * 2)
+                i = int(sharded and id(p) in replicated)
+                sums[i] = sums[i] + p.grad.detach().float().square().sum()
+        if not squares:
+            return {}
+        tags = sorted(squares)
+        per_shard = torch.stack([squares[t][0] for t in tags])
+        if sharded and torch.distributed.is_initialized():
+            torch.distributed.all_reduce(per_shard, group=self.trainer.strategy.model.process_group)
+        return {t: (per_shard[i] + squares[t][1]).sqrt() for i, t in enumerate(tags)}
 
     def configure_gradient_clipping(
         self, optimizer, gradient_clip_val: float | None = None, gradient_clip_algorithm: str | None = None
     ) -> None:
-        """Clip by norm per schedule group: the codebook's large gradients no longer shrink the encoder's step.
-        Under FSDP, one norm over all shards (FSDP's clip); value clipping is Lightning's, over everything."""
+        """Clip by norm per schedule group (also under FSDP, where each rank scales its shards by the group's
+        whole-model norm): the codebook's large gradients no longer shrink the encoder's step. Value clipping
+        is Lightning's, over everything (not under FSDP)."""
         if not gradient_clip_val:
             return
-        if is_fsdp(self.trainer):
-            # Lightning's FSDP precision refuses norm clipping; FSDP's own clip all-reduces the sharded norms
-            if gradient_clip_algorithm not in (None, "norm"):
-                raise ValueError(f"FSDP clips by norm only, got gradient_clip_algorithm={gradient_clip_algorithm!r}")
-            self.trainer.strategy.model.clip_grad_norm_(gradient_clip_val)
-            return
         if gradient_clip_algorithm not in (None, "norm"):
+            if is_fsdp(self.trainer):
+                raise ValueError(f"FSDP clips by norm only, got gradient_clip_algorithm={gradient_clip_algorithm!r}")
             super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
             return
         norms = getattr(self, "_grad_norms", None) or self._group_grad_norms(optimizer)
         for group in optimizer.param_groups:
             norm = norms.get(group.get("schedule", "main"))
-            params = [p for p in group["params"] if p.grad is not None]
+            params = [p for p in group["params"] if p.grad is not None and p.grad.numel() > 0]
             if norm is not None and params:
                 torch.nn.utils.clip_grads_with_norm_(params, gradient_clip_val, norm)
 
