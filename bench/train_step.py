@@ -62,7 +62,7 @@ from bench.common import (  # noqa: E402
     reset_peak_rss,
     rss_bytes,
 )
-from pacofr.objectives import MAE  # noqa: E402
+from pacofr.objectives import MAE, PaCoFR  # noqa: E402
 from pacofr.optim import build_adamw, pretrain_schedules, scaled_lr  # noqa: E402
 from pacofr.training.module import PretrainModule  # noqa: E402
 from pacofr.training.nonfinite import NonFiniteGuard  # noqa: E402
@@ -94,12 +94,15 @@ def build_module(config: dict[str, Any], args: argparse.Namespace, method: str) 
             kwargs[name] = getattr(args, name)
     kwargs["grad_checkpointing"] = args.grad_checkpointing
     if method == "mae":
-        core = ("encoder_size", "img_size", "patch_size", "mask_ratio", "decoder_depth", "decoder_dim")
-        objective = MAE(**{k: kwargs[k] for k in core if k in kwargs}, grad_checkpointing=args.grad_checkpointing)
+        core = ("encoder_size", "img_size", "patch_size", "decoder_depth", "decoder_dim")
+        core_kwargs = {k: kwargs[k] for k in core if k in kwargs}
+        objective = MAE(**core_kwargs, mask_ratio=args.mae_mask_ratio, grad_checkpointing=args.grad_checkpointing)
     else:
         module_name, _, cls_name = spec["class_path"].rpartition(".")
-        objective = getattr(importlib.import_module(module_name), cls_name)(**kwargs)
-        objective.incubation_steps = 0  # the main step is what is measured
+        cls = getattr(importlib.import_module(module_name), cls_name)
+        if issubclass(cls, PaCoFR):
+            kwargs["incubation_steps"] = 0  # the main step is what is measured (steps win over incubation_epochs)
+        objective = cls(**kwargs)
     settings = {k: v for k, v in config["model"].items() if k != "objective"}
     return PretrainModule(objective, **{**settings, "compile": False})
 
@@ -436,6 +439,7 @@ def find_max_batch(
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     cuda = torch.cuda.is_available()
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--mae-mask-ratio", type=float, default=0.75, help="the MAE row's mask ratio (MAE's 0.75)")
     p.add_argument("--size", choices=["tiny", "small", "base", "large"], default="base" if cuda else "tiny")
     p.add_argument("--config", type=Path, default=None, help="pretrain config (default: demo_tiny for tiny, else b16)")
     p.add_argument("--img-size", type=int, default=None, help="default: the config's model.img_size")
