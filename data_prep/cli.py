@@ -10,13 +10,25 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+from typing import NoReturn
+
+from pacofr.errors import EXIT_USER_ERROR, option_strings, suggestion
 
 # Modules that provide subcommands, in the order ``--help`` lists them.
 COMMAND_MODULES = ("data_prep.synth.command", "data_prep.commands")
 
 
+class OneLineArgumentParser(argparse.ArgumentParser):
+    """A parse error is one line on stderr (with the nearest known option when one was misspelt), exit 2."""
+
+    def error(self, message: str) -> NoReturn:
+        known = option_strings(self)
+        sys.stderr.write(f"{self.prog}: error: {message}{suggestion(message, known)} ({self.prog} --help)\n")
+        sys.exit(EXIT_USER_ERROR)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineArgumentParser(
         prog="pacofr-prep",
         description="Turn raw face images (or procedural synthetic faces) into pacofr-faces/1 shards.",
     )

@@ -10,6 +10,7 @@ import argparse
 import json
 import os
 import sys
+from pathlib import Path
 
 from data_prep import weights
 from data_prep.align import FFHQ_ZOOM
@@ -27,6 +28,12 @@ def _env_int(name: str, default: int) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
+    if not Path(args.input).exists():  # before loading any model: the input is the first thing to be wrong
+        print(
+            f"pacofr-prep run: error: no input at {args.input} (a folder of images or a file listing them)",
+            file=sys.stderr,
+        )
+        return 2
     cfg = PrepConfig(
         input=args.input,
         out=args.out,

@@ -143,3 +143,28 @@ def test_eval_precision_follows_the_device(tmp_path):
     assert "bf16" in (REPO / "configs" / "eval" / "lfw.yaml").read_text()
     cli = make_cli(args)
     assert cli.trainer.precision == "32-true"
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["run", "--in", "/nonexistent", "--out", "OUT"], "no input at /nonexistent"),
+        (["merge", "--out", "OUT", "/nonexistent"], "unrecognized arguments: /nonexistent"),
+        (["inspect", "/nonexistent"], "no manifest _info.json"),
+        (["synth", "--out", "OUT", "--n", "-5"], "n must be >= 1"),
+        (["bogus"], "invalid choice: 'bogus'"),
+        (["synth", "--out", "OUT", "--n", "4", "--sise", "64"], "did you mean --size?"),
+    ],
+)
+def test_prep_errors_are_one_line(tmp_path, capsys, argv, message):
+    from data_prep.cli import main as prep
+
+    argv = [str(tmp_path / "out") if a == "OUT" else a for a in argv]
+    try:
+        code = prep(argv)
+    except SystemExit as exit_info:  # the parser's own exit
+        code = exit_info.code
+    assert code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and message in err, err
+    assert not (tmp_path / "out").exists(), "nothing written on bad input"

@@ -284,3 +284,29 @@ def test_occluder_is_deterministic_and_inside_the_box():
     ys, xs = np.nonzero(changed)
     assert ys.min() >= 16 and ys.max() <= 48 and xs.min() >= 16 and xs.max() <= 48
     assert not math.isclose(changed.mean(), 0.0)
+
+
+@pytest.mark.parametrize("viewer_named", [True, False])
+def test_lapa_sides_are_the_subjects(tmp_path, viewer_named):
+    """pacofr's ``l_eye`` is the person's left eye (on the image's right) in every reader: a LaPa whose "left"
+    classes lie on the image's left (named from the viewer) gets its brow and eye pairs swapped."""
+    from PIL import Image
+
+    from pacofr.eval.datasets.lapa import LaPa
+
+    base = tmp_path / "test"
+    for folder in ("images", "labels", "landmarks"):
+        (base / folder).mkdir(parents=True)
+    for i in range(3):
+        seg = np.zeros((40, 40), np.uint8)
+        left_side, right_side = (slice(5, 15), slice(25, 35)) if viewer_named else (slice(25, 35), slice(5, 15))
+        seg[10:14, left_side], seg[10:14, right_side] = 4, 5  # LaPa's "left eye" / "right eye"
+        seg[5:8, left_side], seg[5:8, right_side] = 2, 3
+        Image.fromarray(seg).save(base / "labels" / f"{i}.png")
+        Image.fromarray(np.zeros((40, 40, 3), np.uint8)).save(base / "images" / f"{i}.jpg")
+        (base / "landmarks" / f"{i}.txt").write_text("106\n" + "1 1\n" * 106)
+    reader = LaPa(tmp_path, "test")
+    assert reader.swapped_sides == viewer_named
+    seg = reader[0]["seg"]
+    assert np.nonzero(seg == 4)[1].mean() > 20 and np.nonzero(seg == 2)[1].mean() > 20  # subject's left: image right
+    assert np.nonzero(seg == 5)[1].mean() < 20 and np.nonzero(seg == 3)[1].mean() < 20

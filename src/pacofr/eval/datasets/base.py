@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import io
 import os
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -81,3 +82,28 @@ def landmark_box(landmarks: np.ndarray) -> np.ndarray:
 def decode_gray(data: bytes) -> np.ndarray:
     with Image.open(io.BytesIO(data)) as im:
         return np.asarray(im if im.mode in ("L", "P") else im.convert("L"))
+
+
+# pacofr names a two-sided part from the subject's side: ``l_eye`` is the person's left eye, which a frontal face
+# shows on the image's right. Datasets name the sides by their own convention; each parsing reader checks it on
+# its own label maps and swaps the pair ids when they name the sides from the viewer.
+SIDE_CHECK_MAPS = 20  # label maps a reader looks at to decide
+
+
+def names_sides_from_viewer(maps: Iterable[np.ndarray], left_id: int, right_id: int) -> bool:
+    """Whether label ``left_id`` lies on the image's left of ``right_id`` in most maps that hold both (the
+    viewer's naming); False when no map holds both (nothing to decide on: the names are taken as written)."""
+    votes = 0
+    for seg in maps:
+        xs_left, xs_right = np.nonzero(seg == left_id)[1], np.nonzero(seg == right_id)[1]
+        if xs_left.size and xs_right.size:
+            votes += 1 if xs_left.mean() < xs_right.mean() else -1
+    return votes > 0
+
+
+def swap_ids(seg: np.ndarray, pairs: Iterable[tuple[int, int]]) -> np.ndarray:
+    """``seg`` with each pair of label ids exchanged."""
+    out = seg.copy()
+    for a, b in pairs:
+        out[seg == a], out[seg == b] = b, a
+    return out

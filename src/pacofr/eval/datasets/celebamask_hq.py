@@ -8,9 +8,19 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from pacofr.data.format import LABEL_IDS, LABEL_NAMES
+from pacofr.data.format import FLIP_SWAP_PAIRS, LABEL_IDS, LABEL_NAMES
 
-from .base import DatasetLayoutError, Sample, check_split, load_gray, require_dir, require_file
+from .base import (
+    SIDE_CHECK_MAPS,
+    DatasetLayoutError,
+    Sample,
+    check_split,
+    load_gray,
+    names_sides_from_viewer,
+    require_dir,
+    require_file,
+    swap_ids,
+)
 
 # Parts painted in this order, later ones over earlier ones (FaRL's order: accessories and hair
 # end up on top of skin/neck/cloth, as in the official preprocessing).
@@ -66,6 +76,9 @@ class CelebAMaskHQ:
                 self.ids.append(hq_id)
         if not self.ids:
             raise DatasetLayoutError(f"CelebAMask-HQ: no image of split {split!r} in {mapping}")
+        # sides: pacofr's convention is the subject's; checked on the first maps like every parsing reader
+        maps = (self.merged_mask(hq_id, swap=False) for hq_id in self.ids[:SIDE_CHECK_MAPS])
+        self.swapped_sides = names_sides_from_viewer(maps, LABEL_IDS["l_eye"], LABEL_IDS["r_eye"])
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -76,7 +89,7 @@ class CelebAMaskHQ:
             image = np.asarray(im.convert("RGB").resize((MASK_SIZE, MASK_SIZE), Image.BILINEAR))
         return {"image": image, "seg": self.merged_mask(hq_id)}
 
-    def merged_mask(self, hq_id: int) -> np.ndarray:
+    def merged_mask(self, hq_id: int, swap: bool = True) -> np.ndarray:
         folder = self.masks / str(hq_id // 2000)
         seg = np.zeros((MASK_SIZE, MASK_SIZE), np.uint8)
         for part in MERGE_ORDER:
@@ -86,7 +99,7 @@ class CelebAMaskHQ:
                 if mask.shape != seg.shape:
                     raise ValueError(f"{path}: mask is {mask.shape}, expected {seg.shape}")
                 seg[mask > 0] = LABEL_IDS[part]
-        return seg
+        return swap_ids(seg, FLIP_SWAP_PAIRS) if swap and self.swapped_sides else seg
 
 
 def _celeba_group(orig_file: str) -> int:

@@ -7,7 +7,17 @@ from pathlib import Path
 
 import numpy as np
 
-from .base import DatasetLayoutError, Sample, check_split, load_gray, load_rgb, require_dir
+from .base import (
+    SIDE_CHECK_MAPS,
+    DatasetLayoutError,
+    Sample,
+    check_split,
+    load_gray,
+    load_rgb,
+    names_sides_from_viewer,
+    require_dir,
+    swap_ids,
+)
 
 LAPA_LABELS: tuple[str, ...] = (
     "background",
@@ -24,9 +34,16 @@ LAPA_LABELS: tuple[str, ...] = (
 )
 
 
+LAPA_SIDE_PAIRS = ((2, 3), (4, 5))  # (l_brow, r_brow), (l_eye, r_eye)
+
+
 class LaPa:
     """``images/<name>.jpg``, ``labels/<name>.png`` (uint8 ids 0-10), ``landmarks/<name>.txt``
-    (first number 106, then 106 ``x y`` pairs)."""
+    (first number 106, then 106 ``x y`` pairs).
+
+    Sides follow pacofr's convention, the subject's (``l_eye`` = the person's left eye, on the image's right):
+    the reader looks at the first label maps and, if LaPa's "left" classes lie on the image's left (named from
+    the viewer), swaps the brow and eye pairs (``swapped_sides``)."""
 
     splits = ("train", "val", "test")
     label_names = LAPA_LABELS
@@ -45,13 +62,18 @@ class LaPa:
             self.items.append((image, label, marks))
         if not self.items:
             raise DatasetLayoutError(f"LaPa: no .jpg images in {images}")
+        maps = (load_gray(label) for _, label, _ in self.items[:SIDE_CHECK_MAPS])
+        self.swapped_sides = names_sides_from_viewer(maps, 4, 5)
 
     def __len__(self) -> int:
         return len(self.items)
 
     def __getitem__(self, index: int) -> Sample:
         image, label, marks = self.items[index]
-        return {"image": load_rgb(image), "seg": load_gray(label), "landmarks": read_lapa_landmarks(marks)}
+        seg = load_gray(label)
+        if self.swapped_sides:
+            seg = swap_ids(seg, LAPA_SIDE_PAIRS)
+        return {"image": load_rgb(image), "seg": seg, "landmarks": read_lapa_landmarks(marks)}
 
 
 def read_lapa_landmarks(path: Path) -> np.ndarray:
