@@ -106,7 +106,9 @@ def test_problem_counters_are_apart_and_validation_has_a_chart():
 def test_method_names():
     assert method_name("PaCoFR", "StructuredMasker") == "PaCo-FR"
     assert method_name("PaCoFR", "RandomMasker") == "PaCo-FR (RandomMasker)"
-    assert method_name("FSFM", "StructuredMasker") == "CRFR-P MAE"
+    assert method_name("FSFM", "StructuredMasker") == "FSFM"
+    assert method_name("FSFM", "StructuredMasker", {"id_weight": 0.0}) == "CRFR-P MAE"
+    assert method_name("PaCoFRFull", "StructuredMasker") == "PaCo-FR full"
     assert method_name("MAE", "RandomMasker") == "MAE"
     assert method_name("MAE", "StructuredMasker") == "MAE (StructuredMasker)"
 
@@ -114,7 +116,7 @@ def test_method_names():
 def test_hparams_say_method_masker_batch_steps_world():
     data = SimpleNamespace(masker=StructuredMasker(16, 0.75), batch_size=32)
     trainer = SimpleNamespace(datamodule=data, world_size=4, max_steps=1000, accumulate_grad_batches=2)
-    objective = {"class_path": "pacofr.objectives.FSFM", "init_args": {"covered_weight": 0.007}}
+    objective = {"class_path": "pacofr.objectives.FSFM", "init_args": {"covered_weight": 0.007, "id_weight": 0.0}}
     row = run_hparams(trainer, {"objective": objective, "_instantiator": "x", "base_lr": 1e-3})
     assert row["method"] == "CRFR-P MAE" and row["masker"] == "StructuredMasker" and row["objective"] == "FSFM"
     assert (row["global_batch"], row["max_steps"], row["world_size"]) == (256, 1000, 4)
@@ -140,3 +142,30 @@ def test_image_grid_gets_titles_and_a_region_legend(tmp_path):
     from PIL import Image
 
     Image.fromarray((out.permute(1, 2, 0).numpy() * 255).astype("uint8")).save(tmp_path / "grid.png")
+
+
+def test_eval_scores_become_metrics_of_the_pretraining_runs_hparams_row(tmp_path):
+    """The session lives in ``tb/hparams`` with no experiment summary anywhere, so TensorBoard takes its metrics
+    from that sub-run's scalars: the validation loss, and the scores an evaluation of a checkpoint adds."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.plugins.hparams import metadata
+
+    from pacofr.callbacks.hparams_session import add_session_metrics, pretraining_log_dir, write_session_start
+
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    write_session_start(
+        run / "tb", {"objective": "PaCoFR", "codebook_options": {"dead_after": 5}, "betas": [0.9, 0.95]}
+    )
+    add_session_metrics(run / "tb", {"hp/val_loss": 1.5}, step=100)
+    assert pretraining_log_dir(run / "checkpoints" / "last.ckpt") == run / "tb"
+    assert pretraining_log_dir(tmp_path / "encoder.safetensors") is None
+    add_session_metrics(run / "tb", {"eval/lfw/test/accuracy": 0.9}, step=300)
+    events = EventAccumulator(str(run / "tb" / "hparams"))
+    events.Reload()
+    assert set(events.Tags()["scalars"]) == {"hp/val_loss", "eval/lfw/test/accuracy"}
+    plugin_tags = events.PluginTagToContent(metadata.PLUGIN_NAME)
+    assert metadata.SESSION_START_INFO_TAG in plugin_tags and metadata.EXPERIMENT_TAG not in plugin_tags
+    start = metadata.parse_session_start_info_plugin_data(plugin_tags[metadata.SESSION_START_INFO_TAG])
+    assert start.hparams["codebook_options/dead_after"].number_value == 5
+    assert start.hparams["betas"].string_value == "[0.9, 0.95]"

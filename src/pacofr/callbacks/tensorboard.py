@@ -15,6 +15,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
 from torchvision.utils import make_grid
 
+from pacofr.callbacks.hparams_session import add_session_metrics, write_session_start
 from pacofr.data.batch import PretrainBatch
 from pacofr.data.format import NUM_REGIONS, REGION_NAMES, label_to_region_lut
 from pacofr.models.patches import unpatchify
@@ -111,6 +112,13 @@ def titled_grid(grid: torch.Tensor, titles: list[str], legend: bool) -> torch.Te
     return torch.from_numpy(np.asarray(canvas).copy()).permute(2, 0, 1).float() / 255.0
 
 
+def _log_dir(trainer: L.Trainer) -> str | None:
+    for logger in trainer.loggers:
+        if isinstance(logger, TensorBoardLogger):
+            return logger.log_dir
+    return None
+
+
 def _writer(trainer: L.Trainer):
     for logger in trainer.loggers:
         if isinstance(logger, TensorBoardLogger):
@@ -167,8 +175,8 @@ class ScalarLayout(L.Callback):
     """TensorBoard's CUSTOM SCALARS page, one chart per scale (a perplexity of 200 beside a usage share of 1
     would draw the share flat), problem counters apart from volume counters, validation beside training;
     and the HPARAMS tab: what tells runs apart (method, masker, global batch, steps, world size, every
-    model hyper-parameter) against ``hp/val_loss`` (logged by validation). Lightning's TensorBoardLogger
-    writes the HPARAMS summary only with a metric attached, so this writes it once at fit start.
+    setting) against the validation loss and, once ``pacofr eval`` has scored a checkpoint of the run, the
+    benchmark scores (``pacofr.callbacks.hparams_session``: a session in the ``tb/hparams`` sub-run).
     """
 
     HP_METRIC = "hp/val_loss"
@@ -210,7 +218,8 @@ class ScalarLayout(L.Callback):
         },
         "3 codebook health": {
             "perplexity (codes in use, effective)": ["Multiline", [r"^codebook/perplexity$"]],
-            "share of codes used": ["Multiline", [r"^codebook/usage_fraction$"]],
+            "share of codes used (assigned in the window)": ["Multiline", [r"^codebook/usage_fraction$"]],
+            "codes re-seeded so far": ["Multiline", [r"^codebook/reseeded_total$"]],
         },
         "4 online probe": {
             "pose MAE, degrees (lower is better)": ["Multiline", [r"^probe/pose_mae.*$"]],
@@ -239,20 +248,36 @@ class ScalarLayout(L.Callback):
         if writer is None:
             return
         writer.add_custom_scalars(self.LAYOUT)
-        hparams = run_hparams(trainer, dict(pl_module.hparams))
-        for logger in trainer.loggers:
-            if isinstance(logger, TensorBoardLogger):
-                logger.log_hyperparams(hparams, metrics={self.HP_METRIC: float("nan")})
+        log_dir = _log_dir(trainer)
+        if log_dir is not None:
+            write_session_start(log_dir, run_hparams(trainer, dict(pl_module.hparams)))
+
+    @rank_zero_only
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """The validation loss as the HPARAMS session's metric (``pacofr eval`` adds the benchmark scores)."""
+        value = trainer.callback_metrics.get(self.HP_METRIC)
+        log_dir = _log_dir(trainer)
+        if value is None or log_dir is None or trainer.sanity_checking:
+            return
+        add_session_metrics(log_dir, {self.HP_METRIC: float(value)}, trainer.global_step)
 
 
 # what a reader calls each objective with the masker it was designed with; another masker is named beside it
-METHOD_NAMES = {"PaCoFR": ("PaCo-FR", "Structured"), "FSFM": ("CRFR-P MAE", "Structured"), "MAE": ("MAE", "Random")}
+METHOD_NAMES = {
+    "PaCoFR": ("PaCo-FR", "Structured"),
+    "PaCoFRFull": ("PaCo-FR full", "Structured"),
+    "FSFM": ("FSFM", "Structured"),
+    "MAE": ("MAE", "Random"),
+}
 
 
-def method_name(objective: str, masker: str) -> str:
-    """The run's method from its objective class (PaCoFR, FSFM, MAE) and masker: "PaCo-FR", "CRFR-P MAE",
-    "MAE", or e.g. "PaCo-FR (RandomMasker)" with a masker the method was not designed with."""
+def method_name(objective: str, masker: str, settings: dict | None = None) -> str:
+    """The run's method from its objective class and masker: "PaCo-FR", "PaCo-FR full", "FSFM" ("CRFR-P MAE"
+    without its ID branch), "MAE", or e.g. "PaCo-FR (RandomMasker)" with a masker the method was not designed
+    with."""
     name, designed_for = METHOD_NAMES.get(objective, (objective, ""))
+    if objective == "FSFM" and (settings or {}).get("id_weight", 0.1) == 0:
+        name = "CRFR-P MAE"
     return name if designed_for in masker or masker == "none" else f"{name} ({masker})"
 
 
@@ -270,7 +295,7 @@ def run_hparams(trainer: L.Trainer, model_hparams: dict) -> dict:
     batch = getattr(data, "batch_size", None)
     out.update(
         {
-            "method": method_name(objective_class, masker),
+            "method": method_name(objective_class, masker, objective.get("init_args")),
             "masker": masker,
             "world_size": trainer.world_size,
             "max_steps": trainer.max_steps,

@@ -22,6 +22,8 @@ import torch
 from timm.optim import param_groups_layer_decay
 from torch import nn
 
+from pacofr.callbacks.hparams_session import add_session_metrics, pretraining_log_dir
+from pacofr.checkpointing.resolve import checkpoint_global_step
 from pacofr.optim import param_groups, warmup_cosine
 
 from .backbone import file_sha256, load_backbone
@@ -177,6 +179,19 @@ class EvalModule(L.LightningModule):
         self.results = self._results(scores, drops)
         if self.trainer.is_global_zero:
             write_json_atomic(self.results_path(), self.results)
+            self.record_in_pretraining_run(scores, drops)
+
+    def record_in_pretraining_run(self, scores: dict[str, dict[str, Any]], drops: dict[str, float]) -> None:
+        """The primary score of each test split (and its occlusion drop) as metrics of the pretraining run's
+        HPARAMS row, when the encoder is a checkpoint of a pacofr run (``pacofr.callbacks.hparams_session``)."""
+        ckpt = self.hparams.encoder_ckpt
+        log_dir = pretraining_log_dir(ckpt)
+        if log_dir is None:
+            return
+        task, primary = self.spec.name, self.spec.primary
+        metrics = {f"eval/{task}/{split}/{primary}": float(vals[primary]) for split, vals in scores.items()}
+        metrics.update({f"eval/{task}/{split}/occlusion_drop": float(v) for split, v in drops.items()})
+        add_session_metrics(log_dir, metrics, checkpoint_global_step(ckpt))
 
     # --- feature cache ---------------------------------------------------------------------
     def cache_refusal(self, trainer: L.Trainer, datamodule: EvalDataModule) -> str | None:
