@@ -75,3 +75,17 @@ def test_data_bench_tiny_cpu(tmp_path, make_shards):
     assert set(summary["stage_ms_per_img_cpu"]) == {"read+check", "decode", "augment", "mask", "collate"}
     assert all(positive_finite(v) for v in summary["stage_ms_per_img_cpu"].values())
     assert summary["fastest_decoder"]["jpeg"] in {r["decoder"] for r in rows.values() if r.get("kind") == "jpeg"}
+
+
+def test_scale_bench_small():
+    """The plan at scale, scaled down: every plan checked (exactly once, equal batches), figures finite."""
+    out, records = run_bench("scale.py", "--samples", "20000", "--shards", "40", "--nodes", "8", "--epochs", "2")
+    plans = [r for r in records if r["bench"] == "scale_plan"]
+    assert [r["lanes"] for r in plans] == [64, 512]
+    assert all(positive_finite(r["plan_s_median"]) and positive_finite(r["epoch_draw_ratio"]) for r in plans)
+    assert plans[-1]["epoch_draw_ratio"] > 1, "lanes shorter than a batch wrap: samples repeat within the epoch"
+    small = plans[-1]  # 39 samples per lane < one batch of 256: a lane yields one batch, re-reading its samples
+    assert small["lane_batches_per_epoch"] == 1 and small["samples_per_lane"] == 20000 // 512
+    manifest = next(r for r in records if r["bench"] == "scale_manifest")
+    assert manifest["shards"] == 40 and manifest["bytes"] > 0
+    assert "exactly one lane" in out
