@@ -8,12 +8,11 @@ For each lane count it prints, per epoch of the plan (``pacofr.data.lanes.plan_e
 computes at every epoch start):
 
 - the plan's time and peak memory (one worker computes the whole plan, then keeps its lane);
-- **exactly once**: every sample of the split in exactly one lane, checked on a bitmap of all N samples;
-- **equal batches per rank** and what an epoch *draws* (as a share of the split; above 1 when lanes shorter
-  than a batch wrap and repeat samples): every lane yields ``(N // lanes) // batch`` batches
-  (the stream's rule, ``TrainShardStream``), so each rank yields the same number; the rest of each lane is not
-  seen that epoch. The share of the split an epoch uses is printed: at 4,096 lanes of ~488 samples and a batch
-  of 256, a lane yields one batch and about half of every epoch is left out;
+- **at most once, equal batches per rank** and what an epoch *draws*: the stream's rule (``TrainShardStream``):
+  every rank yields ``N // (ranks * batch)`` batches, each lane holds the whole batches that fall to it
+  (``pacofr.data.lanes.epoch_lane_sizes``), no sample is in two lanes (checked on a bitmap of all N samples),
+  and the share of the split an epoch draws is printed (above 1 only when the data is under one batch per
+  rank and lanes wrap);
 - **read cost**: at an epoch start a worker whose lane starts mid-shard reads the shard's prefix from the tar
   stream to reach it; a resumed worker also replays its lane up to its position (samples it has consumed plus
   the shuffle buffer's fill). Both in samples, and in MB and seconds at ``--sample-kb`` per sample and
@@ -40,7 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 import numpy as np  # noqa: E402
 
 from pacofr.data.format import Manifest, SplitInfo, read_manifest, write_manifest  # noqa: E402
-from pacofr.data.lanes import plan_epoch  # noqa: E402
+from pacofr.data.lanes import epoch_lane_sizes, plan_lanes  # noqa: E402
 
 
 def shard_lengths(samples: int, shards: int, seed: int = 0) -> list[int]:
@@ -54,15 +53,15 @@ def shard_lengths(samples: int, shards: int, seed: int = 0) -> list[int]:
     return lengths
 
 
-def check_exactly_once(plan: list[list], lengths: list[int]) -> None:
-    """Every sample of every shard in exactly one lane (raises otherwise)."""
+def check_at_most_once(plan: list[list], lengths: list[int], wraps: bool) -> None:
+    """No sample in two lanes (unless the lanes wrap: fewer samples than one batch per rank), raises otherwise."""
     offsets = np.concatenate([[0], np.cumsum(lengths)])
     seen = np.zeros(int(offsets[-1]), dtype=np.int32)
     for lane in plan:
         for piece in lane:
             seen[offsets[piece.shard] + piece.start : offsets[piece.shard] + piece.stop] += 1
-    if not (seen == 1).all():
-        raise AssertionError(f"{int((seen == 0).sum())} samples in no lane, {int((seen > 1).sum())} in several")
+    if not wraps and (seen > 1).any():
+        raise AssertionError(f"{int((seen > 1).sum())} samples in several lanes")
 
 
 def lane_costs(plan: list[list], batch: int, buffer: int, rng: random.Random) -> dict[str, list[int]]:
@@ -71,9 +70,9 @@ def lane_costs(plan: list[list], batch: int, buffer: int, rng: random.Random) ->
     prefix, replay = [], []
     for lane in plan:
         size = sum(p.length for p in lane)
-        per_epoch = max(1, (size // batch)) * batch
+        per_epoch = size  # a lane holds whole batches
         prefix.append(sum(p.start for p in lane[:1]))
-        position = rng.randrange(0, per_epoch)  # samples this worker has consumed this epoch
+        position = rng.randrange(0, max(1, per_epoch))  # samples this worker has consumed this epoch
         replay.append(min(size, position + buffer))
     return {"prefix": prefix, "replay": replay}
 
@@ -87,16 +86,17 @@ def plan_at(lengths: list[int], lanes: int, epochs: int, world: int, batch: int,
     for epoch in range(epochs):
         tracemalloc.start()
         start = time.perf_counter()
-        plan = plan_epoch(lengths, lanes, seed=0, epoch=epoch)
+        rank_batches = max(1, n // (world * batch))  # the stream's rule (TrainShardStream.batches_per_epoch)
+        sizes = epoch_lane_sizes(epoch, rank_batches, workers, world, batch)
+        plan = plan_lanes(lengths, sizes, seed=0, epoch=epoch)
         times.append(time.perf_counter() - start)
         peaks.append(tracemalloc.get_traced_memory()[1])
         tracemalloc.stop()
-        check_exactly_once(plan, lengths)
-        lane_batches = max(1, (n // lanes) // batch)  # the stream's rule: the same for every lane
-        per_rank = {r: workers * lane_batches for r in range(world)}
-        if len(set(per_rank.values())) != 1:
-            raise AssertionError("ranks yield different batch counts")
-        used.append(lanes * lane_batches * batch / n)
+        check_at_most_once(plan, lengths, wraps=sum(sizes) > n)
+        per_rank = {sum(sizes[r * workers : (r + 1) * workers]) // batch for r in range(world)}
+        if per_rank != {rank_batches}:
+            raise AssertionError(f"ranks yield different batch counts: {per_rank}")
+        used.append(sum(sizes) / n)
         for key, values in lane_costs(plan, batch, buffer, rng).items():
             costs[key] += values
     mb = args.sample_kb / 1024
@@ -108,7 +108,7 @@ def plan_at(lengths: list[int], lanes: int, epochs: int, world: int, batch: int,
         "plan_s_median": statistics.median(times),
         "plan_peak_mib": max(peaks) / 2**20,
         "samples_per_lane": n // lanes,
-        "lane_batches_per_epoch": max(1, (n // lanes) // batch),
+        "rank_batches_per_epoch": max(1, n // (world * batch)),
         "epoch_draw_ratio": statistics.mean(used),
         "prefix_samples_mean": statistics.mean(costs["prefix"]),
         "prefix_samples_max": max(costs["prefix"]),
@@ -156,12 +156,12 @@ def main() -> None:
                      "nodes": nodes})  # fmt: skip
     layout = f"{args.gpus} GPUs x {args.workers} workers per node, batch {args.batch}, {args.epochs} epochs"
     print(f"## Data plan: {args.samples:,} samples in {args.shards:,} shards, {layout}\n")
-    print("| nodes | lanes | plan s | plan MiB | samples/lane | batches/lane | drawn / split | prefix max (MB, s) "
+    print("| nodes | lanes | plan s | plan MiB | samples/lane | batches/rank | drawn / split | prefix max (MB, s) "
           "| resume max (MB, s) |\n|---|---|---|---|---|---|---|---|---|")  # fmt: skip
     for r in rows:
         print(
             f"| {r['nodes']} | {r['lanes']:,} | {r['plan_s_median']:.4f} | {r['plan_peak_mib']:.1f} | "
-            f"{r['samples_per_lane']:,} | {r['lane_batches_per_epoch']} | {r['epoch_draw_ratio']:.1%} | "
+            f"{r['samples_per_lane']:,} | {r['rank_batches_per_epoch']} | {r['epoch_draw_ratio']:.1%} | "
             f"{r['prefix_samples_max']:,} ({r['prefix_mb_max']:.0f} MB, {r['prefix_s_max']:.1f} s) | "
             f"{r['resume_samples_max']:,} ({r['resume_mb_max']:.0f} MB, {r['resume_s_max']:.1f} s) |"
         )
@@ -169,7 +169,7 @@ def main() -> None:
     print(f"\nmanifest of {manifest['shards']:,} shards: {manifest['bytes'] / 1024:.0f} KiB, written in "
           f"{manifest['write_s'] * 1000:.1f} ms, read in {manifest['read_s'] * 1000:.1f} ms")  # fmt: skip
     print(
-        f"(world at {args.nodes} nodes: {world} ranks; every plan checked: each sample in exactly one lane, "
+        f"(world at {args.nodes} nodes: {world} ranks; every plan checked: no sample in two lanes, "
         "equal batches per rank)"
     )
     for r in rows:

@@ -54,8 +54,7 @@ def test_every_rank_yields_the_same_full_batches(tmp_path: Path, make_shards, co
         }
         assert len(per_rank) == 1, f"world={world} workers={workers}: ranks disagree on batches per epoch {per_rank}"
         (bpe,) = per_rank
-        assert bpe >= max(1, workers)
-        assert bpe * bs * world <= sum(counts) or bpe == max(1, workers), "never promise more than the data"
+        assert bpe == max(1, sum(counts) // (world * bs)), "whole batches of the data, whatever the workers"
         for rank in range(world):
             # two full epochs: the stream really delivers what it promised, with full batches
             batches = _take(_stream(root, bs, rank=rank, world_size=world, num_workers=workers), 2 * bpe)
@@ -87,11 +86,26 @@ def test_remainder_is_dropped_or_wrapped_as_documented(tmp_path: Path, make_shar
     root = make_shards(tmp_path / "b", {"train": [7, 1]}, size=SIZE)
     keys = [k for r in range(2) for k in _keys(_take(_stream(root, 2, rank=r, world_size=2), 2))]
     assert len(keys) == 8 and set(keys) == _all_keys(root)
-    # Fewer samples than a batch per lane (3 samples, 2 ranks, batch 2): one batch per rank;
-    # rank 0 holds 1 sample and wraps (it repeats), rank 1 holds 2.
+    # Fewer samples than a batch per rank (3 samples, 2 ranks, batch 2): one batch per rank; the lanes wrap
+    # around the epoch's sequence, so one sample is in both ranks' batches and every sample is seen.
     root = make_shards(tmp_path / "c", {"train": [3]}, size=SIZE)
     lanes = [_keys(_take(_stream(root, 2, rank=r, world_size=2), 1)) for r in range(2)]
-    assert len(set(lanes[0])) == 1 and len(set(lanes[1])) == 2 and set(lanes[0] + lanes[1]) == _all_keys(root)
+    assert [len(set(lane)) for lane in lanes] == [2, 2] and set(lanes[0] + lanes[1]) == _all_keys(root)
+
+
+@pytest.mark.timeout(120)
+def test_more_workers_than_batches_still_use_the_whole_epoch(tmp_path: Path, make_shards) -> None:
+    """Lanes hold whole batches: with 3 batches per epoch and 2 workers, one lane has 2 batches and the other 1
+    (then the other way round), and each epoch still reads every sample but the tail of less than a batch."""
+    root = make_shards(tmp_path, {"train": [5, 5, 4]}, size=SIZE)  # 14 samples, batch 4: 3 batches, 2 left out
+    stream = _stream(root, 4, num_workers=2)
+    assert stream.batches_per_epoch == 3
+    assert [stream.lane_range(0, lane) for lane in (0, 1)] == [(0, 2), (0, 1)]
+    assert [stream.lane_range(1, lane) for lane in (0, 1)] == [(2, 3), (1, 3)]
+    for epoch in range(2):
+        stream.start_batch = epoch * stream.batches_per_epoch
+        keys = _keys(_take(stream, stream.batches_per_epoch))
+        assert len(keys) == 12 and len(set(keys)) == 12, f"epoch {epoch}: 12 distinct of 14"
 
 
 @pytest.mark.timeout(120)

@@ -4,8 +4,9 @@ Every random choice of the data pipeline draws from :func:`derive_seed`, a pure 
 (seed, epoch, sample key...), so the stream is the same after a resume and whatever the worker count.
 
 Each epoch the split's shards are permuted by :func:`shard_order` (a function of seed and epoch only);
-the concatenated sample sequence is cut by :func:`plan_epoch` into ``world_size * num_workers`` contiguous
-*lanes* of ``N // lanes`` or one more samples. Shards are split across lanes where needed, so any shard
+the concatenated sample sequence is cut into contiguous *lanes*: by :func:`plan_lanes` into lanes of given
+sizes (the training stream's: a whole number of batches each), or by :func:`plan_epoch` into ``num_slots``
+lanes of ``N // num_slots`` or one more samples. Shards are split across lanes where needed, so any shard
 count works, fewer shards than lanes too; a lane is a list of :class:`Piece` (a range of one shard).
 """
 
@@ -45,17 +46,17 @@ class Piece:
         return self.stop - self.start
 
 
-def plan_epoch(shard_lengths: Sequence[int], num_slots: int, seed: int, epoch: int) -> list[list[Piece]]:
-    """Cut the epoch's sample sequence into ``num_slots`` contiguous, near-equal lane ranges.
+def plan_lanes(shard_lengths: Sequence[int], sizes: Sequence[int], seed: int, epoch: int) -> list[list[Piece]]:
+    """Cut the epoch's sample sequence into consecutive lanes of ``sizes`` samples each, in order.
 
-    The shards, concatenated in :func:`shard_order`, form one sequence of N samples; lane ``l``
-    gets ``[l * N // num_slots, (l + 1) * N // num_slots)``, as pieces of one or more shards. So
-    every lane holds ``N // num_slots`` or one more samples and each sample belongs to exactly
-    one lane, whatever the shard count and lengths; a lane starting mid-shard skips that shard's
-    prefix (tar headers only). With fewer samples than lanes, lane ``l`` gets sample ``l % N``.
+    The shards, concatenated in :func:`shard_order`, form one sequence of N samples; lane ``l`` gets the next
+    ``sizes[l]`` of them, as pieces of one or more shards, so each sample belongs to at most one lane while the
+    sizes sum to N or less (the rest of the sequence is in no lane). Sizes summing to more than N wrap around
+    the sequence: samples then repeat. A lane starting mid-shard skips that shard's prefix (tar headers only).
+    Costs ``O(lanes log shards + pieces)``: each lane finds its first shard by bisection.
     """
-    if num_slots < 1:
-        raise ValueError("num_slots must be >= 1")
+    if any(n < 0 for n in sizes):
+        raise ValueError("lane sizes must not be negative")
     order = [s for s in shard_order(len(shard_lengths), seed, epoch) if shard_lengths[s] > 0]
     total = sum(shard_lengths[s] for s in order)
     if total == 0:
@@ -63,8 +64,7 @@ def plan_epoch(shard_lengths: Sequence[int], num_slots: int, seed: int, epoch: i
     offsets = list(itertools.accumulate((shard_lengths[s] for s in order), initial=0))
 
     def pieces_of(lo: int, hi: int) -> list[Piece]:
-        # only the shards that overlap [lo, hi): found by bisection, so a plan costs O(lanes log shards + pieces)
-        # instead of every lane scanning every shard (15.7 s at 4,096 lanes x 2,000 shards)
+        # only the shards that overlap [lo, hi) of the sequence (0 <= lo < hi <= total)
         out = []
         pos = bisect.bisect_right(offsets, lo) - 1
         while pos < len(order) and offsets[pos] < hi:
@@ -74,6 +74,51 @@ def plan_epoch(shard_lengths: Sequence[int], num_slots: int, seed: int, epoch: i
             pos += 1
         return out
 
+    plan, start = [], 0
+    for size in sizes:
+        lane, lo, left = [], start % total, size
+        while left > 0:  # a lane past the end of the sequence wraps to its start
+            hi = min(total, lo + left)
+            lane += pieces_of(lo, hi)
+            left -= hi - lo
+            lo = 0
+        plan.append(lane)
+        start += size
+    return plan
+
+
+def even_sizes(total: int, num_slots: int) -> list[int]:
+    """``num_slots`` sizes of ``total // num_slots`` or one more, summing to ``total``."""
+    return [(lane + 1) * total // num_slots - lane * total // num_slots for lane in range(num_slots)]
+
+
+def plan_epoch(shard_lengths: Sequence[int], num_slots: int, seed: int, epoch: int) -> list[list[Piece]]:
+    """Cut the epoch's sample sequence into ``num_slots`` contiguous, near-equal lane ranges: lane ``l`` gets
+    ``[l * N // num_slots, (l + 1) * N // num_slots)``, so every sample belongs to exactly one lane. With fewer
+    samples than lanes, lane ``l`` gets sample ``l % N``."""
+    if num_slots < 1:
+        raise ValueError("num_slots must be >= 1")
+    total = sum(n for n in shard_lengths if n > 0)
+    if total == 0:
+        raise ValueError("the split has no samples (all shard lengths are 0)")
     if total < num_slots:
-        return [pieces_of(lane % total, lane % total + 1) for lane in range(num_slots)]
-    return [pieces_of(lane * total // num_slots, (lane + 1) * total // num_slots) for lane in range(num_slots)]
+        return [plan_lanes(shard_lengths, [lane % total, 1], seed, epoch)[1] for lane in range(num_slots)]
+    return plan_lanes(shard_lengths, even_sizes(total, num_slots), seed, epoch)
+
+
+def lane_batch_range(epoch: int, lane: int, batches_per_epoch: int, num_lanes: int) -> tuple[int, int]:
+    """Lane-local batch indices ``[first, stop)`` of ``lane`` in ``epoch``: a rank's batch ``g`` belongs to epoch
+    ``g // batches_per_epoch`` and to lane ``g % num_lanes`` (local index ``g // num_lanes``); empty when no batch
+    of the epoch falls to the lane."""
+    first = -((lane - epoch * batches_per_epoch) // num_lanes)  # ceil((epoch * B - lane) / W)
+    stop = -((lane - (epoch + 1) * batches_per_epoch) // num_lanes)
+    return max(first, 0), max(stop, 0)
+
+
+def epoch_lane_sizes(epoch: int, batches_per_epoch: int, num_lanes: int, world_size: int, batch: int) -> list[int]:
+    """Samples of every lane of every rank in ``epoch`` (rank-major): the whole batches that fall to it."""
+    per_rank = []
+    for lane in range(num_lanes):
+        first, stop = lane_batch_range(epoch, lane, batches_per_epoch, num_lanes)
+        per_rank.append((stop - first) * batch)
+    return per_rank * world_size

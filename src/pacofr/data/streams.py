@@ -3,16 +3,18 @@
 Training (:class:`TrainShardStream`) is an infinite stream whose content is a pure function of the
 rank-local *global batch index* ``g``:
 
-- Each epoch the split is cut into ``world_size * num_workers`` lanes (:func:`~pacofr.data.lanes.plan_epoch`).
-  Every lane yields exactly ``lane_batches_per_epoch = max(1, (N // lanes) // batch_size)`` batches per
-  epoch, so every rank yields ``num_workers * lane_batches_per_epoch`` per epoch whatever the shard count
-  or lengths. Each sample is seen at most once per epoch; the remainder, ``N - lanes *
-  lane_batches_per_epoch * batch_size`` samples (< one batch per lane plus one sample), is the shuffled
-  tail of each lane and is not seen that epoch (it differs per epoch). Only when ``N < lanes *
-  batch_size``, or when shards turn out shorter than the manifest says (corrupt data), does a lane re-read
-  its pieces (a re-shuffled second pass: those samples repeat within the epoch) rather than run dry.
-- Batch ``g`` belongs to lane ``g % W`` (local index ``g // W``), because DataLoader
-  (``batch_size=None``) round-robins its workers. A stream started at ``start_batch = b0`` makes
+- Every rank yields ``batches_per_epoch = max(1, N // (world_size * batch_size))`` batches per epoch,
+  whatever the shard count or lengths and the worker count. Batch ``g`` of a rank belongs to epoch
+  ``g // batches_per_epoch`` and to lane (worker) ``g % W`` (local index ``g // W``), because DataLoader
+  (``batch_size=None``) round-robins its workers; so in each epoch a lane has the whole batches that fall to
+  it (``batches_per_epoch / W``, rounded up or down), possibly none.
+- Each epoch the split is cut into ``world_size * W`` lanes of exactly those sizes, a whole number of batches
+  each (:func:`~pacofr.data.lanes.plan_lanes`): every sample is in at most one lane, and the samples left out
+  of the epoch are fewer than one batch per rank (``N - world_size * batches_per_epoch * batch_size``; a
+  different tail every epoch). Cutting lanes of ``N / lanes`` samples instead left the rest of every lane out:
+  at 4,096 lanes of 488 samples and a batch of 256, half of each epoch (``bench/scale.py``). Only when
+  ``N < world_size * batch_size``, or when shards turn out shorter than the manifest says (corrupt data), do
+  samples repeat within an epoch rather than run dry. A stream started at ``start_batch = b0`` makes
   worker ``w`` play lane ``(b0 + w) % W``, so the loader's first batch is exactly ``g = b0``.
   To reach its position a worker replays its lane's seeded shard read and shuffle buffer
   without decoding images (cheap), then decodes from there on.
@@ -45,7 +47,7 @@ from webdataset.filters import _shuffle as wds_shuffle
 from pacofr.data.batch import Masker
 from pacofr.data.batch_builder import BatchBuilder
 from pacofr.data.format import read_manifest
-from pacofr.data.lanes import Piece, derive_seed, plan_epoch
+from pacofr.data.lanes import Piece, derive_seed, epoch_lane_sizes, lane_batch_range, plan_lanes
 from pacofr.data.shard_reader import RawSample, iter_shard
 from pacofr.data.stream_stats import RateLimitedWarner, StreamStats
 from pacofr.data.transforms import JointTransform
@@ -113,21 +115,24 @@ class TrainShardStream(IterableDataset):
         return max(1, self.num_workers)
 
     @property
-    def lane_batches_per_epoch(self) -> int:
-        per_lane = self.reader.num_samples // (self.world_size * self.num_lanes)
-        return max(1, per_lane // self.batch_size)
-
-    @property
     def batches_per_epoch(self) -> int:
         """Batches this rank yields per epoch (identical on every rank)."""
-        return self.num_lanes * self.lane_batches_per_epoch
+        return max(1, self.reader.num_samples // (self.world_size * self.batch_size))
 
     def epoch_of(self, global_batch: int) -> int:
         return global_batch // self.batches_per_epoch
 
+    def lane_range(self, epoch: int, lane: int) -> tuple[int, int]:
+        """Lane-local batch indices ``[first, stop)`` of ``lane`` in ``epoch`` (:func:`lane_batch_range`)."""
+        return lane_batch_range(epoch, lane, self.batches_per_epoch, self.num_lanes)
+
+    def lane_sizes(self, epoch: int) -> list[int]:
+        """Samples of every lane of every rank in ``epoch`` (rank-major), a whole number of batches each."""
+        return epoch_lane_sizes(epoch, self.batches_per_epoch, self.num_lanes, self.world_size, self.batch_size)
+
     def lane_raw_samples(self, epoch: int, lane: int, stats: StreamStats, warn: Callable[[str], None]) -> Iterator:
         """The lane's shuffled, endless (wrapping) stream of good raw samples for one epoch."""
-        plan = plan_epoch(self.reader.lengths, self.world_size * self.num_lanes, self.seed, epoch)
+        plan = plan_lanes(self.reader.lengths, self.lane_sizes(epoch), self.seed, epoch)
         mine = plan[self.rank * self.num_lanes + lane]
         everything = [p for lane_pieces in plan for p in lane_pieces]
 
@@ -166,19 +171,22 @@ class TrainShardStream(IterableDataset):
         """Lane batches from local index ``first_local`` on (rank batch ``g = local * W + lane``)."""
         warn = RateLimitedWarner()
         build = BatchBuilder(self.transform, self.masker, self.seed, warn)
-        per_epoch, bs = self.lane_batches_per_epoch, self.batch_size
+        bs = self.batch_size
         local = first_local
+        epoch = self.epoch_of(local * self.num_lanes + lane)
         while True:
-            epoch, within = divmod(local, per_epoch)
-            raws = self.lane_raw_samples(epoch, lane, stats, warn)
-            for _ in range(within * bs):  # fast-forward without decoding
-                next(raws)
-            for _ in range(within, per_epoch):
-                batch = build([next(raws) for _ in range(bs)], epoch, stats)
-                if self.include_stats:
-                    batch[STATS_KEY] = {"rank": self.rank, "lane": lane, **stats.as_dict()}
-                yield batch
-            local = (epoch + 1) * per_epoch
+            first, stop = self.lane_range(epoch, lane)
+            if local < stop:  # else no batch of this epoch falls to the lane (more workers than batches)
+                raws = self.lane_raw_samples(epoch, lane, stats, warn)
+                for _ in range((local - first) * bs):  # fast-forward without decoding
+                    next(raws)
+                for _ in range(local, stop):
+                    batch = build([next(raws) for _ in range(bs)], epoch, stats)
+                    if self.include_stats:
+                        batch[STATS_KEY] = {"rank": self.rank, "lane": lane, **stats.as_dict()}
+                    yield batch
+                local = stop
+            epoch += 1
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         worker, num_workers = _worker()
