@@ -82,7 +82,11 @@ def test_fit_writes_a_complete_run_folder(tmp_path, make_shards):
     assert (run_dir / "tb" / "hparams.yaml").is_file()
     plugins = _summary_plugins(run_dir / "tb")
     assert "custom_scalars" in plugins, "no CUSTOM SCALARS layout"
-    assert "hparams" in plugins, "no HPARAMS summary"
+    # the HPARAMS row is a session in the tb/hparams sub-run, its metric the validation loss
+    assert "hparams" in _summary_plugins(run_dir / "tb" / "hparams"), "no HPARAMS session"
+    session = EventAccumulator(str(run_dir / "tb" / "hparams"))
+    session.Reload()
+    assert "hp/val_loss" in session.Tags()["scalars"]
     assert "hp/val_loss" in tags["scalars"]
 
 
