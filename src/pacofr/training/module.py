@@ -14,15 +14,17 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info
 from torch.optim.lr_scheduler import LambdaLR
 
-from pacofr.checkpointing import legacy_keys, optim_keys
+from pacofr.checkpointing.training_state import load_training_state, save_training_state
 from pacofr.data.batch import PretrainBatch
 from pacofr.models.unwrap import original_param_name
 from pacofr.objectives.base import PretrainObjective
 from pacofr.optim import build_adamw, pretrain_schedules, scaled_lr
 from pacofr.training.fsdp_access import is_fsdp
+from pacofr.training.group_gradients import clip_groups, group_grad_norms
 from pacofr.training.host_copies import LaggedHostReader
 from pacofr.training.nonfinite import NonFiniteGuard, all_ranks_finite_flag, skips_on_device
 from pacofr.training.pixels import reconstruction_psnr
+from pacofr.training.step_metrics import step_metrics
 
 try:  # the config LightningCLI instantiates the module from (class paths included), when it does
     from lightning.pytorch.core.mixins.hparams_mixin import _given_hyperparameters
@@ -54,7 +56,8 @@ class PretrainModule(L.LightningModule):
     ) -> None:
         """
         Args:
-            objective: the method (``class_path`` in configs: ``pacofr.objectives.MAE`` | ``FSFM`` | ``PaCoFR``).
+            objective: the method (``class_path`` in configs: ``pacofr.objectives.MAE`` | ``FSFM`` | ``PaCoFR`` |
+                ``PaCoFRFull``, or any ``PretrainObjective``).
             base_lr: lr per 256 images of global batch (MAE's rule); min_lr_ratio: cosine floor / peak.
             weight_decay, betas: AdamW (no decay on norms, biases, position embeddings, tokens, codebook).
             warmup_steps: linear warmup (after incubation for the non-codebook parameters).
@@ -62,7 +65,8 @@ class PretrainModule(L.LightningModule):
                 peak (x the batch-scaled lr), so it trains at full rate during incubation; then cosine to the end.
             compile: ``torch.compile`` the objective's hot path (model forward and losses as one graph); the
                 incubation steps and FSDP runs stay eager.
-            max_nonfinite_steps: a non-finite loss (decided on all ranks) skips the step; this many in a row stop.
+            max_nonfinite_steps: a non-finite loss or gradients (decided on all ranks) skip the step; this many in a
+                row stop the run.
         """
         super().__init__()
         given = _given_hyperparameters.get() if _given_hyperparameters is not None else None
@@ -198,27 +202,10 @@ class PretrainModule(L.LightningModule):
             self.log("optim/grad_norm", total, on_step=True, on_epoch=False)
 
     def _group_grad_norms(self, optimizer) -> dict[str, torch.Tensor]:
-        """Gradient norm per schedule group (``main``, ``codebook``), on the device, of the whole model on every
-        rank: under FSDP each rank holds gradient shards, so their squares are summed over the sharding group;
-        the codebook's unit is replicated (not sharded), its gradients count once."""
         sharded = is_fsdp(self.trainer)
         replicated = {id(p) for n, p in self.named_parameters() if original_param_name(n).startswith(REPLICATED)}
-        squares: dict[str, list[torch.Tensor]] = {}  # tag -> [sum over sharded grads, sum over replicated grads]
-        for group in optimizer.param_groups:
-            tag = group.get("schedule", "main")
-            for p in group["params"]:
-                if p.grad is None or p.grad.numel() == 0:
-                    continue
-                sums = squares.setdefault(tag, [p.grad.new_zeros((), dtype=torch.float32)] * 2)
-                i = int(sharded and id(p) in replicated)
-                sums[i] = sums[i] + p.grad.detach().float().square().sum()
-        if not squares:
-            return {}
-        tags = sorted(squares)
-        per_shard = torch.stack([squares[t][0] for t in tags])
-        if sharded and torch.distributed.is_initialized():
-            torch.distributed.all_reduce(per_shard, group=self.trainer.strategy.model.process_group)
-        return {t: (per_shard[i] + squares[t][1]).sqrt() for i, t in enumerate(tags)}
+        group = self.trainer.strategy.model.process_group if sharded else None
+        return group_grad_norms(optimizer, replicated, group, sharded)
 
     def configure_gradient_clipping(
         self, optimizer, gradient_clip_val: float | None = None, gradient_clip_algorithm: str | None = None
@@ -233,12 +220,9 @@ class PretrainModule(L.LightningModule):
                 raise ValueError(f"FSDP clips by norm only, got gradient_clip_algorithm={gradient_clip_algorithm!r}")
             super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
             return
-        norms = getattr(self, "_grad_norms", None) or self._group_grad_norms(optimizer)
-        for group in optimizer.param_groups:
-            norm = norms.get(group.get("schedule", "main"))
-            params = [p for p in group["params"] if p.grad is not None and p.grad.numel() > 0]
-            if norm is not None and params:
-                torch.nn.utils.clip_grads_with_norm_(params, gradient_clip_val, norm)
+        clip_groups(
+            optimizer, getattr(self, "_grad_norms", None) or self._group_grad_norms(optimizer), gradient_clip_val
+        )
 
     def validation_step(self, batch: PretrainBatch, batch_idx: int) -> None:
         """The training losses on held-out faces."""
@@ -253,22 +237,11 @@ class PretrainModule(L.LightningModule):
         return getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
 
     def _log_step(self, total: torch.Tensor, terms: dict, out: dict, batch: PretrainBatch) -> None:
-        metrics = {"loss/total": total.detach(), **{f"loss/{k}": v.detach() for k, v in terms.items()}}
-        metrics.update(self.objective.monitors(out))
-        if "loss_mask" in out:
-            metrics["mask/ratio"] = batch["mask"].float().mean()
-            metrics["recon/psnr_db"] = reconstruction_psnr(self.objective, batch["image"], out, self._datamodule())
-        if "covered" in batch:
-            metrics["mask/covered_fraction"] = (batch["covered"] >= 0).float().mean()
-        metrics["optim/incubating"] = torch.tensor(float(self.objective.incubating(self.global_step)))
-        for group in self.trainer.optimizers[0].param_groups if self.trainer.optimizers else []:
-            if group.get("group", "").endswith("/decay"):
-                metrics[f"optim/lr_{group['group'].split('/')[0]}"] = torch.tensor(group["lr"])
-        stats = getattr(self._datamodule(), "data_stats", None)
-        if stats is not None and self.global_step % max(1, self.trainer.log_every_n_steps) == 0:
-            # host-side counters of skipped / replaced samples and damaged shards (this rank's workers), as CPU
-            # tensors: a Python number would become a device tensor, i.e. a blocking host-to-device copy
-            metrics.update({f"data/{k}": torch.tensor(float(v)) for k, v in stats.as_dict().items()})
+        log_step = self.global_step % max(1, self.trainer.log_every_n_steps) == 0
+        metrics = step_metrics(
+            self.objective, total, terms, out, batch, step=self.global_step, optimizer=self._optimizer(),
+            datamodule=self._datamodule(), with_data_stats=log_step,
+        )  # fmt: skip
         if self._step_finite is not None:  # decided on the device: the count is a device tensor
             metrics["loss/nonfinite_skipped"] = self.nonfinite.total_tensor.float()
         # The progress bar turns its values into Python numbers on every batch (``.item()``: a sync per step on
@@ -285,22 +258,14 @@ class PretrainModule(L.LightningModule):
 
     # --- checkpoints --------------------------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        if self._trainer is not None and self.trainer.optimizers:
-            # parameter names per group in optimiser order: resume maps Adam's state by name (DDP <-> FSDP)
-            name_of = {id(p): original_param_name(n) for n, p in self.named_parameters()}
-            optim_keys.record_names(checkpoint, self.trainer.optimizers, name_of)
-        # the run of non-finite steps continues across a resume (it decides when to stop)
-        checkpoint["pacofr_nonfinite"] = {"in_row": self.nonfinite.in_row, "total": self.nonfinite.total}
-        checkpoint[legacy_keys.ENCODER_SPEC_KEY] = self.objective.encoder_spec()
-        checkpoint.update(self.objective.host_state())
+        optimizers = self.trainer.optimizers if self._trainer is not None else []
+        counts = {"in_row": self.nonfinite.in_row, "total": self.nonfinite.total}
+        save_training_state(checkpoint, self.named_parameters(), optimizers, counts, self.objective)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        legacy_keys.upgrade_checkpoint(checkpoint)  # a checkpoint of the pre-objective layout: keys mapped
-        if checkpoint.get("optimizer_states") and self._trainer is not None and not is_fsdp(self.trainer):
-            # FSDP restores its optimiser inside the strategy (BlockFSDPStrategy.load_checkpoint); here the state
-            # goes to a plain optimiser: re-key it by name onto this run's groups and order
-            optim_keys.to_current_groups(checkpoint, [(g["group"], g["names"]) for g in self.named_param_groups()])
-        counts = checkpoint.get("pacofr_nonfinite")
+        # FSDP restores its optimiser inside the strategy (BlockFSDPStrategy.load_checkpoint)
+        plain = self._trainer is not None and not is_fsdp(self.trainer)
+        current = [(g["group"], g["names"]) for g in self.named_param_groups()] if plain else None
+        counts = load_training_state(checkpoint, current, self.objective)
         if counts:
             self.nonfinite.in_row, self.nonfinite.total = int(counts["in_row"]), int(counts["total"])
-        self.objective.load_host_state(checkpoint)

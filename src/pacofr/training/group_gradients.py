@@ -1,0 +1,55 @@
+"""Gradient norms and clipping per schedule group (``main``: the backbone; ``codebook``; ``probe``).
+
+One global norm let the codebook's large gradients (often 95 % of the total) set the clipping factor of the
+encoder's step too; per group, each part is clipped by its own norm. Under FSDP each rank holds gradient shards:
+their squares are summed over the sharding group, while parameters of replicated (``NO_SHARD``) units, the
+codebook's, count once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+import torch.distributed as dist
+
+
+def group_grad_norms(
+    optimizer: torch.optim.Optimizer,
+    replicated: Iterable[int] = (),
+    shard_group: dist.ProcessGroup | None = None,
+    sharded: bool = False,
+) -> dict[str, torch.Tensor]:
+    """Gradient norm per ``schedule`` tag of the optimiser's groups, on the device, over the whole model.
+
+    ``sharded``: gradients are FSDP shards (summed over ``shard_group``), except the parameters whose ids are in
+    ``replicated`` (whole on every rank)."""
+    whole = set(replicated)
+    # every tag of the optimiser, with or without gradients here: under FSDP a rank may hold no shard of a small
+    # group, and every rank must all-reduce the same tags (a rank with fewer would hang the collective)
+    tags = sorted({group.get("schedule", "main") for group in optimizer.param_groups})
+    if not tags:
+        return {}
+    device = next((p.device for g in optimizer.param_groups for p in g["params"]), torch.device("cpu"))
+    zero = torch.zeros((), dtype=torch.float32, device=device)
+    squares = {tag: [zero, zero] for tag in tags}  # tag -> [sum over sharded grads, sum over replicated grads]
+    for group in optimizer.param_groups:
+        sums = squares[group.get("schedule", "main")]
+        for p in group["params"]:
+            if p.grad is None or p.grad.numel() == 0:
+                continue
+            i = int(sharded and id(p) in whole)
+            sums[i] = sums[i] + p.grad.detach().float().square().sum()
+    per_shard = torch.stack([squares[t][0] for t in tags])
+    if sharded and dist.is_available() and dist.is_initialized():
+        dist.all_reduce(per_shard, group=shard_group)
+    return {t: (per_shard[i] + squares[t][1]).sqrt() for i, t in enumerate(tags)}
+
+
+def clip_groups(optimizer: torch.optim.Optimizer, norms: dict[str, torch.Tensor], max_norm: float) -> None:
+    """Scale each group's gradients by ``min(1, max_norm / norm)`` of its schedule tag (each rank its shards)."""
+    for group in optimizer.param_groups:
+        norm = norms.get(group.get("schedule", "main"))
+        params = [p for p in group["params"] if p.grad is not None and p.grad.numel() > 0]
+        if norm is not None and params:
+            torch.nn.utils.clip_grads_with_norm_(params, max_norm, norm)
