@@ -440,7 +440,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     cuda = torch.cuda.is_available()
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--mae-mask-ratio", type=float, default=0.75, help="the MAE row's mask ratio (MAE's 0.75)")
-    p.add_argument("--size", choices=["tiny", "small", "base", "large"], default="base" if cuda else "tiny")
+    p.add_argument("--size", choices=["tiny", "small", "base", "large", "huge"], default="base" if cuda else "tiny")
     p.add_argument("--config", type=Path, default=None, help="pretrain config (default: demo_tiny for tiny, else b16)")
     p.add_argument("--img-size", type=int, default=None, help="default: the config's model.img_size")
     p.add_argument("--decoder-depth", type=int, default=None)

@@ -116,4 +116,19 @@ def test_bad_arguments_are_refused():
     with pytest.raises(ValueError, match="global_pool"):
         build_encoder("tiny", img_size=IMG, global_pool="map")
     with pytest.raises(ValueError, match="unknown encoder size"):
-        build_encoder("huge")
+        build_encoder("gigantic")
+
+
+def test_every_registered_size_is_a_timm_model_of_the_same_shape():
+    """ViT-H/14 included: the registry's sizes create through timm by name (what eval and export do) with the
+    same parameter names and shapes as pacofr's encoder (built on the meta device: no memory)."""
+    from pacofr.models.sizes import ENCODER_SIZES
+
+    for size, spec in ENCODER_SIZES.items():
+        with torch.device("meta"):
+            ours = build_encoder(size, img_size=224, patch_size=spec.timm_patch)
+            ref = timm.create_model(timm_name(size), pretrained=False, num_classes=0)
+        assert {k: v.shape for k, v in ours.state_dict().items()} == {k: v.shape for k, v in ref.state_dict().items()}
+    with torch.device("meta"):
+        huge = build_encoder("huge", img_size=224, patch_size=14)
+    assert sum(p.numel() for p in huge.parameters()) / 1e6 > 600  # ViT-H/14: 632 M
