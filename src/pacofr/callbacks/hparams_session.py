@@ -34,11 +34,14 @@ def flat_hparams(values: dict[str, Any], prefix: str = "") -> dict[str, int | fl
     return out
 
 
-def write_session_start(log_dir: str | os.PathLike[str], settings: dict[str, Any]) -> None:
-    """The session's settings, in ``<log_dir>/hparams`` (a resumed run writes them again: the same row)."""
+def write_session_start(log_dir: str | os.PathLike[str], settings: dict[str, Any]) -> SummaryWriter:
+    """The session's settings, in ``<log_dir>/hparams`` (a resumed run writes them again: the same row). Returns
+    the session's writer, open, for the metrics a run adds as it goes (close it at the end)."""
     _, start, _ = hparams_summaries(flat_hparams(settings), {})
-    with SummaryWriter(str(Path(log_dir) / SESSION_RUN)) as writer:
-        writer.file_writer.add_summary(start)
+    writer = SummaryWriter(str(Path(log_dir) / SESSION_RUN))
+    writer.file_writer.add_summary(start)
+    writer.flush()
+    return writer
 
 
 def add_session_metrics(log_dir: str | os.PathLike[str], metrics: dict[str, float], step: int) -> None:

@@ -15,7 +15,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
 from torchvision.utils import make_grid
 
-from pacofr.callbacks.hparams_session import add_session_metrics, write_session_start
+from pacofr.callbacks.hparams_session import write_session_start
 from pacofr.data.batch import PretrainBatch
 from pacofr.data.format import NUM_REGIONS, REGION_NAMES, label_to_region_lut
 from pacofr.models.patches import unpatchify
@@ -250,16 +250,23 @@ class ScalarLayout(L.Callback):
         writer.add_custom_scalars(self.LAYOUT)
         log_dir = _log_dir(trainer)
         if log_dir is not None:
-            write_session_start(log_dir, run_hparams(trainer, dict(pl_module.hparams)))
+            self._session = write_session_start(log_dir, run_hparams(trainer, dict(pl_module.hparams)))
 
     @rank_zero_only
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         """The validation loss as the HPARAMS session's metric (``pacofr eval`` adds the benchmark scores)."""
         value = trainer.callback_metrics.get(self.HP_METRIC)
-        log_dir = _log_dir(trainer)
-        if value is None or log_dir is None or trainer.sanity_checking:
+        session = getattr(self, "_session", None)
+        if value is None or session is None or trainer.sanity_checking:
             return
-        add_session_metrics(log_dir, {self.HP_METRIC: float(value)}, trainer.global_step)
+        session.add_scalar(self.HP_METRIC, float(value), trainer.global_step)
+        session.flush()
+
+    def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        session = getattr(self, "_session", None)
+        if session is not None:
+            session.close()
+            self._session = None
 
 
 # what a reader calls each objective with the masker it was designed with; another masker is named beside it
