@@ -56,12 +56,9 @@ def term_losses(objective: PaCoFR, batch: dict) -> dict[str, torch.Tensor]:
     weighted = {"reconstruction": terms["rec"] + objective.covered_weight * terms.get("rec_covered", 0.0)}
     weighted["codebook"] = objective.codebook_weight * terms["codebook"]
     if objective.spatial_head is not None:
-        counted = ~out["loss_mask"] if objective.spatial_on == "visible" else None
         sp = spatial_consistency_loss(
-            objective.spatial_head(out["decoder_tokens"]), batch["region_hist"], grid_size=objective.grid_size,
-            centroid_weight=objective.spatial_centroid_weight, pair_reduction=objective.spatial_pairs,
-            sides=objective.spatial_sides, patch_weight=counted,
-        )  # fmt: skip
+            objective.spatial_head(out["decoder_tokens"]), batch["region_hist"], **objective.spatial_settings(out)
+        )
         weighted["spatial region"] = objective.spatial_weight * sp["region"]
         weighted["spatial geometry"] = objective.spatial_weight * objective.spatial_centroid_weight * sp["centroid"]
     weighted["total"] = total

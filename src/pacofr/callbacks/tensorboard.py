@@ -68,7 +68,7 @@ def reconstruction_views(
     pixels = denormalise(images, datamodule)
     hidden = unpatchify(out["loss_mask"].unsqueeze(-1).float().expand(-1, -1, p * p * 3), p, grid)
     masked = torch.where(hidden > 0, torch.full_like(pixels, 0.5), pixels)
-    predicted = unpatchify(predicted_pixels(objective, images, out["pred"], datamodule), p, grid)
+    predicted = unpatchify(predicted_pixels(objective, objective.patchify(pixels), out["pred"]), p, grid)
     pasted = torch.where(hidden > 0, predicted, pixels)
     lut = torch.tensor(label_to_region_lut(), device=images.device)
     regions = colour_regions(lut[batch["seg"][:n].long()])

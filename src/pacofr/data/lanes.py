@@ -101,9 +101,9 @@ def plan_epoch(shard_lengths: Sequence[int], num_slots: int, seed: int, epoch: i
     total = sum(n for n in shard_lengths if n > 0)
     if total == 0:
         raise ValueError("the split has no samples (all shard lengths are 0)")
-    if total < num_slots:
-        return [plan_lanes(shard_lengths, [lane % total, 1], seed, epoch)[1] for lane in range(num_slots)]
-    return plan_lanes(shard_lengths, even_sizes(total, num_slots), seed, epoch)
+    # fewer samples than lanes: one sample each, wrapping around the sequence (lane l gets sample l % N)
+    sizes = [1] * num_slots if total < num_slots else even_sizes(total, num_slots)
+    return plan_lanes(shard_lengths, sizes, seed, epoch)
 
 
 def lane_batch_range(epoch: int, lane: int, batches_per_epoch: int, num_lanes: int) -> tuple[int, int]:

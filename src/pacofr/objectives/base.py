@@ -39,6 +39,12 @@ class StepOutput(NamedTuple):
     out: dict[str, torch.Tensor]  # model outputs (pred, target, loss_mask, ...), for monitors and after_step
 
 
+def blocks_flops(depth: int, width: int, tokens: int, mlp_ratio: float) -> float:
+    """Forward FLOPs (2 per multiply-add, matmuls only) of ``depth`` transformer blocks on ``tokens`` tokens:
+    the qkv, projection and MLP matmuls, and the attention scores and mix."""
+    return depth * (2 * (4 + 2 * mlp_ratio) * width * width * tokens + 4 * tokens * tokens * width)
+
+
 def visible_indices(mask: torch.Tensor, num_visible: int) -> torch.Tensor:
     """(B, N) bool mask (True = masked) -> (B, num_visible) indices of the visible patches, ascending."""
     order = torch.argsort(mask.to(torch.int8), dim=1, stable=True)  # visible (0) first, in patch order
@@ -248,13 +254,15 @@ class PretrainObjective(nn.Module):
         d, depth = self.encoder.embed_dim, len(self.encoder.blocks)
         dd, ddepth = self.decoder.decoder_dim, self.decoder.depth
         te, td = self.encoder_tokens() + 1, n + 1
-        enc_ratio = self.encoder.blocks[0].mlp.fc1.out_features / d if depth else 4.0
-        dec_ratio = self.decoder.mlp_ratio
-        enc = depth * (2 * (4 + 2 * enc_ratio) * d * d * te + 4 * te * te * d)
-        dec = ddepth * (2 * (4 + 2 * dec_ratio) * dd * dd * td + 4 * td * td * dd)
+        enc = blocks_flops(depth, d, te, self.encoder_mlp_ratio())
+        dec = blocks_flops(ddepth, dd, td, self.decoder.mlp_ratio)
         emb = 2 * n * p * d
         head = 2 * n * dd * p + 2 * te * d * dd
         return 3.0 * (enc + dec + emb + head)
+
+    def encoder_mlp_ratio(self) -> float:
+        d = self.encoder.embed_dim
+        return self.encoder.blocks[0].mlp.fc1.out_features / d if len(self.encoder.blocks) else 4.0
 
     def encoder_tokens(self) -> int:
         """Patch tokens the encoder processes per image (the visible ones here)."""

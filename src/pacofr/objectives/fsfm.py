@@ -26,7 +26,7 @@ from timm.layers import Mlp
 from pacofr.losses.reconstruction import reconstruction_loss
 from pacofr.models.decoder import MAEDecoder
 from pacofr.models.init import mae_init_
-from pacofr.objectives.base import PretrainObjective, StepOutput
+from pacofr.objectives.base import PretrainObjective, StepOutput, blocks_flops
 
 
 def byol_loss(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -126,9 +126,7 @@ class FSFM(PretrainObjective):
         flops = super().flops_per_image()
         if self.id_decoder is None:
             return flops
-        n, d = self.num_patches, self.encoder.embed_dim
-        depth, blocks = len(self.encoder.blocks), len(self.id_decoder.blocks)
-        per_token = 2 * (4 + 2 * 4.0) * d * d  # one block's matmuls per token (mlp_ratio 4)
-        target = depth * ((n + 1) * per_token + 4 * (n + 1) ** 2 * d)  # forward only
-        decoder = 3 * blocks * ((n + 1) * per_token + 4 * (n + 1) ** 2 * d)
+        tokens, d = self.num_patches + 1, self.encoder.embed_dim
+        target = blocks_flops(len(self.encoder.blocks), d, tokens, self.encoder_mlp_ratio())  # forward only
+        decoder = 3 * blocks_flops(self.id_decoder.depth, d, tokens, self.id_decoder.mlp_ratio)
         return flops + target + decoder

@@ -180,13 +180,7 @@ class PaCoFR(PretrainObjective):
         if self.spatial_head is not None:
             if "region_hist" not in batch:
                 raise ValueError("the region spatial loss needs the batch's `region_hist` (the data module's masker)")
-            settings = dict(
-                centroid_weight=self.spatial_centroid_weight,
-                grid_size=self.grid_size,
-                patch_weight=~out["loss_mask"] if self.spatial_on == "visible" else None,
-                pair_reduction=self.spatial_pairs,
-                sides=self.spatial_sides,
-            )
+            settings = self.spatial_settings(out)
             sp = spatial_consistency_loss(self.spatial_head(out["decoder_tokens"]), batch["region_hist"], **settings)
             total = total + self.spatial_weight * sp["loss"]
             terms.update(spatial=sp["loss"], spatial_region=sp["region"], spatial_centroid=sp["centroid"])
@@ -206,6 +200,16 @@ class PaCoFR(PretrainObjective):
             total = total + self.spatial_weight * sp
             terms["spatial"] = sp
         return StepOutput(total, terms, out)
+
+    def spatial_settings(self, out: dict[str, torch.Tensor]) -> dict[str, Any]:
+        """The region spatial loss's settings for a step's outputs (which patches count, pairs, sides, grid)."""
+        return dict(
+            centroid_weight=self.spatial_centroid_weight,
+            grid_size=self.grid_size,
+            patch_weight=~out["loss_mask"] if self.spatial_on == "visible" else None,
+            pair_reduction=self.spatial_pairs,
+            sides=self.spatial_sides,
+        )
 
     def replacements(self, out: dict[str, torch.Tensor]) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """Choose ``num_replaced`` of the visible patches per image (random), run the codebook on every patch,

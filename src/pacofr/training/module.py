@@ -79,6 +79,7 @@ class PretrainModule(L.LightningModule):
         self._after_step_state: dict[str, torch.Tensor] | None = None
         self._after_step_apply: torch.Tensor | None = None
         self._step_finite: torch.Tensor | None = None
+        self._replicated_ids: set[int] | None = None  # parameters of replicated FSDP units (set with the optimiser)
         self._bar_loss = LaggedHostReader()
 
     # --- set-up -------------------------------------------------------------------------------------------
@@ -113,6 +114,7 @@ class PretrainModule(L.LightningModule):
         if total is None or total <= 0:
             raise ValueError("pretraining is step-based: set trainer.max_steps")
         self.objective.configure_run(total, self._samples_per_epoch(), self.global_batch_size())
+        self._replicated_ids = None  # the parameters as wrapped for this fit
         groups = self.named_param_groups()
         for g in groups:
             del g["names"]  # kept out of the optimiser: checkpoints record them on their own (optim_keys)
@@ -203,9 +205,11 @@ class PretrainModule(L.LightningModule):
 
     def _group_grad_norms(self, optimizer) -> dict[str, torch.Tensor]:
         sharded = is_fsdp(self.trainer)
-        replicated = {id(p) for n, p in self.named_parameters() if original_param_name(n).startswith(REPLICATED)}
+        if self._replicated_ids is None:  # once per optimiser, not every step: the parameters stay the same
+            named = self.named_parameters()
+            self._replicated_ids = {id(p) for n, p in named if original_param_name(n).startswith(REPLICATED)}
         group = self.trainer.strategy.model.process_group if sharded else None
-        return group_grad_norms(optimizer, replicated, group, sharded)
+        return group_grad_norms(optimizer, self._replicated_ids, group, sharded)
 
     def configure_gradient_clipping(
         self, optimizer, gradient_clip_val: float | None = None, gradient_clip_algorithm: str | None = None

@@ -29,11 +29,9 @@ def denormalise(images: torch.Tensor, datamodule: Any) -> torch.Tensor:
     return (images.float() * std + mean).clamp(0, 1)
 
 
-def predicted_pixels(
-    objective: PretrainObjective, images: torch.Tensor, pred: torch.Tensor, datamodule: Any
-) -> torch.Tensor:
-    """Norm-pix predictions (B, N, P) -> [0, 1] pixel patches, with each target patch's own mean/std."""
-    raw = objective.patchify(denormalise(images, datamodule))
+def predicted_pixels(objective: PretrainObjective, raw: torch.Tensor, pred: torch.Tensor) -> torch.Tensor:
+    """Norm-pix predictions (B, N, P) -> [0, 1] pixel patches, with each target patch's own mean/std; ``raw``:
+    the target's [0, 1] pixel patches (``objective.patchify(denormalise(images, ...))``)."""
     mean = raw.mean(-1, keepdim=True)
     std = (raw.var(-1, keepdim=True) + objective.norm_pix_eps).sqrt()
     return (pred.float() * std + mean).clamp(0, 1)
@@ -44,5 +42,5 @@ def reconstruction_psnr(
     objective: PretrainObjective, images: torch.Tensor, out: dict[str, torch.Tensor], datamodule: Any
 ) -> torch.Tensor:
     """PSNR (dB) of the reconstruction over the patches the loss counts, in [0, 1] pixels."""
-    raw = objective.patchify(denormalise(images, datamodule))
-    return psnr(predicted_pixels(objective, images, out["pred"].detach(), datamodule), raw, out["loss_mask"])
+    raw = objective.patchify(denormalise(images, datamodule))  # once: the target and the predictions' stats
+    return psnr(predicted_pixels(objective, raw, out["pred"].detach()), raw, out["loss_mask"])
