@@ -14,7 +14,12 @@ Runs on ONE core (affinity pinned, one torch/OpenCV thread), in-process, in the 
 * ``stages``        : the pipeline's per-image cost split by stage (library functions called one by one; the
   GPU-side normalisation timed on the CPU for reference);
 * ``decoders``      : JPEG and PNG decode alone from memory: PIL, ``torchvision.io``, OpenCV and
-  ``simplejpeg``.
+  ``simplejpeg``;
+* ``device images`` : the device image path (``images_on_device=True``, :mod:`pacofr.data.device_images`): the
+  workers' share (read, check, label-map decode and transform, the draws, mask, collate of JPEG bytes), then the
+  device's share (batched JPEG decode, crop + resize, flip, jitter, normalisation) on ``--device``: on a CPU it
+  is the whole decode and augmentation run in the main process (for reference), on CUDA its CPU time is the
+  host's share of nvJPEG and the kernel launches, which counts against the CPU budget too.
 
 Figures are images per CPU-second of this process (on a shared machine wall time also counts the time
 other processes held the core; wall-clock rates are printed too). Prints a markdown table, one JSON line
@@ -53,6 +58,7 @@ from bench.common import emit_json, environment, markdown_table  # noqa: E402
 from pacofr.data.batch_builder import collate, masker_labels  # noqa: E402
 from pacofr.data.datamodule import PretrainDataModule  # noqa: E402
 from pacofr.data.decode import decode_arrays  # noqa: E402
+from pacofr.data.device_images import images_from_plan  # noqa: E402
 from pacofr.data.format import KEY_IMAGE, KEY_SEG, read_manifest  # noqa: E402
 from pacofr.data.lanes import derive_seed  # noqa: E402
 from pacofr.data.shard_reader import iter_shard  # noqa: E402
@@ -132,7 +138,7 @@ def bare_loop(urls: list[str], images: int, with_seg: bool) -> Clock:
 
 
 # --- the real pipeline --------------------------------------------------------------------------------------
-def pipeline_datamodule(args: argparse.Namespace, workers: int) -> PretrainDataModule:
+def pipeline_datamodule(args: argparse.Namespace, workers: int, on_device: bool = False) -> PretrainDataModule:
     return PretrainDataModule(
         root=str(args.root),
         batch_size=args.batch,
@@ -141,6 +147,7 @@ def pipeline_datamodule(args: argparse.Namespace, workers: int) -> PretrainDataM
         seed=0,
         masker=StructuredMasker(patch_size=args.patch_size, mask_ratio=args.mask_ratio),
         shuffle_buffer=args.shuffle_buffer,
+        images_on_device=on_device,
     )
 
 
@@ -155,6 +162,26 @@ def pipeline_loop(args: argparse.Namespace) -> tuple[Clock, int]:
         for _ in range(batches):
             next(loader)
     return clock, batches * args.batch
+
+
+def device_path_loops(args: argparse.Namespace) -> tuple[Clock, Clock, int]:
+    """The device image path: (the workers' share, timed through the in-process loader; the device's share on
+    ``--device``, synchronised per batch; images)."""
+    device = torch.device(args.device)
+    loader = iter(pipeline_datamodule(args, 0, on_device=True).train_dataloader())
+    next(loader)  # fills the shuffle buffer
+    batches = max(1, args.images // args.batch)
+    with Clock() as workers:
+        plans = [next(loader) for _ in range(batches)]
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    warm = dict(plans[0], jpeg=plans[0]["jpeg"].clone())  # first decode initialises nvJPEG: untimed
+    images_from_plan(warm, args.image_size, device)
+    sync()
+    with Clock() as on_device:
+        for batch in plans:
+            images_from_plan(batch, args.image_size, device)
+            sync()
+    return workers, on_device, batches * args.batch
 
 
 def workers_loop(args: argparse.Namespace, cores: set[int] | None) -> tuple[Clock, int]:
@@ -284,6 +311,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--gpu-rate", type=float, default=4600.0, help="GPU training images/s to feed (per GPU)")
     p.add_argument("--all-cores", action="store_true", help="do not pin to one core")
     p.add_argument("--workers", type=int, default=0, help="also time the DataLoader with this many worker processes")
+    p.add_argument("--device", default="cpu", help="where the device image path decodes and augments (cpu, cuda)")
     return p.parse_args(argv)
 
 
@@ -303,6 +331,9 @@ def main(argv: list[str] | None = None) -> None:
     rows.append(rate_row("bare_pil+seg", args.images, bare_loop(urls, args.images, with_seg=True)))
     rows.append(rate_row("bare_pil (again)", args.images, bare_loop(urls, args.images, with_seg=False)))
     stages, normalise_ms = stage_costs(args)
+    workers_clock, device_clock, n = device_path_loops(args)
+    rows.append(rate_row("device images: workers' share", n, workers_clock, images_on_device=True))
+    rows.append(rate_row(f"device images: decode + augment on {args.device}", n, device_clock, device=args.device))
     rows.extend(decoder_rows(urls, args.decode_images, args.decode_repeats))
     if args.workers > 0:
         clock, n = workers_loop(args, cores)
@@ -314,6 +345,10 @@ def main(argv: list[str] | None = None) -> None:
     bare_rate = sum(bare) / len(bare)
     pipe = next(r for r in rows if r["row"] == "pipeline")
     ratio = pipe["img_per_cpu_s"] / bare_rate
+    # CPU ms per image on the device path: the workers', plus the host's share of the device work on CUDA (on a
+    # CPU "device" that work is the decode itself, which a GPU would take off the CPU)
+    device_host_ms = 1000 * device_clock.cpu / n if args.device.startswith("cuda") else 0.0
+    device_path_ms = 1000 * workers_clock.cpu / n + device_host_ms
     fastest = {}
     for kind in ("jpeg", "png"):
         mine = [r for r in rows if r.get("kind") == kind]
@@ -330,6 +365,9 @@ def main(argv: list[str] | None = None) -> None:
         "fastest_decoder": fastest,
         "gpu_rate": args.gpu_rate,
         "cores_per_gpu": round(args.gpu_rate / pipe["img_per_cpu_s"], 1),
+        "device_path_cpu_ms_per_img": round(device_path_ms, 3),
+        "device_path_host_ms_per_img": round(device_host_ms, 3) if args.device.startswith("cuda") else None,
+        "cores_per_gpu_device_path": round(args.gpu_rate * device_path_ms / 1000, 1),
         "image_size": args.image_size,
         "source_image_size": read_manifest(args.root).image_size,
         "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
@@ -350,7 +388,10 @@ def main(argv: list[str] | None = None) -> None:
     print(f"- pipeline stages, ms of CPU per image: {stages}")
     print(f"- not in the workers (runs on the GPU): uint8 -> normalised float32, {normalise_ms} ms/img on this CPU")
     print(f"- fastest decoders: JPEG {fastest['jpeg']}, PNG {fastest['png']}")
-    print(f"- CPU cores per GPU to feed {args.gpu_rate:g} img/s: {summary['cores_per_gpu']}")
+    print(f"- CPU cores per GPU to feed {args.gpu_rate:g} img/s: {summary['cores_per_gpu']} (CPU path), "
+          f"{summary['cores_per_gpu_device_path']} (device image path: {device_path_ms:.3f} ms of CPU per image"
+          + (f", of which {device_host_ms:.3f} the host's share of the {args.device} work)" if device_host_ms else
+             ", the workers' share; the device's own host share is measured with --device cuda)"))  # fmt: skip
     print()
     for row in rows:
         emit_json(row)

@@ -18,7 +18,9 @@ import torch
 from torch.utils.data import get_worker_info
 
 from pacofr.data.batch import MASK_KEYS, Masker
-from pacofr.data.decode import check_labels, decode_arrays
+from pacofr.data.decode import check_labels, decode_arrays, decode_labels
+from pacofr.data.device_images import pack_jpegs
+from pacofr.data.format import KEY_IMAGE
 from pacofr.data.lanes import derive_seed
 from pacofr.data.shard_reader import RawSample
 from pacofr.data.stream_stats import StreamStats
@@ -42,19 +44,44 @@ class BatchBuilder:
     view of the collated HWC array; ``seg`` uint8 [B,S,S]): a quarter and an eighth of the bytes
     of float32 / int64 to collate, share between processes and copy to the device, where
     ``PretrainDataModule.on_after_batch_transfer`` turns them into the network's float input.
+
+    ``images_on_device``: the device image path (:mod:`pacofr.data.device_images`): the image stays JPEG bytes
+    and only its draws (crop box, flip, colour factors) are made here; the label map and the masks are built
+    here as on the CPU path, from the same draws.
     """
 
-    def __init__(self, transform: JointTransform, masker: Masker | None, seed: int, warn: Callable[[str], None]):
+    def __init__(
+        self,
+        transform: JointTransform,
+        masker: Masker | None,
+        seed: int,
+        warn: Callable[[str], None],
+        images_on_device: bool = False,
+    ):
         self.transform, self.masker, self.seed, self.warn = transform, masker, seed, warn
+        self.images_on_device = images_on_device
         if get_worker_info() is not None:
             cv2.setNumThreads(1)  # one DataLoader worker = one core; OpenCV's own pool would oversubscribe
 
     def _one(self, raw: RawSample, epoch: int | str) -> dict[str, Any]:
-        image, seg = decode_arrays(raw)
+        if self.images_on_device:
+            image, seg = None, decode_labels(raw)
+        else:
+            image, seg = decode_arrays(raw)
         if self.masker is not None:
             check_labels(seg)  # a bad map fails here, as this sample's error, not the whole batch's masking
         key = raw["__key__"]
         gen = torch.Generator().manual_seed(derive_seed("augment", self.seed, epoch, key))
+        if image is None:  # the same draws as apply() makes, shipped with the bytes
+            box, flip, colour = self.transform.draw(*seg.shape, gen)
+            return {
+                "jpeg": raw[KEY_IMAGE],
+                "seg": self.transform.apply_labels(seg, box, flip),
+                "crop_box": torch.tensor(box, dtype=torch.int64),
+                "flip": torch.tensor(flip),
+                "jitter": torch.tensor(colour, dtype=torch.float32),
+                "key": key,
+            }
         image, seg, _ = self.transform.apply(image, seg, gen)
         return {"image": image, "seg": seg, "key": key}
 
@@ -111,6 +138,9 @@ def collate(items: Sequence[dict[str, Any]]) -> dict[str, Any]:
     batch: dict[str, Any] = {"key": [item["key"] for item in items]}
     for name in items[0]:
         if name == "key":
+            continue
+        if name == "jpeg":  # the device image path: the batch's JPEG bytes in one tensor (shared, not pickled)
+            batch["jpeg"], batch["jpeg_offsets"] = pack_jpegs([item["jpeg"] for item in items])
             continue
         values = [item[name] for item in items]
         if isinstance(values[0], np.ndarray):

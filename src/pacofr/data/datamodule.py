@@ -21,6 +21,7 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader
 
 from pacofr.data.batch import Masker
+from pacofr.data.device_images import images_from_plan
 from pacofr.data.format import read_manifest
 from pacofr.data.stream_stats import StreamStats
 from pacofr.data.streams import STATS_KEY, TrainShardStream, ValShardStream
@@ -56,6 +57,9 @@ class PretrainDataModule(L.LightningDataModule):
         train_split / val_split: split names in the manifest; ``val_split=None`` disables validation.
         shuffle_buffer: samples held by each worker's shuffle buffer.
         prefetch_factor: batches prefetched per worker.
+        images_on_device: the device image path (:mod:`pacofr.data.device_images`): workers ship JPEG bytes and
+            the augmentation's draws, and the training device decodes (nvJPEG on CUDA) and augments the batch;
+            label maps and masks are still built in the workers, from the same draws. Off: the CPU path.
     """
 
     def __init__(
@@ -72,6 +76,7 @@ class PretrainDataModule(L.LightningDataModule):
         val_batch_size: int | None = None,
         shuffle_buffer: int = 1000,
         prefetch_factor: int = 2,
+        images_on_device: bool = False,
     ):
         super().__init__()
         self.root = root
@@ -85,6 +90,8 @@ class PretrainDataModule(L.LightningDataModule):
         self.val_batch_size = val_batch_size or batch_size
         self.shuffle_buffer = shuffle_buffer
         self.prefetch_factor = prefetch_factor
+        self.images_on_device = images_on_device
+        self.device_decode_errors = 0  # images the device could not decode (replaced within their batch)
         self._start_batch = 0
         self._loaded_state: dict[str, Any] | None = None
         self.train_stream: TrainShardStream | None = None
@@ -168,6 +175,7 @@ class PretrainDataModule(L.LightningDataModule):
             masker=self.masker,
             shuffle_buffer=self.shuffle_buffer,
             start_batch=start,
+            images_on_device=self.images_on_device,
         )
         log.info(
             "train stream: rank %d/%d, start batch %d (epoch %d), %d batches per epoch",
@@ -192,6 +200,7 @@ class PretrainDataModule(L.LightningDataModule):
             world_size=world,
             seed=self.seed,
             masker=self.masker,
+            images_on_device=self.images_on_device,
         )
         return self._loader(stream, min(self.num_workers, len(stream)))
 
@@ -203,7 +212,16 @@ class PretrainDataModule(L.LightningDataModule):
             stage = "train" if self.trainer is None or self.trainer.training else "val"
             counts = {k: v for k, v in record.items() if k not in ("rank", "lane")}
             self.worker_stats[(stage, record["rank"], record["lane"])] = StreamStats(**counts)
+        if isinstance(batch, dict) and "jpeg" in batch:  # the device path decodes from host bytes, to the device
+            device = self.trainer.strategy.root_device if self.trainer is not None else torch.device("cpu")
+            self._images_from_plan(batch, device)
         return batch
+
+    def _images_from_plan(self, batch: dict[str, Any], device: torch.device) -> None:
+        failures = images_from_plan(batch, self.image_size, device, self.augment.mean, self.augment.std)
+        if failures:
+            self.device_decode_errors += failures
+            log.warning("%d image(s) of a batch failed to decode on %s: replaced within the batch", failures, device)
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         """On the device: uint8 images -> normalised float32, uint8 label maps -> int64."""
@@ -214,6 +232,8 @@ class PretrainDataModule(L.LightningDataModule):
         already converted entries are left alone, so calling it twice is harmless."""
         if not isinstance(batch, dict):
             return batch
+        if "jpeg" in batch:  # the device image path, outside a Trainer: decode where the batch's tensors are
+            self._images_from_plan(batch, batch["crop_box"].device)
         image = batch.get("image")
         if isinstance(image, torch.Tensor) and image.dtype == torch.uint8:
             batch["image"] = normalize_images(image, self.augment.mean, self.augment.std)
@@ -225,7 +245,7 @@ class PretrainDataModule(L.LightningDataModule):
     @property
     def data_stats(self) -> StreamStats:
         """Problems met so far by this rank's workers (latest cumulative count of each)."""
-        total = StreamStats()
+        total = StreamStats(decode_errors=self.device_decode_errors)
         for stats in self.worker_stats.values():
             total = total + stats
         return total

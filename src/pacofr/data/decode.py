@@ -25,14 +25,20 @@ def decode_arrays(raw: RawSample) -> tuple[np.ndarray, np.ndarray]:
     None on bad data, turned into an error here. torchvision's decoders are deprecated since 0.29.
     """
     image = simplejpeg.decode_jpeg(raw[KEY_IMAGE], colorspace="RGB")
+    labels = decode_labels(raw)
+    if labels.shape != image.shape[:2]:
+        raise ValueError(f"label map shape {labels.shape} does not fit image {image.shape}")
+    return image, labels
+
+
+def decode_labels(raw: RawSample) -> np.ndarray:
+    """The label map alone, uint8 (H, W) (the device image path decodes the JPEG elsewhere)."""
     labels = cv2.imdecode(np.frombuffer(raw[KEY_SEG], dtype=np.uint8), cv2.IMREAD_UNCHANGED)
     if labels is None:
         raise ValueError("label map PNG could not be decoded")
     if labels.ndim != 2 or labels.dtype != np.uint8:
         raise ValueError(f"label map must be 8-bit single-channel, got {labels.dtype} {labels.shape}")
-    if labels.shape != image.shape[:2]:
-        raise ValueError(f"label map shape {labels.shape} does not fit image {image.shape}")
-    return image, labels
+    return labels
 
 
 def decode_sample(raw: RawSample) -> tuple[torch.Tensor, torch.Tensor]:

@@ -97,6 +97,7 @@ class TrainShardStream(IterableDataset):
         shuffle_buffer: int = 1000,
         start_batch: int = 0,
         include_stats: bool = True,
+        images_on_device: bool = False,
     ):
         super().__init__()
         if batch_size < 1 or world_size < 1 or not 0 <= rank < world_size or num_workers < 0:
@@ -107,6 +108,7 @@ class TrainShardStream(IterableDataset):
         self.batch_size, self.rank, self.world_size = batch_size, rank, world_size
         self.num_workers, self.seed, self.shuffle_buffer = num_workers, seed, shuffle_buffer
         self.transform, self.masker, self.include_stats = transform, masker, include_stats
+        self.images_on_device = images_on_device  # batches carry JPEG bytes + draws (pacofr.data.device_images)
         self.start_batch = start_batch
         self.stats = StreamStats()  # this process's counts (the in-process stream when num_workers=0)
 
@@ -170,7 +172,7 @@ class TrainShardStream(IterableDataset):
     def lane_batches(self, lane: int, first_local: int, stats: StreamStats) -> Iterator[dict[str, Any]]:
         """Lane batches from local index ``first_local`` on (rank batch ``g = local * W + lane``)."""
         warn = RateLimitedWarner()
-        build = BatchBuilder(self.transform, self.masker, self.seed, warn)
+        build = BatchBuilder(self.transform, self.masker, self.seed, warn, self.images_on_device)
         bs = self.batch_size
         local = first_local
         epoch = self.epoch_of(local * self.num_lanes + lane)
@@ -215,6 +217,7 @@ class ValShardStream(IterableDataset):
         seed: int = 0,
         masker: Masker | None = None,
         include_stats: bool = True,
+        images_on_device: bool = False,
     ):
         super().__init__()
         if batch_size < 1 or world_size < 1 or not 0 <= rank < world_size:
@@ -222,6 +225,7 @@ class ValShardStream(IterableDataset):
         self.reader = _SplitReader(root, split)
         self.batch_size, self.rank, self.world_size, self.seed = batch_size, rank, world_size, seed
         self.transform, self.masker, self.include_stats = transform, masker, include_stats
+        self.images_on_device = images_on_device  # batches carry JPEG bytes + draws (pacofr.data.device_images)
         self.stats = StreamStats()
 
     @property
@@ -247,7 +251,7 @@ class ValShardStream(IterableDataset):
         worker, num_workers = _worker()
         stats = self.stats if get_worker_info() is None else StreamStats()
         warn = RateLimitedWarner()
-        build = BatchBuilder(self.transform, self.masker, self.seed, warn)
+        build = BatchBuilder(self.transform, self.masker, self.seed, warn, self.images_on_device)
         bs, per_rank, n_batches = self.batch_size, self.samples_per_rank, len(self)
         mine = [t for t in range(n_batches) if t % num_workers == worker]
         slots: dict[int, list[RawSample | None]] = {t: [None] * min(bs, per_rank - t * bs) for t in mine}

@@ -237,16 +237,25 @@ class JointTransform:
         h = w = max(1, round(side))
         return ((height - h) // 2, (width - w) // 2, h, w), False, None
 
-    def _jitter(self, image: np.ndarray, uniforms: list[float]) -> np.ndarray:
+    def colour_factors(self, uniforms: list[float] | None) -> tuple[float, float, float, float]:
+        """The jitter's (brightness, contrast, saturation, hue) from its five uniforms; (1, 1, 1, 0) where it
+        changes nothing (not applied, a zero setting, or eval)."""
         cfg = self.config
+        if uniforms is None:
+            return 1.0, 1.0, 1.0, 0.0
         apply_u, u_b, u_c, u_s, u_h = uniforms
         if apply_u >= cfg.jitter_prob:
-            return image
+            return 1.0, 1.0, 1.0, 0.0
         # All factors are drawn (fixed number of draws) so one setting does not shift another's.
-        b = max(0.0, 1 - cfg.brightness) + (1 + cfg.brightness - max(0.0, 1 - cfg.brightness)) * u_b
-        c = max(0.0, 1 - cfg.contrast) + (1 + cfg.contrast - max(0.0, 1 - cfg.contrast)) * u_c
-        s = max(0.0, 1 - cfg.saturation) + (1 + cfg.saturation - max(0.0, 1 - cfg.saturation)) * u_s
+        draw = lambda x, u: max(0.0, 1 - x) + (1 + x - max(0.0, 1 - x)) * u if x > 0 else 1.0  # noqa: E731
         hue = -cfg.hue + 2 * cfg.hue * u_h
+        return draw(cfg.brightness, u_b), draw(cfg.contrast, u_c), draw(cfg.saturation, u_s), hue
+
+    def _jitter(self, image: np.ndarray, uniforms: list[float]) -> np.ndarray:
+        cfg = self.config
+        if uniforms[0] >= cfg.jitter_prob:
+            return image
+        b, c, s, hue = self.colour_factors(uniforms)
         image = jitter_colours(
             image,
             b if cfg.brightness > 0 else None,
@@ -257,6 +266,19 @@ class JointTransform:
             shifted = F.adjust_hue(torch.from_numpy(image).permute(2, 0, 1), hue)
             image = np.ascontiguousarray(shifted.permute(1, 2, 0).numpy())
         return image
+
+    def draw(
+        self, height: int, width: int, gen: torch.Generator
+    ) -> tuple[tuple[int, int, int, int], bool, tuple[float, float, float, float]]:
+        """The sample's draws, as :meth:`apply` makes them: (crop box (top, left, h, w), flip, colour factors).
+        The device image path (:mod:`pacofr.data.device_images`) ships them with the JPEG bytes."""
+        box, flip, colour = self._sample(height, width, gen)
+        return box, flip, self.colour_factors(colour)
+
+    def apply_labels(self, seg: np.ndarray, box: tuple[int, int, int, int], flip: bool) -> np.ndarray:
+        """The label map's half of :meth:`apply` for drawn ``box`` and ``flip``: uint8 (H, W) -> (S, S)."""
+        out = resize_crop_labels(seg, box, self.size)
+        return cv2.LUT(cv2.flip(out, 1), self._flip_lut) if flip else out
 
     def apply(
         self,
@@ -275,10 +297,9 @@ class JointTransform:
         height, width = seg.shape
         box, flip, colour = self._sample(height, width, gen)
         image = resize_crop_image(image, box, self.size)
-        seg_out = resize_crop_labels(seg, box, self.size)
+        seg_out = self.apply_labels(seg, box, flip)
         if flip:
             image = cv2.flip(image, 1)
-            seg_out = cv2.LUT(cv2.flip(seg_out, 1), self._flip_lut)
         if colour is not None:
             image = self._jitter(image, colour)
         if meta is not None and meta.get("landmarks5") is not None:
