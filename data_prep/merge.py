@@ -44,27 +44,35 @@ def merge(out: str | os.PathLike[str], expected_chunks: int | None = None) -> tu
     num_chunks = counts.pop()
     not_done = [i for i in range(num_chunks) if not chunks.done_path(out, i).is_file() or i not in reports]
     if not_done:
-        shown = ", ".join(map(str, not_done[:20])) + (" ..." if len(not_done) > 20 else "")
         raise IncompleteRunError(
-            f"{len(not_done)} of {num_chunks} chunks are not done in {out} (chunk index: {shown}). Rerun them "
-            f"with `pacofr-prep run ... --num-chunks {num_chunks} --chunk-index I` (finished chunks are skipped), "
-            "then merge again"
+            f"{len(not_done)} of {num_chunks} chunks are not done in {out} (chunk index: {index_ranges(not_done)}). "
+            f"Rerun them with `pacofr-prep run ... --num-chunks {num_chunks} --chunk-index I` (finished chunks are "
+            "skipped), then merge again"
         )
     fingerprints = {r["fingerprint"] for r in reports.values()}
     if len(fingerprints) != 1:
         raise IncompleteRunError("chunks were made with different settings; rerun the odd ones with --force")
 
     splits: dict[str, SplitInfo] = {}
+    lost: dict[int, list[str]] = {}  # chunk -> the shards it reported that are gone
     for split in ("train", "val"):
         names, lengths = [], []
         for i in range(num_chunks):
             for name, n in reports[i]["shards"].get(split, []):
                 if not (out / name).is_file():
-                    raise IncompleteRunError(f"chunk {i} reports shard {name} but it is missing from {out}")
+                    lost.setdefault(i, []).append(name)
                 names.append(name)
                 lengths.append(int(n))
         if names or split == "train":
             splits[split] = SplitInfo(num_samples=sum(lengths), filenames=names, shard_lengths=lengths)
+    if lost:
+        gone = sorted(lost)
+        raise IncompleteRunError(
+            f"shards that done chunks reported are missing from {out}: {sum(map(len, lost.values()))} shard(s) of "
+            f"{len(gone)} chunk(s) (chunk index: {index_ranges(gone)}; e.g. chunk {gone[0]} reports shard "
+            f"{lost[gone[0]][0]} but it is missing). Redo them with `pacofr-prep run ... --num-chunks {num_chunks} "
+            "--chunk-index I --force` (without --force a done chunk is skipped), then merge again"
+        )
 
     summary = summarise(reports)
     first = reports[0]
@@ -97,6 +105,21 @@ def merge(out: str | os.PathLike[str], expected_chunks: int | None = None) -> tu
     tmp.write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
     os.replace(tmp, summary_path)
     return write_manifest(out, manifest), summary
+
+
+def index_ranges(indices: list[int]) -> str:
+    """Sorted chunk indices, every one of them, with runs of three or more shortened: ``0-9, 17, 500-999``."""
+    parts, start = [], 0
+    while start < len(indices):
+        end = start
+        while end + 1 < len(indices) and indices[end + 1] == indices[end] + 1:
+            end += 1
+        if end - start >= 2:
+            parts.append(f"{indices[start]}-{indices[end]}")
+        else:
+            parts.extend(str(i) for i in indices[start : end + 1])
+        start = end + 1
+    return ", ".join(parts)
 
 
 def summarise(reports: dict[int, dict]) -> dict:
