@@ -18,8 +18,9 @@ computes at every epoch start):
   the shuffle buffer's fill). Both in samples, and in MB and seconds at ``--sample-kb`` per sample and
   ``--read-mbps`` of read bandwidth per worker.
 
-And the manifest for that many shards: time to write and read it, and its size. Prints one markdown table per
-section and one JSON line per lane count.
+And the manifest for that many shards: time to write and read it, and its size; then the prep stage at scale
+(``bench/scale_prep.py``: the merge of a simulated ``--prep-chunks`` chunk array, its manifest and summary sizes,
+and the error when 3 chunks are missing). Prints one markdown table per section and JSON lines.
 """
 
 from __future__ import annotations
@@ -40,6 +41,9 @@ import numpy as np  # noqa: E402
 
 from pacofr.data.format import Manifest, SplitInfo, read_manifest, write_manifest  # noqa: E402
 from pacofr.data.lanes import epoch_lane_sizes, plan_lanes  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from scale_prep import prep_scaling, print_tables  # noqa: E402
 
 
 def shard_lengths(samples: int, shards: int, seed: int = 0) -> list[int]:
@@ -146,6 +150,7 @@ def main() -> None:
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--sample-kb", type=float, default=45.0, help="bytes per sample on disk (224 px JPEG + PNG map)")
     p.add_argument("--read-mbps", type=float, default=100.0, help="read bandwidth per worker, MB/s")
+    p.add_argument("--prep-chunks", type=int, default=1000, help="chunks of the simulated prep array (0: skip)")
     args = p.parse_args()
     lengths = shard_lengths(args.samples, args.shards)
     world = args.nodes * args.gpus
@@ -175,6 +180,9 @@ def main() -> None:
     for r in rows:
         print(json.dumps(r))
     print(json.dumps(manifest))
+    if args.prep_chunks > 0:
+        print()
+        print_tables(prep_scaling(args.prep_chunks, max(10, args.prep_chunks // 10)))
 
 
 if __name__ == "__main__":

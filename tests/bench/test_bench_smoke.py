@@ -80,7 +80,8 @@ def test_data_bench_tiny_cpu(tmp_path, make_shards):
 def test_scale_bench_small():
     """The plan at scale, scaled down: every plan checked (no sample twice, equal batches per rank), finite figures;
     lanes hold whole batches, so a large layout draws nearly the whole split per epoch."""
-    out, records = run_bench("scale.py", "--samples", "200000", "--shards", "200", "--nodes", "8", "--epochs", "2")
+    args = ("--samples", "200000", "--shards", "200", "--nodes", "8", "--epochs", "2", "--prep-chunks", "20")
+    out, records = run_bench("scale.py", *args)
     plans = {r["lanes"]: r for r in records if r["bench"] == "scale_plan"}
     assert sorted(plans) == [64, 512]
     assert all(positive_finite(r["plan_s_median"]) and positive_finite(r["epoch_draw_ratio"]) for r in plans.values())
@@ -89,3 +90,5 @@ def test_scale_bench_small():
     manifest = next(r for r in records if r["bench"] == "scale_manifest")
     assert manifest["shards"] == 200 and manifest["bytes"] > 0
     assert "no sample in two lanes" in out
+    prep = [r for r in records if r["bench"] == "scale_prep"]
+    assert [r["chunks"] for r in prep] == [10, 20] and prep[-1]["missing_named"] == prep[-1]["missing_chunks"]
