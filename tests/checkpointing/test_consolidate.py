@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
@@ -57,14 +58,17 @@ def _shard(value, mesh):
     return value
 
 
-def _write_shards(rank: int, folder: str, init_file: str) -> None:
+def _write_shards(rank: int, folder: str, init_file: str, weights_key: str = "model") -> None:
     from lightning.fabric.strategies.fsdp import _distributed_checkpoint_save
 
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD)
     try:
         mesh = init_device_mesh("cpu", (WORLD,))
         weights, optim = trained_state()
-        converted = {"model": _shard(weights, mesh), "optimizer_0": {**optim, "state": _shard(optim["state"], mesh)}}
+        converted = {
+            weights_key: _shard(weights, mesh),
+            "optimizer_0": {**optim, "state": _shard(optim["state"], mesh)},
+        }
         _distributed_checkpoint_save(converted, Path(folder))  # Lightning's own writer for sharded FSDP state
         if rank == 0:
             torch.save({"global_step": 12, "epoch": 0, "loops": {}}, Path(folder) / "meta.pt")
@@ -76,10 +80,11 @@ def _write_shards(rank: int, folder: str, init_file: str) -> None:
         dist.destroy_process_group()
 
 
-def test_consolidate_round_trip(tmp_path):
+@pytest.mark.parametrize("weights_key", ["model", "state_dict"])  # FSDP1's folder; ModelParallelStrategy's (FSDP2)
+def test_consolidate_round_trip(tmp_path, weights_key):
     sharded = tmp_path / "checkpoints" / "step00000012.ckpt"
     os.environ.setdefault("OMP_NUM_THREADS", "1")
-    mp.spawn(_write_shards, args=(str(sharded), str(tmp_path / "pg-init")), nprocs=WORLD, join=True)
+    mp.spawn(_write_shards, args=(str(sharded), str(tmp_path / "pg-init"), weights_key), nprocs=WORLD, join=True)
     assert len(list(sharded.glob("*.distcp"))) == WORLD  # one shard file per rank: really sharded
     assert checkpoint_global_step(sharded) == 12
     assert resolve_resume("auto", sharded.parent) == sharded  # --resume auto sees sharded folders

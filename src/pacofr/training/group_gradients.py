@@ -3,7 +3,8 @@
 One global norm let the codebook's large gradients (often 95 % of the total) set the clipping factor of the
 encoder's step too; per group, each part is clipped by its own norm. Under FSDP each rank holds gradient shards:
 their squares are summed over the sharding group, while parameters of replicated (``NO_SHARD``) units, the
-codebook's, count once.
+codebook's, count once. FSDP2 (``fully_shard``) gradients are DTensors: their local shards count, summed over the
+world like FSDP1's (``bench/fsdp2_probe.py``).
 """
 
 from __future__ import annotations
@@ -12,6 +13,13 @@ from collections.abc import Iterable
 
 import torch
 import torch.distributed as dist
+from torch.distributed.tensor import DTensor
+
+
+def local_grad(p: torch.Tensor) -> torch.Tensor:
+    """The gradient this rank holds: an FSDP2 DTensor's local shard, else the gradient itself."""
+    grad = p.grad
+    return grad.to_local() if isinstance(grad, DTensor) else grad
 
 
 def group_grad_norms(
@@ -33,15 +41,16 @@ def group_grad_norms(
     device = next((p.device for g in optimizer.param_groups for p in g["params"]), torch.device("cpu"))
     zero = torch.zeros((), dtype=torch.float32, device=device)
     squares = {tag: [zero, zero] for tag in tags}  # tag -> [sum over sharded grads, sum over replicated grads]
+    dtensors = any(isinstance(p, DTensor) for g in optimizer.param_groups for p in g["params"])
     for group in optimizer.param_groups:
         sums = squares[group.get("schedule", "main")]
         for p in group["params"]:
             if p.grad is None or p.grad.numel() == 0:
                 continue
             i = int(sharded and id(p) in whole)
-            sums[i] = sums[i] + p.grad.detach().float().square().sum()
+            sums[i] = sums[i] + local_grad(p).detach().float().square().sum()
     per_shard = torch.stack([squares[t][0] for t in tags])
-    if sharded and dist.is_available() and dist.is_initialized():
+    if (sharded or dtensors) and dist.is_available() and dist.is_initialized():
         dist.all_reduce(per_shard, group=shard_group)
     return {t: (per_shard[i] + squares[t][1]).sqrt() for i, t in enumerate(tags)}
 
@@ -50,6 +59,8 @@ def clip_groups(optimizer: torch.optim.Optimizer, norms: dict[str, torch.Tensor]
     """Scale each group's gradients by ``min(1, max_norm / norm)`` of its schedule tag (each rank its shards)."""
     for group in optimizer.param_groups:
         norm = norms.get(group.get("schedule", "main"))
-        params = [p for p in group["params"] if p.grad is not None and p.grad.numel() > 0]
-        if norm is not None and params:
-            torch.nn.utils.clip_grads_with_norm_(params, max_norm, norm)
+        grads = [local_grad(p) for p in group["params"] if p.grad is not None and p.grad.numel() > 0]
+        if norm is not None and grads:
+            # torch's clip_grads_with_norm_ arithmetic, on the local tensors (FSDP2's DTensors refuse a plain factor)
+            factor = (max_norm / (norm + 1e-6)).clamp(max=1.0)
+            torch._foreach_mul_(grads, factor.to(grads[0].device))
