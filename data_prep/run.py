@@ -157,7 +157,12 @@ def _per_item(fn, items: list, sources: list[str], on_error) -> list:
 
 
 def _remove_chunk_outputs(out: Path, prefix: str) -> None:
-    for pattern in (f"*-{prefix}-*.tar", f".*-{prefix}-*.tar.tmp"):
+    for pattern in (
+        f"*-{prefix}-*.tar",
+        f".*-{prefix}-*.tar.tmp",
+        f"*-{prefix}-*.tar.idx",
+        f".*-{prefix}-*.tar.idx.tmp",
+    ):
         for path in out.glob(pattern):
             path.unlink()
 

@@ -2,6 +2,12 @@
 
 Tar members get fixed metadata (mtime 0, root owner, mode 0644) so the same samples always give
 byte-identical shards: a chunk that is killed and rerun reproduces what it wrote before.
+
+Beside each shard goes its sample index ``<shard>.idx`` (layout in :mod:`pacofr.data.format`: magic,
+sample count, shard size, then the uint64 byte offset of each sample's first tar header), written
+like the shard under a temp name, then renamed just before the shard (a reader checks the shard size
+recorded in it, so an index beside another version of its shard is ignored). ~8 bytes a sample: 16 KiB
+for a 2,000-sample shard.
 """
 
 from __future__ import annotations
@@ -17,7 +23,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from pacofr.data.format import KEY_IMAGE, KEY_META, KEY_SEG, shard_name
+from pacofr.data.format import KEY_IMAGE, KEY_META, KEY_SEG, encode_sample_index, sample_index_path, shard_name
 
 _PNG_PARAMS = [cv2.IMWRITE_PNG_COMPRESSION, 1, cv2.IMWRITE_PNG_STRATEGY, cv2.IMWRITE_PNG_STRATEGY_RLE]
 
@@ -64,8 +70,9 @@ class ShardSink:
     """Append samples to ``{split}-[{prefix}-]{index:06d}.tar`` shards of at most ``max_per_shard``.
 
     A shard is written as ``.<name>.tmp`` and renamed when it is full or on :meth:`close`, so a
-    killed writer never leaves a truncated shard under a final name. ``written`` lists
-    ``(filename, num_samples)`` of the finished shards.
+    killed writer never leaves a truncated shard under a final name; its sample index ``<name>.idx``
+    is renamed into place just before it. ``written`` lists ``(filename, num_samples)`` of the
+    finished shards.
     """
 
     def __init__(self, out_dir: str | os.PathLike[str], split: str, max_per_shard: int = 2000, prefix: str = ""):
@@ -84,6 +91,11 @@ class ShardSink:
         self._tmp = self.out_dir / f".{name}.tmp"
         self._tar = tarfile.open(self._tmp, "w", format=tarfile.USTAR_FORMAT)
         self._count = 0
+        self._offsets: list[int] = []
+        self._last_key: str | None = None
+        # a reader groups members into samples by key: a key repeated back to back or one webdataset
+        # skips as metadata ("__...__") would number samples unlike the writer, so such a shard gets no index
+        self._indexable = True
 
     def write(self, key: str, jpg: bytes, seg_png: bytes, meta: dict[str, Any]) -> None:
         if "." in key:
@@ -91,6 +103,10 @@ class ShardSink:
         if self._tar is None:
             self._open()
         assert self._tar is not None
+        if key == self._last_key or key.startswith("__"):
+            self._indexable = False
+        self._last_key = key
+        self._offsets.append(self._tar.offset)  # where this sample's first member header goes
         _add_member(self._tar, f"{key}.{KEY_IMAGE}", jpg)
         _add_member(self._tar, f"{key}.{KEY_SEG}", seg_png)
         _add_member(self._tar, f"{key}.{KEY_META}", json.dumps(meta, sort_keys=True).encode())
@@ -105,6 +121,16 @@ class ShardSink:
         self._tar = None
         with open(self._tmp, "rb") as fh:
             os.fsync(fh.fileno())
+        index = sample_index_path(self._final)
+        if self._indexable:
+            tmp_index = self.out_dir / f".{index.name}.tmp"
+            with open(tmp_index, "wb") as fh:
+                fh.write(encode_sample_index(self._offsets, self._tmp.stat().st_size))
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp_index, index)
+        else:
+            index.unlink(missing_ok=True)
         os.replace(self._tmp, self._final)
         self.written.append((self._final.name, self._count))
 

@@ -4,6 +4,15 @@ Both ``data_prep`` (the writer) and ``pacofr`` (the reader) import this module; 
 crosses between them. It defines the per-sample keys, the label ids, the region groups used by
 masking and the spatial loss, the left/right swap applied by horizontal flips, and the
 ``_info.json`` manifest with a validating reader.
+
+A dataset folder holds ``_info.json`` and the tar shards it lists. Each shard may have a *sample index*
+beside it, ``<shard>.idx`` (:data:`SAMPLE_INDEX_SUFFIX`), so a reader starting mid-shard seeks to a sample
+instead of reading every sample before it. The index is optional (datasets written before it read as
+before) and is not listed in the manifest: a reader checks it against its shard and ignores it when it
+does not fit. Layout, all little-endian: the 8-byte magic :data:`SAMPLE_INDEX_MAGIC`, uint64 number of
+samples, uint64 size of the shard in bytes, then one uint64 per sample: the byte offset in the tar of the
+header of the sample's first member (a multiple of 512, increasing). A tool that rewrites a shard must
+rewrite or delete its index.
 """
 
 from __future__ import annotations
@@ -11,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import struct
 import tarfile
 import tempfile
 from dataclasses import asdict, dataclass, field
@@ -139,6 +149,50 @@ def shard_name(split: str, index: int, prefix: str = "") -> str:
     """``train-000000.tar``; a prefix (e.g. a prep chunk id) goes between split and index."""
     middle = f"{prefix}-" if prefix else ""
     return f"{split}-{middle}{index:06d}.tar"
+
+
+# --- per-shard sample index (optional sidecar, see the module docstring) -----------------------
+SAMPLE_INDEX_SUFFIX = ".idx"
+SAMPLE_INDEX_MAGIC = b"PFIDX\x00\x01\x00"  # "PFIDX", then format version 1
+_SAMPLE_INDEX_HEADER = struct.Struct("<8sQQ")  # magic, number of samples, shard size in bytes
+
+
+def sample_index_path(shard: str | os.PathLike[str]) -> Path:
+    """``train-000000.tar`` -> ``train-000000.tar.idx``."""
+    shard = Path(shard)
+    return shard.with_name(shard.name + SAMPLE_INDEX_SUFFIX)
+
+
+def encode_sample_index(offsets: list[int], shard_size: int) -> bytes:
+    """The bytes of a shard's sample index: header, then one little-endian uint64 offset per sample."""
+    header = _SAMPLE_INDEX_HEADER.pack(SAMPLE_INDEX_MAGIC, len(offsets), shard_size)
+    return header + struct.pack(f"<{len(offsets)}Q", *offsets)
+
+
+def decode_sample_index(data: bytes, num_samples: int, shard_size: int) -> tuple[int, ...]:
+    """The sample offsets of an index, checked against its shard; ValueError (naming why) if it does not fit.
+
+    The index must hold exactly ``num_samples`` offsets (the manifest's shard length), record the shard's
+    current size, and its offsets must be increasing multiples of 512 inside the shard.
+    """
+    if len(data) < _SAMPLE_INDEX_HEADER.size:
+        raise ValueError(f"index is {len(data)} bytes, shorter than its header")
+    magic, count, size = _SAMPLE_INDEX_HEADER.unpack_from(data)
+    if magic != SAMPLE_INDEX_MAGIC:
+        raise ValueError(f"bad magic {magic!r} (expected {SAMPLE_INDEX_MAGIC!r})")
+    if count != num_samples:
+        raise ValueError(f"index lists {count} samples, the manifest {num_samples}")
+    if size != shard_size:
+        raise ValueError(f"index was written for a shard of {size} bytes, the shard has {shard_size}")
+    if len(data) != _SAMPLE_INDEX_HEADER.size + 8 * count:
+        raise ValueError(f"index is {len(data)} bytes, expected {_SAMPLE_INDEX_HEADER.size + 8 * count}")
+    offsets = struct.unpack_from(f"<{count}Q", data, _SAMPLE_INDEX_HEADER.size)
+    previous = -1
+    for offset in offsets:
+        if offset <= previous or offset % tarfile.BLOCKSIZE or offset >= shard_size:
+            raise ValueError(f"bad offset {offset} (after {previous}, shard of {shard_size} bytes)")
+        previous = offset
+    return offsets
 
 
 # --- manifest ----------------------------------------------------------------------------------

@@ -5,22 +5,28 @@ label-map header or JSON comes back as None (counted in :class:`~pacofr.data.str
 warned about), so sample indices stay stable; a truncated or unreadable shard ends early. The checks read
 headers only (libjpeg-turbo for the JPEG, ``struct`` for the PNG's IHDR): pixels are decoded later, and only
 for the samples a batch uses (:mod:`pacofr.data.decode`).
+
+To start mid-shard, :func:`iter_shard` seeks to the sample through the shard's sample index
+(``<shard>.idx``, :func:`~pacofr.data.format.decode_sample_index`) when there is one that fits the shard;
+otherwise (a dataset written without indexes, or a bad index: warned once per shard) it reads and drops
+the samples before ``start``, as before. Either way it yields the same samples under the same indices.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import struct
 import tarfile
 import zlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import simplejpeg
 from webdataset.tariterators import group_by_keys, tar_file_iterator
 
-from pacofr.data.format import KEY_IMAGE, KEY_META, KEY_SEG, SAMPLE_KEYS
+from pacofr.data.format import KEY_IMAGE, KEY_META, KEY_SEG, SAMPLE_KEYS, decode_sample_index, sample_index_path
 from pacofr.data.stream_stats import StreamStats
 
 RawSample = dict[str, Any]  # {"__key__", "__url__", "jpg", "seg.png", "json", "meta": parsed json}
@@ -107,6 +113,43 @@ def _check_raw(sample: RawSample) -> str | None:
     return None
 
 
+_warned_bad_index: set[str] = set()  # shards whose bad index this process has warned about
+
+
+def _seek_to_sample(
+    path: Path, fh: BinaryIO, expected: int, size: int, start: int, warn: Callable[[str], None]
+) -> bool:
+    """Seek ``fh`` to sample ``start`` through the shard's sample index; False (``fh`` left at 0) if it cannot.
+
+    False when there is no index (silently: datasets written before indexes) or it does not fit the
+    shard: wrong magic or sample count, a size other than the shard's, bad offsets, or no valid tar
+    header at the offset (warned once per shard per process). Never raises.
+    """
+    index = sample_index_path(path)
+    try:
+        with open(index, "rb") as ih:
+            data = ih.read()
+    except FileNotFoundError:
+        return False
+    except OSError as err:
+        problem: Exception = err
+    else:
+        try:
+            offset = decode_sample_index(data, expected, size)[start]
+            fh.seek(offset)
+            tarfile.TarInfo.frombuf(fh.read(tarfile.BLOCKSIZE), "utf-8", "surrogateescape")  # checks the checksum
+            fh.seek(offset)
+            return True
+        except (OSError, ValueError, IndexError, tarfile.TarError) as err:
+            problem = err
+    if str(path) not in _warned_bad_index:
+        _warned_bad_index.add(str(path))
+        warn(f"ignoring the sample index {index} ({problem}); reading shard {path} from its start")
+    with contextlib.suppress(OSError):  # the tar reader would meet the same error and end the shard
+        fh.seek(0)
+    return False
+
+
 def iter_shard(
     path: Path,
     expected: int,
@@ -118,8 +161,9 @@ def iter_shard(
     """``(index in shard, raw sample or None if bad)`` for samples ``start <= index < stop``.
 
     Never raises for bad data: read errors end the shard early; bad samples come back as None
-    (counted), so indices (used for lane pieces and val rank assignment) stay stable. Samples
-    before ``start`` are grouped from tar headers but not checked; reading ends at ``stop``.
+    (counted), so indices (used for lane pieces and val rank assignment) stay stable. With a
+    valid sample index the reading starts at sample ``start``; without one, samples before
+    ``start`` are grouped from tar headers but not checked. Reading ends at ``stop``.
     """
     try:
         fh = open(path, "rb")
@@ -148,9 +192,16 @@ def iter_shard(
         warn(f"shard {path}: {err}")
         return True  # continue
 
-    index = -1
+    first = 0
+    if (
+        0 < start < expected
+        and size % tarfile.BLOCKSIZE == 0
+        and _seek_to_sample(path, fh, expected, size, start, warn)
+    ):
+        first = start  # the stream now begins at sample `start`
+    index = first - 1
     with fh:
-        for index, sample in enumerate(group_by_keys(members(), handler=on_group_error)):
+        for index, sample in enumerate(group_by_keys(members(), handler=on_group_error), start=first):
             if index < start:
                 continue
             if stop is not None and index >= stop:
