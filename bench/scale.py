@@ -122,6 +122,9 @@ def plan_at(lengths: list[int], lanes: int, epochs: int, world: int, batch: int,
     for key in ("prefix", "resume"):
         row[f"{key}_mb_max"] = row[f"{key}_samples_max"] * mb
         row[f"{key}_s_max"] = row[f"{key}_mb_max"] / args.read_mbps
+    # with the shards' sample indexes (<shard>.idx) a worker seeks to its first sample: it reads the index
+    # (24 + 8 bytes per sample of the shard) and one tar header instead of the prefix
+    row["prefix_with_index_kb_max"] = (24 + 8 * max(lengths) + 512) / 1024
     return row
 
 
@@ -162,12 +165,13 @@ def main() -> None:
     layout = f"{args.gpus} GPUs x {args.workers} workers per node, batch {args.batch}, {args.epochs} epochs"
     print(f"## Data plan: {args.samples:,} samples in {args.shards:,} shards, {layout}\n")
     print("| nodes | lanes | plan s | plan MiB | samples/lane | batches/rank | drawn / split | prefix max (MB, s) "
-          "| resume max (MB, s) |\n|---|---|---|---|---|---|---|---|---|")  # fmt: skip
+          "| prefix with index | resume max (MB, s) |\n|---|---|---|---|---|---|---|---|---|---|")  # fmt: skip
     for r in rows:
         print(
             f"| {r['nodes']} | {r['lanes']:,} | {r['plan_s_median']:.4f} | {r['plan_peak_mib']:.1f} | "
             f"{r['samples_per_lane']:,} | {r['rank_batches_per_epoch']} | {r['epoch_draw_ratio']:.1%} | "
             f"{r['prefix_samples_max']:,} ({r['prefix_mb_max']:.0f} MB, {r['prefix_s_max']:.1f} s) | "
+            f"{r['prefix_with_index_kb_max']:.0f} KB | "
             f"{r['resume_samples_max']:,} ({r['resume_mb_max']:.0f} MB, {r['resume_s_max']:.1f} s) |"
         )
     manifest = manifest_cost(lengths)
