@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Sequence
+from functools import lru_cache
 from typing import Any
 
 import numpy as np
@@ -123,34 +124,42 @@ def _resize_crops(image: torch.Tensor, boxes: torch.Tensor, size: int) -> torch.
     Border: at the crop's outer row and column roi_align blends in the source pixels just outside the crop, where
     the CPU path (crop, then resize: torchvision's convention) repeats the crop's edge; on a strong edge there
     those pixels differ by up to ~20 grey levels (the interior by 0.1-0.2 on average)."""
-    top, left, h, w = boxes.to(image.dtype).unbind(1)
-    index = torch.arange(len(boxes), device=image.device, dtype=image.dtype)
-    rois = torch.stack([index, left, top, left + w, top + h], dim=1)
-    shrink = torch.maximum(h, w) / size
-    out = image.new_empty(len(boxes), image.shape[1], size, size)
-    plain = shrink <= PLAIN_BILINEAR_MAX_SHRINK
+    # rois and the plain / shrunk split from the boxes on the host (the workers' draws arrive there): no device sync
+    top, left, h, w = boxes.cpu().to(torch.float32).unbind(1)
+    rois = torch.stack([torch.arange(len(h), dtype=torch.float32), left, top, left + w, top + h], dim=1)
+    plain = torch.maximum(h, w) / size <= PLAIN_BILINEAR_MAX_SHRINK
+    rois = rois.to(image.device, image.dtype)
+    out = image.new_empty(len(rois), image.shape[1], size, size)
     for chosen, ratio in ((plain, 1), (~plain, 0)):  # 0: roi_align's adaptive ceil(roi / S) samples
-        if bool(chosen.any()):
-            out[chosen] = roi_align(image, rois[chosen], size, spatial_scale=1.0, sampling_ratio=ratio, aligned=True)
+        if chosen.any():
+            picked = chosen.nonzero().flatten().to(image.device)
+            out[picked] = roi_align(image, rois[picked], size, spatial_scale=1.0, sampling_ratio=ratio, aligned=True)
     return out
+
+
+@lru_cache(maxsize=16)
+def _grey_weights(device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """torchvision's grey weights as a (1, 3, 1, 1) tensor on ``device``, built once (as ``transforms._mean_std``)."""
+    return torch.tensor(_GRAY_WEIGHTS, dtype=dtype, device=device).view(1, 3, 1, 1)
 
 
 def _jitter(x: torch.Tensor, factors: torch.Tensor) -> torch.Tensor:
     """torchvision's brightness, contrast, saturation on 0..255 floats, each followed by uint8's clamp and
     truncation as on the CPU path; a factor of 1 leaves an image unchanged (exactly), so one batched pass
-    serves every sample. ``factors`` [N,4]: brightness, contrast, saturation, hue."""
-    weights = torch.tensor(_GRAY_WEIGHTS, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+    serves every sample. ``factors`` [N,4]: brightness, contrast, saturation, hue (its rows are read on the host to
+    find the hue shifts: pass the workers' host tensor)."""
+    weights = _grey_weights(x.device, x.dtype)
 
     def truncate(v: torch.Tensor) -> torch.Tensor:
         return v.clamp_(0, 255).floor_()
 
-    b, c, s = (factors[:, i].view(-1, 1, 1, 1) for i in range(3))
+    hue = factors[:, 3].cpu()
+    b, c, s = (factors[:, i].to(x.device, x.dtype).view(-1, 1, 1, 1) for i in range(3))
     x = truncate(x * b)
     grey = ((x * weights).sum(1, keepdim=True)).floor_()
     x = truncate(c * x + (1 - c) * grey.mean((2, 3), keepdim=True))
     grey = ((x * weights).sum(1, keepdim=True)).floor_()
     x = truncate(s * x + (1 - s) * grey)
-    hue = factors[:, 3]
     for i in torch.nonzero(hue).flatten().tolist():  # off by default (hue = 0) and costly anyway
         x[i] = F.adjust_hue(x[i] / 255.0, float(hue[i])).mul_(255.0).floor_()
     return x
@@ -170,18 +179,16 @@ def augment_on_device(
     if isinstance(images, torch.Tensor):
         images = list(images)
     device = images[0].device
-    boxes, flips, factors = crop_box.to(device), flip.to(device), jitter.to(device, torch.float32)
     out = torch.empty(len(images), 3, size, size, device=device)
     shapes: dict[tuple[int, ...], list[int]] = {}
     for i, image in enumerate(images):
         shapes.setdefault(tuple(image.shape), []).append(i)
     for members in shapes.values():  # one roi_align per source size (one in practice: prep writes one size)
         stacked = torch.stack([images[i] for i in members]).to(torch.float32)
-        local = torch.arange(len(members), device=device)
-        out[members] = _resize_crops(stacked, boxes[members], size)[local]
+        out[members] = _resize_crops(stacked, crop_box[members], size)
     out = out.round_()  # the CPU path's resize returns uint8 (rounded)
-    out = torch.where(flips.view(-1, 1, 1, 1), out.flip(-1), out)
-    out = _jitter(out, factors)
+    out = torch.where(flip.to(device).view(-1, 1, 1, 1), out.flip(-1), out)
+    out = _jitter(out, jitter)
     return normalize_images(out.to(torch.uint8), mean, std)
 
 
