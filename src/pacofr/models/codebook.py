@@ -198,17 +198,25 @@ class CandidateCodebook(nn.Module):
         top_logits, idx = torch.topk(logits, m or self.num_candidates, dim=-1)
         return mixture_weights(top_logits, self.mix, self.gumbel_tau), idx
 
-    def mixture_tokens(self, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Candidate-mixture tokens ``sum_k w_k W c_k`` for (..., K) logits -> (tokens (..., D), weights, ids)."""
+    def mixture_tokens(
+        self, logits: torch.Tensor, random_candidates: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Candidate-mixture tokens ``sum_k w_k W c_k`` for (..., K) logits -> (tokens (..., D), weights, ids).
+        ``random_candidates``: the same weights over codes drawn uniformly at random (a study control)."""
         weights, idx = self.candidates(logits)
+        if random_candidates:
+            idx = torch.randint(self.num_codes, idx.shape, device=idx.device)
         code_tokens = self.token_proj(self.codes)  # (K, D): once per step, cheaper than per candidate
         picked = code_tokens[idx]  # (..., m, D)
         tokens = (weights.unsqueeze(-1).to(picked.dtype) * picked).sum(-2)
         return tokens, weights, idx
 
     # --- the training forward ----------------------------------------------------------------------
-    def forward(self, patches: torch.Tensor, replace_idx: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-        """patches: (B, N, P) normalised pixels; replace_idx: (B, R) the patches that get candidate tokens.
+    def forward(
+        self, patches: torch.Tensor, replace_idx: torch.Tensor | None = None, random_candidates: bool = False
+    ) -> dict[str, torch.Tensor]:
+        """patches: (B, N, P) normalised pixels; replace_idx: (B, R) the patches that get candidate tokens;
+        random_candidates: mix random codes with the believed weights (``mixture_tokens``).
 
         Returns belief_logits (B, N, K), target_code (B, N), assigned_prototype (B, N, P) = g(c_k*),
         prototype_target (B, N, P) (no grad: x~ or the EMA prototype), prototypes_detached (K, P) for the
@@ -230,7 +238,7 @@ class CandidateCodebook(nn.Module):
         }
         if replace_idx is not None:
             picked_logits = logits.gather(1, replace_idx.unsqueeze(-1).expand(-1, -1, logits.shape[-1]))
-            tokens, weights, idx = self.mixture_tokens(picked_logits)
+            tokens, weights, idx = self.mixture_tokens(picked_logits, random_candidates)
             out.update(replace_tokens=tokens, candidate_weights=weights, candidate_codes=idx)
         return out
 

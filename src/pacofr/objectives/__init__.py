@@ -4,7 +4,9 @@ its loss (``docs/architecture.md``: how to add one). Configs choose one by ``mod
 from pacofr.objectives.base import PretrainObjective, StepOutput
 from pacofr.objectives.fsfm import FSFM
 from pacofr.objectives.mae import MAE
+from pacofr.objectives.mae_full import MAEFull
+from pacofr.objectives.mae_parse import MAEParse
 from pacofr.objectives.paco_fr import PaCoFR
 from pacofr.objectives.paco_fr_full import PaCoFRFull
 
-__all__ = ["FSFM", "MAE", "PaCoFR", "PaCoFRFull", "PretrainObjective", "StepOutput"]
+__all__ = ["FSFM", "MAE", "MAEFull", "MAEParse", "PaCoFR", "PaCoFRFull", "PretrainObjective", "StepOutput"]

@@ -22,16 +22,17 @@ from torch import nn
 from pacofr.data.format import NUM_REGIONS
 from pacofr.losses.codebook import codebook_loss
 from pacofr.losses.reconstruction import reconstruction_loss
-from pacofr.losses.spatial import affinity_consistency_loss, spatial_consistency_loss
+from pacofr.losses.spatial import affinity_consistency_loss
 from pacofr.models.codebook import CandidateCodebook, MixMode
 from pacofr.models.spatial_head import SpatialHead
 from pacofr.models.unwrap import original_param_name, unwrap_fsdp
 from pacofr.objectives.base import PretrainObjective, StepOutput
+from pacofr.objectives.region_terms import RegionSpatialTerms, RegionTargets
 
 CODEBOOK_UPDATES_KEY = "pacofr_codebook_updates"  # checkpoint entry of the codebook's update counter
 
 
-class PaCoFR(PretrainObjective):
+class PaCoFR(RegionSpatialTerms, PretrainObjective):
     """Reconstruction + candidate codebook + spatial consistency, after a codebook-only incubation."""
 
     batch_keys = ("image", "mask")
@@ -58,6 +59,7 @@ class PaCoFR(PretrainObjective):
         spatial_pairs: Literal["sum", "mean"] = "sum",
         spatial_sides: bool = True,
         spatial_prior: bool = True,
+        spatial_targets: RegionTargets = "own",
         teacher_momentum: float = 0.996,
         **core: Any,
     ) -> None:
@@ -83,6 +85,8 @@ class PaCoFR(PretrainObjective):
             spatial_prior: train a position-only prior (a learned region distribution per patch position, no
                 image) beside the spatial head on the same targets, logged as ``spatial_prior*``: what the
                 head must beat for the spatial loss to be earned from the image. It does not touch the encoder.
+            spatial_targets: ``own`` (each image's region histograms) or ``rolled`` (the next image's in the batch:
+                the control for image-specific supervision, ``docs/study.md``).
             teacher_momentum: EMA momentum of the affinity variant's teacher encoder.
             core: those of :class:`~pacofr.objectives.base.PretrainObjective` (encoder, decoder, geometry).
         """
@@ -115,6 +119,9 @@ class PaCoFR(PretrainObjective):
         if spatial_on not in ("visible", "all"):
             raise ValueError(f"spatial_on must be 'visible' or 'all', got {spatial_on!r}")
         self.spatial_on, self.spatial_pairs, self.spatial_sides = spatial_on, spatial_pairs, spatial_sides
+        if spatial_targets not in ("own", "rolled"):
+            raise ValueError(f"spatial_targets must be 'own' or 'rolled', got {spatial_targets!r}")
+        self.spatial_targets = spatial_targets
         decoder_width = self.decoder.decoder_dim
         uses_spatial = spatial_weight > 0
         self.spatial_head = SpatialHead(decoder_width) if uses_spatial and spatial_variant == "region" else None
@@ -178,21 +185,7 @@ class PaCoFR(PretrainObjective):
         terms.update({f"codebook_{k}": v for k, v in cb.items() if k != "loss"})
         terms["codebook"] = cb["loss"]
         if self.spatial_head is not None:
-            if "region_hist" not in batch:
-                raise ValueError("the region spatial loss needs the batch's `region_hist` (the data module's masker)")
-            settings = self.spatial_settings(out)
-            sp = spatial_consistency_loss(self.spatial_head(out["decoder_tokens"]), batch["region_hist"], **settings)
-            total = total + self.spatial_weight * sp["loss"]
-            terms.update(spatial=sp["loss"], spatial_region=sp["region"], spatial_centroid=sp["centroid"])
-            if self.position_prior is not None:
-                # the same loss from the patch position alone; it trains only the prior (added as a zero, so the
-                # total's value and the encoder's gradient are those without it)
-                prior_logits = self.position_prior.unsqueeze(0).expand(images.shape[0], -1, -1)
-                prior = spatial_consistency_loss(prior_logits, batch["region_hist"], **settings)
-                total = total + (prior["loss"] - prior["loss"].detach())
-                terms.update(
-                    spatial_prior_region=prior["region"].detach(), spatial_prior_centroid=prior["centroid"].detach()
-                )
+            total = self.add_region_terms(total, terms, out, batch)
         elif self.teacher is not None:
             with torch.no_grad():
                 teacher_tokens = self.teacher.forward_features(images)[:, self.teacher.num_prefix_tokens :]
@@ -200,16 +193,6 @@ class PaCoFR(PretrainObjective):
             total = total + self.spatial_weight * sp
             terms["spatial"] = sp
         return StepOutput(total, terms, out)
-
-    def spatial_settings(self, out: dict[str, torch.Tensor]) -> dict[str, Any]:
-        """The region spatial loss's settings for a step's outputs (which patches count, pairs, sides, grid)."""
-        return dict(
-            centroid_weight=self.spatial_centroid_weight,
-            grid_size=self.grid_size,
-            patch_weight=~out["loss_mask"] if self.spatial_on == "visible" else None,
-            pair_reduction=self.spatial_pairs,
-            sides=self.spatial_sides,
-        )
 
     def replacements(self, out: dict[str, torch.Tensor]) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """Choose ``num_replaced`` of the visible patches per image (random), run the codebook on every patch,

@@ -15,9 +15,10 @@ the step against MAE's).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from pacofr.objectives.paco_fr import PaCoFR
@@ -32,19 +33,36 @@ def masked_indices(mask: torch.Tensor, num_masked: int) -> torch.Tensor:
 class PaCoFRFull(PaCoFR):
     """PaCo-FR with the encoder on the full sequence and the masked patches replaced by candidate mixes."""
 
-    def __init__(self, mask_token_share: float = 0.0, **settings: Any) -> None:
+    def __init__(
+        self,
+        mask_token_share: float = 0.0,
+        substitute: Literal["candidates", "random_codes", "lowpass"] = "candidates",
+        lowpass_factor: int = 4,
+        **settings: Any,
+    ) -> None:
         """
         Args:
             mask_token_share: share of the masked patches that get the learned mask token instead of a candidate
                 mix (0: all candidate mixes).
+            substitute: what the other masked patches enter as: ``candidates`` (the method: the belief-weighted
+                mix of their top-m candidate codes), or one of the study's controls for what that input carries
+                (``docs/study.md``): ``random_codes`` (the same belief weights over m codes drawn at random: the
+                mix's statistics without its content) or ``lowpass`` (the patch embedding of the patch itself,
+                average-pooled ``lowpass_factor`` x ``lowpass_factor``: an information-matched view).
+            lowpass_factor: the pooling window of ``lowpass`` (4: a 16-px patch becomes 4 x 4 colours).
             settings: those of :class:`~pacofr.objectives.paco_fr.PaCoFR` (``replace_ratio`` does not apply: the
                 masked patches are the replaced ones).
         """
         if not 0.0 <= mask_token_share <= 1.0:
             raise ValueError(f"mask_token_share must be in [0, 1], got {mask_token_share}")
+        if substitute not in ("candidates", "random_codes", "lowpass"):
+            raise ValueError(f"substitute must be candidates, random_codes or lowpass, got {substitute!r}")
         settings["replace_ratio"] = 0.0
         super().__init__(**settings)
+        if substitute == "lowpass" and self.patch_size % lowpass_factor:
+            raise ValueError(f"lowpass_factor {lowpass_factor} must divide the patch size {self.patch_size}")
         self.mask_token_share = mask_token_share
+        self.substitute, self.lowpass_factor = substitute, lowpass_factor
         self.num_mask_tokens = int(round(self.num_masked * mask_token_share))
         self.num_replaced = self.num_masked - self.num_mask_tokens  # the candidate-mix share
         self.mask_token: nn.Parameter | None = None
@@ -66,8 +84,11 @@ class PaCoFRFull(PaCoFR):
         order = torch.rand(hidden.shape, device=hidden.device).argsort(dim=1)
         shuffled = hidden.gather(1, order)
         mixed_idx = shuffled[:, : self.num_replaced]  # the rest of `shuffled` gets the mask token
-        cb = self.codebook(target, mixed_idx if self.num_replaced > 0 else None)
+        with_mix = self.num_replaced > 0 and self.substitute != "lowpass"
+        cb = self.codebook(target, mixed_idx if with_mix else None, random_candidates=self.substitute == "random_codes")
         mixes = cb.pop("replace_tokens", None)
+        if self.substitute == "lowpass" and self.num_replaced > 0:
+            mixes = self.lowpass_tokens(images, mixed_idx)
         b, d = images.shape[0], self.encoder.embed_dim
         substitutes = [mixes] if mixes is not None else []
         if self.num_mask_tokens > 0:
@@ -78,6 +99,13 @@ class PaCoFRFull(PaCoFR):
         out = {"target": target, "mask": mask, **cb}
         out.update(pred=pred, decoder_tokens=decoder_tokens, replaced=replaced, loss_mask=mask)
         return out
+
+    def lowpass_tokens(self, images: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+        """(B, R, D) patch embeddings of the patches ``idx`` after ``lowpass_factor``-pooling (no position)."""
+        f = self.lowpass_factor
+        pooled = F.interpolate(F.avg_pool2d(images, f), scale_factor=f, mode="nearest")
+        tokens = self.encoder.embed_patches(pooled)
+        return tokens.gather(1, idx.unsqueeze(-1).expand(-1, -1, tokens.shape[-1]))
 
     def no_weight_decay(self) -> set[str]:
         return super().no_weight_decay() | ({"mask_token"} if self.mask_token is not None else set())
