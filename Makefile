@@ -84,13 +84,15 @@ study-quick: $(STUDY_DATA)/_info.json
 	$(BIN)/pacofr study run --config $(STUDY_CONFIG) --quick --data-root $(STUDY_DATA) $(STUDY_ARGS)
 
 # CPU benchmarks on the demo data: training step (tiny: MAE vs PaCo-FR, eager/compiled, Lightning overhead)
-# and the input pipeline on one core (vs bare webdataset+PIL, decoders, cores per GPU). GPU: bench/RESULTS.md.
+# and the input pipeline on one core (vs bare webdataset+PIL, decoders, cores per GPU). GPU: bench/RESULTS.md
+# (bench/gpu_check.sh). tests/bench/test_bench_smoke.py runs this target with tiny sizes in these variables.
 BENCH_TRAIN_ARGS ?= --threads 1
 BENCH_DATA_ARGS ?=
+BENCH_SYNTH_ARGS ?=
 bench: data-demo
 	OMP_NUM_THREADS=1 $(BIN)/python bench/train_step.py $(BENCH_TRAIN_ARGS)
 	$(BIN)/python bench/data.py --root $(DATA_DEMO) $(BENCH_DATA_ARGS)
-	$(BIN)/python bench/synth.py
+	$(BIN)/python bench/synth.py $(BENCH_SYNTH_ARGS)
 
 tensorboard: setup
 	$(BIN)/tensorboard --logdir $(RUNS) --bind_all

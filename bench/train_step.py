@@ -16,7 +16,9 @@ AdamW groups -> its lr schedules -> the objective's ``after_step``), plus the co
 ``PretrainModule`` and ``Trainer.fit`` (in-memory pre-made batches, logger,
 callbacks, progress bar and logging cadence as configured) for Lightning's loop overhead. Input is
 synthetic: random images, random masks with exactly the model's masked count, random region histograms.
-Incubation is off (it measures the main step). bf16 autocast on CUDA, fp32 on CPU.
+Incubation is off (it measures the main step). bf16 autocast on CUDA, fp32 on CPU. The float32 numeric policy
+(TF32 or not) is the benchmarked config's ``float32_matmul_precision``, applied by the function ``pacofr fit``
+applies it with (``pacofr.training.numerics.apply_numerics``): the bench times the regime training runs.
 
 Timing: CUDA synchronises only at both ends of the timed window (no per-step sync, so the host can run
 ahead as in training). CPU takes the median of per-step process CPU times (``time.process_time``: the
@@ -66,6 +68,7 @@ from pacofr.objectives import MAE, PaCoFR  # noqa: E402
 from pacofr.optim import build_adamw, pretrain_schedules, scaled_lr  # noqa: E402
 from pacofr.training.module import PretrainModule  # noqa: E402
 from pacofr.training.nonfinite import NonFiniteGuard  # noqa: E402
+from pacofr.training.numerics import PRECISIONS, apply_numerics, config_precision  # noqa: E402
 from pacofr.training.synthetic_batches import PremadeBatches, synthetic_batches  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -378,6 +381,28 @@ def record_syncs(sink: dict[str, int]):
         warnings.showwarning = original
 
 
+# --- the project's sync sentinel (pacofr.training.sync_sentinel) -------------------------------------------
+SYNC_SENTINEL_MODULE = "pacofr.training.sync_sentinel"
+
+
+def sync_sentinel_listing(step: Callable[[], None], device: torch.device) -> dict[str, Any]:
+    """HOOK for the project's host-sync sentinel: its listing of the syncs of one bare step (``--sync-debug``).
+
+    ``record_syncs`` above is CUDA-only (torch's sync debug mode); the sentinel is the library's own check, the one
+    the tests run. Until ``pacofr.training.sync_sentinel`` exists (another change adds it) this reports
+    ``{"status": "missing"}``, so the GPU check's output says the listing was not taken rather than "no syncs"."""
+    try:
+        sentinel = importlib.import_module(SYNC_SENTINEL_MODULE)
+    except ModuleNotFoundError:
+        return {"status": "missing", "module": SYNC_SENTINEL_MODULE}
+    listing = getattr(sentinel, "list_syncs", None)
+    if not callable(listing):
+        return {"status": "no list_syncs(step) in the module", "module": SYNC_SENTINEL_MODULE}
+    result = listing(step)
+    sync(device)
+    return {"status": "ok", "syncs": result}
+
+
 class SyncProbe(L.Callback):
     """Records the host-device syncs of one Lightning step (the one after warm-up), hooks included."""
 
@@ -442,7 +467,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--mae-mask-ratio", type=float, default=0.75, help="the MAE row's mask ratio (MAE's 0.75)")
     p.add_argument("--size", choices=["tiny", "small", "base", "large", "huge"], default="base" if cuda else "tiny")
     p.add_argument("--config", type=Path, default=None, help="pretrain config (default: demo_tiny for tiny, else b16)")
-    p.add_argument("--img-size", type=int, default=None, help="default: the config's model.img_size")
+    p.add_argument("--img-size", type=int, default=None, help="default: the config's data.image_size")
     p.add_argument("--decoder-depth", type=int, default=None)
     p.add_argument("--decoder-dim", type=int, default=None)
     p.add_argument("--batch", type=int, default=None, help="default: the config's data.batch_size")
@@ -473,6 +498,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=None,
         help="time the bare rows together, one step of each in turn (default: on CPU; CUDA times each row alone)",
     )
+    p.add_argument(
+        "--float32-matmul-precision",
+        choices=PRECISIONS,
+        default=None,
+        help="float32 policy (TF32 or not), as `pacofr fit --float32_matmul_precision`; default: the config's",
+    )
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
     args.config = args.config or CONFIGS["tiny" if args.size == "tiny" else "other"]
@@ -490,11 +521,12 @@ def main(argv: list[str] | None = None) -> None:
     device = torch.device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
-    if device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
     config = load_config(args.config)
-    args.img_size = args.img_size or int(config["model"]["img_size"])
+    # the numerics `pacofr fit` runs this config with (its float32_matmul_precision, through the same function),
+    # not a switch of the bench's own: timing TF32 while training runs IEEE float32 would time another regime
+    args.numerics = apply_numerics(args.float32_matmul_precision or config_precision(config))
+    # the image size is given once, on the data side (`pacofr fit` links it to the objective's img_size)
+    args.img_size = args.img_size or int(config["data"]["image_size"])
     args.batch = args.batch or int(config.get("data", {}).get("batch_size", 32))
     clip = config.get("trainer", {}).get("gradient_clip_val")
 
@@ -511,6 +543,7 @@ def main(argv: list[str] | None = None) -> None:
     interleaved: list[tuple] = []  # (row, step, optimizer, module, batches) of rows timed together
     flops: dict[str, float] = {}
     syncs: dict[str, dict[str, int]] = {}
+    sentinel: dict[str, dict[str, Any]] = {}  # the sync sentinel's listing per bare row (--sync-debug)
     kept: dict[str, Any] = {}
     modes = ["eager"] + (["compiled"] if args.compile else []) + (["compiled-model"] if args.compile_model_only else [])
     lightning_mode = "compiled" if args.compile else "eager"
@@ -548,6 +581,8 @@ def main(argv: list[str] | None = None) -> None:
                 with record_syncs(syncs.setdefault(f"bare {label}", {})):
                     step()
                     sync(device)
+            if args.sync_debug:
+                sentinel[f"bare {label}"] = sync_sentinel_listing(step, device)
             if args.interleave:
                 interleaved.append((row, step, optimizer, module, batches))
                 continue
@@ -591,10 +626,10 @@ def main(argv: list[str] | None = None) -> None:
             max_batch = find_max_batch(
                 lambda: make_module("pacofr"), args.batch, args.max_batch_limit, device, autocast, clip
             )
-    report(rows, flops, args, device, clip, syncs, max_batch)
+    report(rows, flops, args, device, clip, syncs, max_batch, sentinel)
 
 
-def report(rows, flops, args, device, clip, syncs, max_batch) -> None:
+def report(rows, flops, args, device, clip, syncs, max_batch, sentinel=None) -> None:
     env = environment(device_name(device))
     records = []
     for r in rows:
@@ -613,6 +648,7 @@ def report(rows, flops, args, device, clip, syncs, max_batch) -> None:
             "steps": args.steps,
             "grad_checkpointing": args.grad_checkpointing,
             "precision": "bf16-autocast" if args.bf16 else "fp32",
+            "float32_matmul_precision": args.numerics["float32_matmul_precision"],
             "img_per_s": round(ips, 2),
             "step_ms": round(1000 * r.step_s, 3),
             "first_step_s": round(r.first_step_s, 2),
@@ -650,9 +686,12 @@ def report(rows, flops, args, device, clip, syncs, max_batch) -> None:
     summary["goals"] = GOALS
     if syncs:
         summary["host_device_syncs_per_step"] = syncs
+    if sentinel:
+        summary["sync_sentinel"] = sentinel
     if max_batch:
         summary["find_max_batch"] = max_batch
     summary["gradient_clip_val"] = clip
+    summary["numerics"] = args.numerics
     summary["config"] = str(args.config.relative_to(REPO) if args.config.is_relative_to(REPO) else args.config)
     summary["command"] = " ".join([Path(sys.argv[0]).name, *sys.argv[1:]])
     summary["env"] = env
@@ -677,6 +716,11 @@ def report(rows, flops, args, device, clip, syncs, max_batch) -> None:
             print(f"- {key}: {summary[key]}")
     if max_batch:
         print(f"- largest PaCo-FR batch (eager): {max_batch}")
+    print(f"- float32 numerics: {args.numerics}")
+    for where, found in syncs.items() if device.type == "cuda" else ():  # torch's sync debug mode is CUDA's
+        print(f"- host-device syncs, {where}: {found or 'none'}")
+    for where, listing in (sentinel or {}).items():
+        print(f"- sync sentinel, {where}: {listing}")
     print()
     for rec in records:
         emit_json(rec)

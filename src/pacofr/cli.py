@@ -26,6 +26,7 @@ from pacofr.data.format import read_manifest
 from pacofr.errors import UserError, run_reporting_user_errors
 from pacofr.logs import show_info_logs
 from pacofr.run_folder import write_run_info
+from pacofr.training.numerics import DEFAULT_MATMUL_PRECISION, MatmulPrecision, apply_numerics
 
 LIGHTNING_COMMANDS = ("fit", "validate")
 # name -> "module:function" taking argv (list[str]) and returning an exit code
@@ -89,6 +90,13 @@ class PacofrCLI(LightningCLI):
             "checkpoint of <run_dir>/checkpoints (a no-op on a first run; the SLURM default); or a checkpoint path. "
             "Use this rather than --ckpt_path.",
         )
+        parser.add_argument(
+            "--float32_matmul_precision",
+            type=MatmulPrecision,
+            default=DEFAULT_MATMUL_PRECISION,
+            help="float32 matmuls and cuDNN: highest (IEEE, no TF32; keeps the codebook's float32 distances exact) | "
+            "high (TF32) | medium. Applied before the model is built (pacofr.training.numerics).",
+        )
         # the data's geometry is given once, on the data side; the objective takes it from there
         parser.link_arguments("data.image_size", "model.objective.init_args.img_size")
         parser.link_arguments("data.masker.init_args.patch_size", "model.objective.init_args.patch_size")
@@ -137,6 +145,7 @@ class PacofrCLI(LightningCLI):
 
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config
+        apply_numerics(config.get("float32_matmul_precision"))  # before the model is built or compiled
         run_dir = Path(config.run_dir)
         config.trainer.default_root_dir = str(run_dir)
         if config.checkpoint.dirpath is None:
