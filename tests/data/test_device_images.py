@@ -107,13 +107,14 @@ def test_mixed_source_sizes_and_shrinking_crops() -> None:
 
 
 def test_corrupt_jpeg_body_is_replaced_whole(tmp_path: Path, make_shards, corrupt_shard) -> None:
-    """The header check passes a JPEG whose body is cut; the device decode fails on it and the sample becomes a
-    copy of another of its batch: image, labels, masks and key together, counted in the data stats."""
+    """The header check passes a JPEG whose body is cut; the worker's JPEG rule rejects it (as the CPU path's
+    decode would) and the sample becomes a copy of another of its batch: image, labels, masks and key together,
+    counted in the data stats (``tests/data/test_device_jpeg_validity.py``: the same verdict as the CPU path)."""
     root = make_shards(tmp_path / "d", {"train": [8]}, size=64)
     bad = corrupt_shard(root / "train-000000.tar", "bad_jpeg_body", index=3)
     dm = datamodule(root, True, shuffle_buffer=1)
-    batch = dm.to_model_input(next(iter(dm.train_dataloader())))
-    assert dm.device_decode_errors == 1 and dm.data_stats.decode_errors == 1
+    batch = dm.to_model_input(dm.on_before_batch_transfer(next(iter(dm.train_dataloader())), 0))
+    assert dm.device_decode_errors == 0 and dm.data_stats.decode_errors == 1  # rejected in the worker
     assert bad not in batch["key"] and len(batch["key"]) == 8
     donor = [k for k in batch["key"] if batch["key"].count(k) == 2]
     assert len(donor) == 2  # the replaced slot now carries its donor's key
