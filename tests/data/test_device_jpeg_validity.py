@@ -1,7 +1,7 @@
 """A damaged JPEG gets the same verdict on the device image path as on the CPU path: the worker rejects it (where
 the CPU path would decode it) and replaces its sample whole within the batch, whatever the device's decoder would
-have made of it. A truncated body was seen to decode on nvJPEG with a warning, not an error; the test stands in for
-it with a decoder that does the same (libjpeg-turbo, non-strict), since these tests run on CPU tensors."""
+have made of it. A truncated body is reported to decode on nvJPEG with a warning, not an error; the test stands in
+for it with a decoder that does the same (libjpeg-turbo, non-strict), since these tests run on CPU tensors."""
 
 from __future__ import annotations
 

@@ -5,7 +5,7 @@ shard reader only checks headers); the batch builder catches what these function
 sample.
 
 The device image path decodes the JPEG on the training device, where a damaged body is not reliably an error
-(a truncated one was seen to decode on nvJPEG with a warning); its worker applies :func:`jpeg_problem`, the part of
+(a truncated one is reported to decode on nvJPEG with a warning); its worker applies :func:`jpeg_problem`, the part of
 libjpeg-turbo's strict verdict that can be had without decoding, so that the same damaged file is rejected, and
 replaced the same way, on both paths.
 """
