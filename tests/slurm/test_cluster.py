@@ -47,7 +47,7 @@ def test_usr1_to_task_requeues_job_and_second_run_sees_restart_count(
     rerun = slurm_cluster.wait_for(
         job_id,
         lambda j: j.restarts >= 1 and (j.state == "RUNNING" or j.done),
-        timeout_s=45,
+        timeout_s=100,
         what="running again after requeue",
     )
     requeue_to_rerun_s = time.monotonic() - signalled
@@ -69,7 +69,9 @@ def test_usr1_to_task_requeues_job_and_second_run_sees_restart_count(
     ]
     # The first run's batch shell may or may not log its end before the requeue kills it.
     assert [e for e in events if not e.startswith("batch end restart=unset")] == expected_in_order, detail
-    assert requeue_to_rerun_s < 30, f"requeued job took {requeue_to_rerun_s:.1f} s to run again"
+    # What this shows is cred_expire=5 in effect (the default would hold the job >= 120 s), not speed: the
+    # bound leaves a loaded machine room.
+    assert requeue_to_rerun_s < 100, f"requeued job took {requeue_to_rerun_s:.1f} s to run again"
     print(f"USR1 -> requeue -> running again: {requeue_to_rerun_s:.1f} s")
 
 
@@ -85,15 +87,25 @@ def test_sigkilled_task_ends_the_step_with_kill_on_bad_exit(slurm_cluster: Slurm
     assert (tmp_path / "rank0.started").exists() and (tmp_path / "rank1.started").exists(), detail
     # Rank 0 would run 60 s on its own; srun ended it when rank 1 died.
     assert not (tmp_path / "rank0.finished").exists(), detail
-    assert elapsed_s < 30, f"the job took {elapsed_s:.1f} s: rank 0 was not ended with rank 1\n{detail}"
+    # Alone, rank 0 sleeps 60 s: a shorter job is one that ended it (a behavioural bound, not a speed claim).
+    assert elapsed_s < 60, f"the job took {elapsed_s:.1f} s: rank 0 was not ended with rank 1\n{detail}"
     assert any("task 1: Killed" in line for line in output), detail
 
 
+def _daemon_pids(conf: Path) -> dict[str, str]:
+    """``{"SlurmctldPidFile": pid, "SlurmdPidFile": pid}`` from the pid files that the cluster's slurm.conf names."""
+    keys = ("SlurmctldPidFile", "SlurmdPidFile")
+    files = dict(line.strip().split("=", 1) for line in conf.read_text().splitlines() if line.startswith(keys))
+    return {key: Path(files[key]).read_text().strip() for key in keys}
+
+
 def test_cluster_start_is_a_no_op_when_running(slurm_cluster: SlurmCluster) -> None:
-    started = time.monotonic()
+    # No-op means the running daemons are kept (a restart would give them new pids and log "started in"),
+    # not that it is fast: its wall time depends on the machine's load, so it is not asserted.
+    before = _daemon_pids(slurm_cluster.conf)
     proc = subprocess.run(
         ["bash", str(CLUSTER_SH), "start"], capture_output=True, text=True, env=slurm_cluster.env(), timeout=60
     )
     assert proc.returncode == 0, proc.stderr
-    assert "already running" in proc.stderr, proc.stderr
-    assert time.monotonic() - started < 10
+    assert "already running" in proc.stderr and "started in" not in proc.stderr, proc.stderr
+    assert _daemon_pids(slurm_cluster.conf) == before, proc.stderr
