@@ -386,21 +386,31 @@ SYNC_SENTINEL_MODULE = "pacofr.training.sync_sentinel"
 
 
 def sync_sentinel_listing(step: Callable[[], None], device: torch.device) -> dict[str, Any]:
-    """HOOK for the project's host-sync sentinel: its listing of the syncs of one bare step (``--sync-debug``).
+    """The project's host-sync sentinel (``pacofr.training.sync_sentinel.SyncSentinel``) over one bare step
+    (``--sync-debug``): what in the step would stall a GPU (reads of device values, value-dependent shapes, tensors
+    built from Python data, host-to-device copies), counted by source line.
 
-    ``record_syncs`` above is CUDA-only (torch's sync debug mode); the sentinel is the library's own check, the one
-    the tests run. Until ``pacofr.training.sync_sentinel`` exists (another change adds it) this reports
-    ``{"status": "missing"}``, so the GPU check's output says the listing was not taken rather than "no syncs"."""
+    ``record_syncs`` above is CUDA's own sync debug mode (CUDA only, and blind to copies from pageable memory that
+    do not wait); the sentinel is the library's check, the one its tests run on CPU, so the GPU check lists both
+    for the same step. Reports ``{"status": "missing"}`` where the module is absent, so a listing never reads as
+    "no syncs" when it was not taken."""
     try:
-        sentinel = importlib.import_module(SYNC_SENTINEL_MODULE)
+        module = importlib.import_module(SYNC_SENTINEL_MODULE)
     except ModuleNotFoundError:
         return {"status": "missing", "module": SYNC_SENTINEL_MODULE}
-    listing = getattr(sentinel, "list_syncs", None)
-    if not callable(listing):
-        return {"status": "no list_syncs(step) in the module", "module": SYNC_SENTINEL_MODULE}
-    result = listing(step)
+    if not hasattr(module, "SyncSentinel"):
+        return {"status": "no SyncSentinel in the module", "module": SYNC_SENTINEL_MODULE}
+    sentinel = module.SyncSentinel()
+    with sentinel.watch("train", 0):
+        step()
     sync(device)
-    return {"status": "ok", "syncs": result}
+    kinds = getattr(module, "CHECKED_KINDS", None)
+    counts: dict[str, int] = {}
+    for event in sentinel.events:
+        if kinds is None or event.kind in kinds:
+            key = f"{event.kind} {event.where} ({event.op})"
+            counts[key] = counts.get(key, 0) + 1
+    return {"status": "ok", "events": counts}
 
 
 class SyncProbe(L.Callback):
@@ -604,7 +614,10 @@ def main(argv: list[str] | None = None) -> None:
     if args.lightning:
         module, batches = kept["module"], kept["batches"]
         memory_reset(device)
-        probes = [SyncProbe(args.warmup, syncs.setdefault("lightning pacofr", {}))] if args.sync_debug else []
+        on_cuda = device.type == "cuda"  # CUDA's sync debug mode: a CPU run lists nothing (rather than "none")
+        probes = (
+            [SyncProbe(args.warmup, syncs.setdefault("lightning pacofr", {}))] if args.sync_debug and on_cuda else []
+        )
         graphs_before = compiled_graphs()
         step_s, first, settings = lightning_run(module, batches, config, args, device, probes)
         label = f"pacofr {lightning_mode} (Trainer.fit)"
@@ -720,7 +733,8 @@ def report(rows, flops, args, device, clip, syncs, max_batch, sentinel=None) -> 
     for where, found in syncs.items() if device.type == "cuda" else ():  # torch's sync debug mode is CUDA's
         print(f"- host-device syncs, {where}: {found or 'none'}")
     for where, listing in (sentinel or {}).items():
-        print(f"- sync sentinel, {where}: {listing}")
+        found = listing.get("events", listing) if listing.get("status") == "ok" else listing
+        print(f"- sync sentinel ({SYNC_SENTINEL_MODULE}), {where}: {found or 'none'}")
     print()
     for rec in records:
         emit_json(rec)

@@ -73,6 +73,15 @@ def _mean_std(
     return as_tensor(mean), as_tensor(std)
 
 
+def mean_std_constants(
+    mean: tuple[float, ...] | list[float], std: tuple[float, ...] | list[float], device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The normalisation's (3, 1, 1) float32 ``(mean, std)`` on ``device``, built once per (mean, std, device) and
+    shared by every caller (``normalize_images``, the monitors' de-normalisation): read-only, never write to them.
+    Building them per batch is a blocking host-to-device copy on a GPU."""
+    return _mean_std(tuple(mean), tuple(std), device)
+
+
 def normalize_images(
     images: torch.Tensor,
     mean: tuple[float, float, float] = IMAGENET_MEAN,
@@ -87,7 +96,7 @@ def normalize_images(
         raise TypeError(f"normalize_images takes uint8 images, got {images.dtype}")
     if images.dim() < 3 or images.shape[-3] != 3:
         raise ValueError(f"images must be (..., 3, H, W), got shape {tuple(images.shape)}")
-    mean_t, std_t = _mean_std(tuple(mean), tuple(std), images.device)
+    mean_t, std_t = mean_std_constants(mean, std, images.device)
     out = images.to(torch.float32).div_(255.0).sub_(mean_t).div_(std_t)
     return out.contiguous()
 

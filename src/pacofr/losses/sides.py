@@ -15,6 +15,11 @@ import torch
 from pacofr.data.format import REGION_IDS
 
 SIDED_GROUPS = ("brows", "eyes", "ears")  # groups whose labels come in a left and a right part
+# Their group ids are consecutive, so the index tensor is an ``arange`` made on the weights' device (a kernel with
+# two numbers as arguments) instead of a tensor from a Python list (a blocking host-to-device copy every step).
+_SIDED_FIRST = REGION_IDS[SIDED_GROUPS[0]]
+if [REGION_IDS[g] for g in SIDED_GROUPS] != list(range(_SIDED_FIRST, _SIDED_FIRST + len(SIDED_GROUPS))):
+    raise AssertionError(f"the sided groups {SIDED_GROUPS} must have consecutive region ids")
 
 
 def side_weights(cols: int, device: torch.device | None = None) -> torch.Tensor:
@@ -27,7 +32,7 @@ def split_sides(weights: torch.Tensor, grid_size: tuple[int, int]) -> torch.Tens
     """(B, N, 9) per-patch group weights -> (B, N, 12): the two-sided groups' image-right halves appended."""
     rows, cols = grid_size
     left = side_weights(cols, weights.device).repeat(rows).view(1, -1, 1)  # (1, N, 1), row-major patches
-    sided = torch.tensor([REGION_IDS[g] for g in SIDED_GROUPS], device=weights.device)
+    sided = torch.arange(_SIDED_FIRST, _SIDED_FIRST + len(SIDED_GROUPS), device=weights.device)  # int64, as before
     mass = weights.index_select(-1, sided)  # (B, N, 3)
     kept = weights.index_copy(-1, sided, mass * left)
     return torch.cat([kept, mass * (1.0 - left)], dim=-1)

@@ -241,7 +241,9 @@ class PretrainModule(L.LightningModule):
         return getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
 
     def _log_step(self, total: torch.Tensor, terms: dict, out: dict, batch: PretrainBatch) -> None:
-        log_step = self.global_step % max(1, self.trainer.log_every_n_steps) == 0
+        # the steps whose values Lightning writes to the loggers (``should_update_logs``: (steps done + 1) % n == 0);
+        # only they log the host's numbers (learning rates, data counters), which cost a tensor each
+        log_step = (self.global_step + 1) % max(1, self.trainer.log_every_n_steps) == 0
         metrics = step_metrics(
             self.objective, total, terms, out, batch, step=self.global_step, optimizer=self._optimizer(),
             datamodule=self._datamodule(), with_data_stats=log_step,

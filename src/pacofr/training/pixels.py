@@ -10,17 +10,20 @@ from typing import Any
 
 import torch
 
-from pacofr.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from pacofr.data.transforms import IMAGENET_MEAN, IMAGENET_STD, mean_std_constants
 from pacofr.losses.reconstruction import psnr
 from pacofr.objectives.base import PretrainObjective
 
 
 def pixel_stats(datamodule: Any, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """(mean, std) as (1, 3, 1, 1) tensors: the data module's ``augment`` normalisation, ImageNet's without one."""
+    """(mean, std) as (1, 3, 1, 1) float32 tensors: the data module's ``augment`` normalisation, ImageNet's without
+    one. Views of the constants ``normalize_images`` uses, built once per device: this runs in every training and
+    validation step, where building them from the Python tuples was two blocking host-to-device copies."""
     augment = getattr(datamodule, "augment", None)
-    mean = getattr(augment, "mean", IMAGENET_MEAN)
-    std = getattr(augment, "std", IMAGENET_STD)
-    return torch.tensor(mean, device=device).view(1, 3, 1, 1), torch.tensor(std, device=device).view(1, 3, 1, 1)
+    mean, std = mean_std_constants(
+        getattr(augment, "mean", IMAGENET_MEAN), getattr(augment, "std", IMAGENET_STD), torch.device(device)
+    )
+    return mean.view(1, 3, 1, 1), std.view(1, 3, 1, 1)
 
 
 def denormalise(images: torch.Tensor, datamodule: Any) -> torch.Tensor:
