@@ -203,7 +203,8 @@ step_deps() {
     "$PY" -m pip install --quiet --disable-pip-version-check --root-user-action=ignore --no-index --no-deps --no-compile \
         --no-cache-dir --target "$SITE" --find-links "$WHEELS" -r "$WHEELS/requirements.txt" || return
     "$PY" -c "$imports; import pacofr.cli, data_prep.cli, pacofr, jsonargparse, webdataset, simplejpeg
-import json; print(json.dumps({'gpu_check': 'deps', 'pacofr_from': pacofr.__file__, 'jsonargparse': jsonargparse.__version__,
+import json; print(json.dumps({'gpu_check': 'deps', 'pacofr_from': pacofr.__file__, 'carried_from': jsonargparse.__file__,
+    'jsonargparse': jsonargparse.__version__,
     'webdataset': webdataset.__version__, 'simplejpeg': simplejpeg.__version__}))"
 }
 
@@ -319,14 +320,14 @@ run_steps() {
         step fsdp_resume fsdp.log 120 bash -c "step_fsdp ${steps[3]} 2"
     else
         for name in fit fit_resume fsdp fsdp_resume; do
-            skip "$name" fit.log "no data (the data step failed)"
+            skip "$name" fit.log "no data (the data step failed or did not run)"
         done
     fi
     step train_step train_step.txt 240 bash -c step_train
     if [ -f "$WORK/faces/_info.json" ]; then
         step data_bench data.txt 120 bash -c step_data_bench
     else
-        skip data_bench data.txt "no data (the data step failed)"
+        skip data_bench data.txt "no data (the data step failed or did not run)"
     fi
 
     total=$(($(date +%s) - START))
