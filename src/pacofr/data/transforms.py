@@ -70,7 +70,10 @@ def _mean_std(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The (3, 1, 1) constants on ``device``, built once: a fresh host list -> GPU copy per batch can block."""
     as_tensor = lambda values: torch.tensor(values, dtype=torch.float32, device=device).view(3, 1, 1)  # noqa: E731
-    return as_tensor(mean), as_tensor(std)
+    # plain tensors even when first asked for under inference mode (Lightning's validation, its sanity check
+    # included): an inference tensor, cached, could not be used by an op autograd records later
+    with torch.inference_mode(False):
+        return as_tensor(mean), as_tensor(std)
 
 
 def mean_std_constants(
