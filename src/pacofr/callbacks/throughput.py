@@ -1,12 +1,15 @@
 """Images/s, step time, achieved TFLOP/s and MFU, from wall time between logging steps.
 
 Timing a window of steps (not each step) keeps the hot path free of host-device syncs: the clock is
-read once every ``log_every_n_steps`` and, on CUDA, the window's end is the only synchronisation.
+read once every ``log_every_n_steps`` and, on CUDA, the window's end is the only synchronisation. The figures are
+host numbers and go straight to the loggers: through ``self.log`` each would become a tensor on the device (a
+blocking host-to-device copy per figure).
 """
 
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import lightning as L
 import torch
@@ -37,13 +40,17 @@ class ThroughputMonitor(L.Callback):
         self._step0 = 0
         self._images = 0
 
-    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch, batch_idx: int) -> None:
+    def on_train_batch_start(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
         if self._t0 is None:
             self._t0 = time.perf_counter()
             self._step0 = trainer.global_step
             self._images = 0
 
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx) -> None:
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
         self._images += int(batch["image"].shape[0])
         steps = trainer.global_step - self._step0
         if steps < self.every or self._t0 is None:
@@ -53,7 +60,7 @@ class ThroughputMonitor(L.Callback):
         elapsed = time.perf_counter() - self._t0
         world = trainer.world_size
         images_per_s = self._images * world / elapsed
-        metrics = {"perf/images_per_s": images_per_s, "perf/step_time_s": elapsed / steps}
+        metrics: dict[str, float] = {"perf/images_per_s": images_per_s, "perf/step_time_s": elapsed / steps}
         flops_fn = getattr(pl_module, "flops_per_image", None)
         if callable(flops_fn):
             per_device_tflops = flops_fn() * self._images / elapsed / 1e12
@@ -61,7 +68,9 @@ class ThroughputMonitor(L.Callback):
             peak = self.peak_tflops or device_peak_tflops(batch["image"].device)
             if peak:
                 metrics["perf/mfu"] = per_device_tflops / peak
-        pl_module.log_dict(metrics, on_step=True, on_epoch=False, sync_dist=False, rank_zero_only=True)
+        if trainer.is_global_zero:  # written once, at the window's end (self.log would wait for log_every_n_steps)
+            for logger in trainer.loggers:
+                logger.log_metrics(metrics, step=trainer.global_step)
         self._t0 = time.perf_counter()
         self._step0 = trainer.global_step
         self._images = 0
