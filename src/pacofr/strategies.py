@@ -1,14 +1,21 @@
 """Distributed strategies with typed, YAML-friendly arguments.
 
 DDP and FSDP are a config swap (``configs/trainer/ddp.yaml`` / ``fsdp.yaml``) over the same module code.
-FSDP wraps each transformer block (timm ``Block``) as its own unit, the usual policy for ViTs. The candidate
-codebook is a unit of its own that is *replicated* (``NO_SHARD``): it is small, and its bookkeeping (EMA
-prototypes, dead-code re-seeding) rewrites codes between steps, outside any forward, where a sharded parameter
-would only be this rank's slice.
+FSDP wraps each transformer block (timm ``Block``) as its own unit, the usual policy for ViTs. The rest follows
+what the objective declares (``pacofr.objectives.base``), never the type of a model part:
+
+- ``replicated_modules()`` become units of their own kept whole on every rank (``NO_SHARD``): PaCo-FR's codebook,
+  whose bookkeeping (EMA prototypes, dead-code re-seeding) rewrites codes between steps, outside any forward,
+  where a sharded parameter would only be this rank's slice;
+- ``fp32_modules()`` become units with an fp32 mixed-precision policy (parameters, gradient reduction, buffers),
+  whatever the run's precision: with ``bf16-mixed`` Lightning gives FSDP bf16 for all three, and the codebook's
+  buffers, turned bf16, refused the next in-place write (``index_copy_``) at the first optimiser step.
 
 FSDP also runs on CPU processes over gloo (``configs/trainer/fsdp_cpu.yaml``): torch's FSDP works there once it
 is told the device explicitly, but Lightning passes ``device_id=None`` for CPU, which torch then rejects ("FSDP
-needs a non-CPU accelerator device"). The CPU path is what the tests and the CPU SLURM variant exercise.
+needs a non-CPU accelerator device"); and Lightning's FSDP precision autocasts on CUDA only, so a ``bf16-mixed``
+CPU run fed fp32 activations to bf16 parameters. Both are mended here: the CPU path emulates the GPU one (the
+tests and the CPU SLURM variant exercise it).
 """
 
 from __future__ import annotations
@@ -25,26 +32,59 @@ from lightning.fabric.strategies.fsdp import (
 )
 from lightning.fabric.strategies.model_parallel import _load_raw_module_state
 from lightning.fabric.utilities.load import _lazy_load, _materialize_tensors
+from lightning.pytorch.plugins.precision.fsdp import FSDPPrecision
 from lightning.pytorch.strategies import FSDPStrategy
 from lightning.pytorch.trainer.states import TrainerFn
 from timm.models.vision_transformer import Block
 from torch import nn
-from torch.distributed.fsdp import ShardingStrategy
+from torch.distributed.fsdp import MixedPrecision, ShardingStrategy
 from torch.distributed.fsdp.wrap import CustomPolicy
 
 from pacofr.checkpointing import legacy_keys, optim_keys
 from pacofr.checkpointing.prune import remove_checkpoint
-from pacofr.models.codebook import CandidateCodebook
+
+FP32_POLICY = MixedPrecision(param_dtype=torch.float32, reduce_dtype=torch.float32, buffer_dtype=torch.float32)
 
 
-def wrap_policy(module: nn.Module) -> bool | dict:
-    """FSDP unit per ViT block (sharded as configured); the codebook as a replicated unit."""
-    if isinstance(module, Block):
-        return True
-    if isinstance(module, CandidateCodebook):
+def declared_units(model: nn.Module) -> dict[int, dict[str, Any]]:
+    """``{id(submodule): FSDP unit kwargs}`` for what the model's objective declares (replicated, fp32)."""
+    objective = getattr(model, "objective", None)
+    if objective is None:
+        return {}
+    units: dict[int, dict[str, Any]] = {}
+    for name in objective.replicated_modules():
         # replicated over every rank: the world group, not the (intra, inter) pair a hybrid root hands down
-        return {"sharding_strategy": ShardingStrategy.NO_SHARD, "process_group": torch.distributed.group.WORLD}
-    return False
+        units.setdefault(id(objective.get_submodule(name)), {}).update(
+            sharding_strategy=ShardingStrategy.NO_SHARD, process_group=torch.distributed.group.WORLD
+        )
+    for name in objective.fp32_modules():
+        units.setdefault(id(objective.get_submodule(name)), {})["mixed_precision"] = FP32_POLICY
+    return units
+
+
+def wrap_policy_for(model: nn.Module) -> CustomPolicy:
+    """FSDP unit per ViT block (sharded as configured), plus the objective's declared units."""
+    units = declared_units(model)
+
+    def policy(module: nn.Module) -> bool | dict:
+        if id(module) in units:
+            return dict(units[id(module)]) or True
+        return isinstance(module, Block)
+
+    return CustomPolicy(policy)
+
+
+class DeviceAutocastFSDPPrecision(FSDPPrecision):
+    """Lightning's FSDP precision with autocast on the root device's type (Lightning's is hard-coded to CUDA, so
+    on CPU processes ``bf16-mixed`` ran bf16 parameters on fp32 activations without autocast)."""
+
+    device_type: str = "cpu"
+
+    def forward_context(self):
+        if "mixed" in self.precision:
+            dtype = torch.bfloat16 if self.precision == "bf16-mixed" else torch.float16
+            return torch.autocast(self.device_type, dtype=dtype)
+        return super().forward_context()
 
 
 class BlockFSDPStrategy(FSDPStrategy):
@@ -71,7 +111,7 @@ class BlockFSDPStrategy(FSDPStrategy):
         process_group_backend: str | None = None,
     ):
         super().__init__(
-            auto_wrap_policy=CustomPolicy(wrap_policy),
+            auto_wrap_policy=CustomPolicy(lambda module: isinstance(module, Block)),  # completed in _setup_model
             activation_checkpointing_policy={Block} if activation_checkpointing else None,
             sharding_strategy=sharding_strategy,
             state_dict_type=state_dict_type,
@@ -97,8 +137,11 @@ class BlockFSDPStrategy(FSDPStrategy):
         hybrid = self.sharding_strategy in (ShardingStrategy.HYBRID_SHARD, ShardingStrategy._HYBRID_SHARD_ZERO2)
         if hybrid and "process_group" not in self.kwargs and "device_mesh" not in self.kwargs:
             self.kwargs["process_group"] = self._hybrid_process_groups()
+        self.kwargs["auto_wrap_policy"] = wrap_policy_for(model)
         if self.root_device.type != "cpu":
             return super()._setup_model(model)
+        if type(self.precision_plugin) is FSDPPrecision:
+            self.precision_plugin.__class__ = DeviceAutocastFSDPPrecision  # autocast on CPU, as on the GPU
         from torch.distributed.fsdp import FullyShardedDataParallel
 
         if any(isinstance(m, FullyShardedDataParallel) for m in model.modules()):

@@ -78,7 +78,8 @@ def test_mixture_weights_rejects_unknown_mode():
 
 
 def test_dead_codes_are_reseeded_and_live_codes_kept():
-    cb = _codebook(dead_after=3, reseed_every=0, buffer_size=64, buffer_writes_per_step=16)
+    # without fitting (reseed_fit_steps 0): a noised copy of the live code nearest its recent patch
+    cb = _codebook(dead_after=3, reseed_every=0, buffer_size=64, buffer_writes_per_step=16, reseed_fit_steps=0)
     patches = torch.randn(2, 8, P)
     used = torch.arange(16).view(2, 8) % 4  # only codes 0..3 are ever used
     before = cb.codes.detach().clone()
@@ -94,6 +95,28 @@ def test_dead_codes_are_reseeded_and_live_codes_kept():
     # a re-seeded code sits next to the live code it split from (the one nearest its recent patch)
     gap_to_live = torch.cdist(cb.codes[4:].detach(), before[:4]).min(-1).values
     assert gap_to_live.max() < 0.5 * torch.cdist(before[4:], before[:4]).min()
+    assert set(cb.take_reseeded()) == {"codes", "belief.fc2.weight", "belief.fc2.bias"}
+    assert cb.take_reseeded() == {}  # taken once
+
+
+def test_reseeded_codes_are_fitted_to_their_patch():
+    """With fitting (the default), a re-seeded code's prototype moves to a recent patch instead of tying its
+    source: its distance to the nearest recent patch is well below the unfitted copy's."""
+    gaps = {}
+    for steps in (0, 20):
+        torch.manual_seed(0)
+        cb = _codebook(dead_after=3, reseed_every=0, buffer_size=64, buffer_writes_per_step=16, reseed_fit_steps=steps)
+        patches = torch.randn(2, 8, P)
+        used = torch.arange(16).view(2, 8) % 4
+        for _ in range(3):
+            cb.update_state(patches, used)
+        live = cb.prototypes()[:4].detach().clone()
+        assert cb.reseed_dead_codes().item() == 28
+        protos = cb.prototypes()[4:].detach()
+        gaps[steps] = torch.cdist(protos, cb.recent_patches).min(-1).values.mean()
+        assert torch.equal(cb.prototypes()[:4].detach(), live)  # live codes untouched
+        assert all(p.grad is None for p in cb.proto_head.parameters())  # fitting moves codes only
+    assert gaps[20] < 0.8 * gaps[0]
 
 
 def test_reseeding_runs_automatically_every_reseed_every_updates():

@@ -15,6 +15,7 @@ import torch
 from tiny_training import tiny_module, trainer
 from torch._dynamo.utils import counters
 
+from pacofr.errors import UserError
 from pacofr.strategies import BlockFSDPStrategy
 from pacofr.training.module import PretrainModule
 from pacofr.training.synthetic_batches import PremadeBatches, synthetic_batches
@@ -89,12 +90,15 @@ def test_compiled_part_has_no_graph_breaks(overrides):
     assert explained.graph_count == 1
 
 
-def test_fsdp_stays_eager(tmp_path):
-    """FSDP1 units gather their shards in hooks dynamo does not trace: ``compile: true`` leaves the step eager."""
+def test_compile_under_fsdp_is_refused_with_one_line(tmp_path):
+    """FSDP1 units gather their shards in hooks dynamo does not trace: ``compile: true`` under FSDP is refused with
+    a user error that says what to do (it used to be dropped with an info line the user never saw)."""
     module = tiny_module(compile=True)
     module.compile_backend = "eager"
     module.trainer = trainer(tmp_path / "fsdp", strategy=BlockFSDPStrategy())
-    module.configure_model()
+    with pytest.raises(UserError, match="compile: true is not supported under the FSDP preset") as err:
+        module.configure_model()
+    assert "\n" not in str(err.value) and "DDP" in str(err.value)
     assert not module.objective.losses_compiled
     module.trainer = trainer(tmp_path / "single")  # the same module on one device compiles
     module.configure_model()
@@ -108,3 +112,28 @@ def test_compile_losses_runs_once():
         module.objective.compile_losses()
     module.configure_model()  # already compiled: a second configure_model (e.g. a second fit) keeps it
     assert module.objective.losses_compiled
+
+
+def test_group_norms_under_no_shard_count_each_gradient_once(tmp_path, monkeypatch):
+    """NO_SHARD keeps whole gradients on every rank: the group norms must not sum their squares over the ranks
+    (that made every norm sqrt(world size) too large and clipped too hard); FULL_SHARD's shards are summed."""
+    import pacofr.training.module as module_py
+
+    seen = {}
+
+    def spy(optimizer, replicated, group, sharded):
+        seen["sharded"] = sharded
+        return {}
+
+    monkeypatch.setattr(module_py, "group_grad_norms", spy)
+    for strategy, sharded in (("NO_SHARD", False), ("FULL_SHARD", True)):
+        module = tiny_module()
+        module.trainer = trainer(tmp_path / strategy, strategy=BlockFSDPStrategy(sharding_strategy=strategy))
+        monkeypatch.setattr(
+            type(module.trainer.strategy),
+            "model",
+            property(lambda self: type("M", (), {"process_group": None})()),
+            raising=False,
+        )
+        module._group_grad_norms(torch.optim.SGD(module.parameters(), lr=0.1))
+        assert seen["sharded"] is sharded, strategy

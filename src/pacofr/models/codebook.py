@@ -104,13 +104,16 @@ class CandidateCodebook(nn.Module):
         reseed_every: int = 50,
         reseed_noise: float = 0.05,
         reseed_belief: bool = True,
+        reseed_fit_steps: int = 20,
         usage_window: int | None = None,
         buffer_size: int = 2048,
         buffer_writes_per_step: int = 256,
     ) -> None:
         """``reseed_belief``: a re-seeded code takes over the Belief Predictor's output row of the live code it
         copies, so the predictor splits that code's belief between the two instead of meeting a code it has
-        never scored (which knocked its cross-entropy over: 1.5 -> 15 in one re-seed). ``usage_window``: the
+        never scored (which knocked its cross-entropy over: 1.5 -> 15 in one re-seed). ``reseed_fit_steps``: steps of
+        fitting a re-seeded code so that its prototype g(c) matches the patch it is re-seeded from (0: the noised
+        copy of the source code, which nearly ties its source's prototype). ``usage_window``: the
         window (updates) of ``usage_fraction``, default ``dead_after``."""
         super().__init__()
         if mix not in ("soft", "hard", "gumbel"):
@@ -135,6 +138,10 @@ class CandidateCodebook(nn.Module):
         self.reseed_every = reseed_every
         self.reseed_noise = reseed_noise
         self.reseed_belief = reseed_belief
+        self.reseed_fit_steps = reseed_fit_steps
+        # the rows re-seeded by the last re-seeding, (K,) bool on the device, until the trainer takes them to reset
+        # their optimiser moments (``take_reseeded``); not state: used within the step that made it
+        self._reseeded: torch.Tensor | None = None
         self.usage_window = usage_window or dead_after
         self.buffer_writes_per_step = min(buffer_writes_per_step, buffer_size)
         self._updates = 0  # host-side step counter: decides when to re-seed without reading the device
@@ -324,6 +331,8 @@ class CandidateCodebook(nn.Module):
         source = dist_to_live.argmin(-1)
         scale = self.codes.std() * self.reseed_noise
         new_codes = self.codes[source] + scale * torch.randn_like(self.codes)
+        if self.reseed_fit_steps > 0:
+            new_codes = self.fit_codes_to(new_codes, samples, scale)
 
         self.codes.copy_(_broadcast_(torch.where(dead.unsqueeze(-1), new_codes, self.codes)))
         if self.update == "ema":
@@ -338,7 +347,36 @@ class CandidateCodebook(nn.Module):
             fc2.bias.copy_(_broadcast_(torch.where(dead, fc2.bias[source], fc2.bias)))
         self.steps_since_used.masked_fill_(dead, 0)
         self.reseeded_total.add_(dead.sum())
+        self._reseeded = dead if self._reseeded is None else self._reseeded | dead
         return dead.sum()
+
+    def fit_codes_to(self, codes: torch.Tensor, patches: torch.Tensor, step_size: torch.Tensor) -> torch.Tensor:
+        """``codes`` (K, C) moved by ``reseed_fit_steps`` sign-normalised gradient steps on ``||g(c) - patch||^2``
+        (g frozen: only the codes move, no parameter gradient is touched), so a re-seeded code's prototype is the
+        patch it was re-seeded from rather than a near-copy of its source's. Step size: ``step_size`` (the
+        re-seed noise scale), shrinking linearly to a tenth."""
+        c = codes.detach().float()
+        target = patches.float()
+        n = self.reseed_fit_steps
+        with torch.enable_grad(), torch.autocast(device_type=c.device.type, enabled=False):
+            for i in range(n):
+                c.requires_grad_(True)
+                err = (self.proto_head(c) - target).square().sum()
+                (grad,) = torch.autograd.grad(err, c)
+                c = (c - step_size * (1.0 - 0.9 * i / max(1, n - 1)) * grad.sign()).detach()
+        return c.to(codes.dtype)
+
+    def take_reseeded(self) -> dict[str, torch.Tensor]:
+        """The rows of each parameter (names relative to this module) re-seeded since the last call, as (rows,)
+        device masks, for the trainer to reset their optimiser moments (a re-seeded row must not move by the
+        moments its previous code gathered); empty when nothing was re-seeded."""
+        rows, self._reseeded = self._reseeded, None
+        if rows is None:
+            return {}
+        out = {"codes": rows}
+        if self.reseed_belief:
+            out.update({"belief.fc2.weight": rows, "belief.fc2.bias": rows})
+        return out
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
         # checkpoints from before the honest usage monitor: start it from the re-seeding counter, count from 0

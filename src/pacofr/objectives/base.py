@@ -153,6 +153,29 @@ class PretrainObjective(nn.Module):
         """State updates once per optimiser step, after it (nothing for plain MAE). ``apply``: None when the step
         was taken (decided on the host), else the device flag (1 = taken) that must gate every update."""
 
+    # --- what the training layers ask (precision, sharding, EMA pairs) ---------------------------------------
+    def fp32_modules(self) -> tuple[str, ...]:
+        """Submodules (names relative to this module) that must compute and keep their parameters, gradient
+        reduction and buffers in float32 whatever the run's precision: bf16 autocast is off inside them, and FSDP
+        gives them an fp32 mixed-precision policy of their own (``pacofr.strategies``). For parts whose buffers
+        are written in place between steps or whose argmins are rounding-sensitive (PaCo-FR's codebook)."""
+        return ()
+
+    def replicated_modules(self) -> tuple[str, ...]:
+        """Submodules that FSDP keeps whole on every rank (``NO_SHARD`` units): small parts whose between-step
+        bookkeeping rewrites parameters outside any forward, where a sharded parameter is only this rank's slice."""
+        return ()
+
+    def momentum_pairs(self) -> tuple[tuple[str, str], ...]:
+        """``(online, target)`` submodule pairs whose target is an EMA of the online one (updated in
+        ``after_step``). Under FSDP the training module runs ``after_step`` with these parameters whole."""
+        return ()
+
+    def take_reseeded_rows(self) -> dict[str, torch.Tensor]:
+        """Parameter rows given new values by ``after_step`` since the last call (names relative to this module ->
+        (rows,) bool device masks): the trainer resets their optimiser moments. Empty for most methods."""
+        return {}
+
     def configure_run(self, total_steps: int, samples_per_epoch: int | None, global_batch: int) -> None:
         """What the objective learns of the run before its schedules are built (called by the training module):
         the optimiser steps, the training split's size (None when unknown) and the global batch. E.g. an

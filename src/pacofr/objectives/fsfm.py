@@ -122,6 +122,11 @@ class FSFM(PretrainObjective):
             for t, s in zip(target.parameters(), online.parameters()):
                 t.lerp_(s.detach(), weight)
 
+    def momentum_pairs(self) -> tuple[tuple[str, str], ...]:
+        if self.target_encoder is None:
+            return ()
+        return (("encoder", "target_encoder"), ("projector", "target_projector"))
+
     def flops_per_image(self) -> float:
         flops = super().flops_per_image()
         if self.id_decoder is None:

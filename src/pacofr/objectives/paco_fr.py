@@ -230,6 +230,20 @@ class PaCoFR(RegionSpatialTerms, PretrainObjective):
             for t, s in zip(self.teacher.parameters(), self.encoder.parameters()):
                 t.lerp_(s.detach(), weight)
 
+    def fp32_modules(self) -> tuple[str, ...]:
+        # the codes, the pixel head and the Belief Predictor: alignment argmins are rounding-sensitive, and the
+        # usage/EMA/re-seeding buffers are written in place between steps (a bf16 buffer refuses index_copy_)
+        return ("codebook",)
+
+    def replicated_modules(self) -> tuple[str, ...]:
+        return ("codebook",)  # re-seeding rewrites codes and Belief Predictor rows between steps
+
+    def momentum_pairs(self) -> tuple[tuple[str, str], ...]:
+        return (("encoder", "teacher"),) if self.teacher is not None else ()
+
+    def take_reseeded_rows(self) -> dict[str, torch.Tensor]:
+        return {f"codebook.{n}": rows for n, rows in unwrap_fsdp(self.codebook).take_reseeded().items()}
+
     def monitors(self, out: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         metrics = {}
         if "code_perplexity" in out:

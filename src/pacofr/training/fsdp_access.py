@@ -8,7 +8,8 @@ This is Lightning's own trick for ``training_step`` (``_ForwardRedirection``), a
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any, TypeVar
 
 import lightning as L
@@ -46,3 +47,29 @@ def call_unsharded(trainer: L.Trainer, fn: Callable[..., T], *args: Any) -> T:
         return wrapper(*args)
     finally:
         module.forward = original_forward
+
+
+def fsdp_replicates_all(trainer: L.Trainer) -> bool:
+    """True when FSDP keeps every parameter whole on every rank (``NO_SHARD``): gradients are whole too."""
+    from torch.distributed.fsdp import ShardingStrategy
+
+    return is_fsdp(trainer) and getattr(trainer.strategy, "sharding_strategy", None) == ShardingStrategy.NO_SHARD
+
+
+@contextmanager
+def momentum_params_whole(trainer: L.Trainer | None, needed: bool) -> Iterator[None]:
+    """Inside: every parameter of an objective's momentum pairs can be updated in place against its partner.
+
+    Under FSDP (``use_orig_params``) a parameter outside the forward is a view of this rank's shard of its unit.
+    Online and target blocks are units of identical layout, so their shards match element for element; what
+    sits in the root unit (embeddings, class token, final norm, heads) is sharded as part of one flat parameter,
+    where online and target slices do not line up. The root's parameters are therefore gathered in full
+    precision (``summon_full_params``, root only, written back); the blocks stay sharded. Every rank must enter.
+    """
+    if not needed or trainer is None or not is_fsdp(trainer):
+        yield
+        return
+    from torch.distributed.fsdp import FullyShardedDataParallel
+
+    with FullyShardedDataParallel.summon_full_params(trainer.strategy.model, recurse=False, writeback=True):
+        yield

@@ -16,13 +16,16 @@ from torch.optim.lr_scheduler import LambdaLR
 
 from pacofr.checkpointing.training_state import load_training_state, save_training_state
 from pacofr.data.batch import PretrainBatch
+from pacofr.errors import UserError
 from pacofr.models.unwrap import original_param_name
 from pacofr.objectives.base import PretrainObjective
 from pacofr.optim import build_adamw, pretrain_schedules, scaled_lr
-from pacofr.training.fsdp_access import is_fsdp
+from pacofr.training.fp32_modules import keep_declared_fp32
+from pacofr.training.fsdp_access import fsdp_replicates_all, is_fsdp, momentum_params_whole
 from pacofr.training.group_gradients import clip_groups, group_grad_norms
 from pacofr.training.host_copies import LaggedHostReader
 from pacofr.training.nonfinite import NonFiniteGuard, all_ranks_finite_flag, skips_on_device
+from pacofr.training.optimizer_resets import reset_rows, restart_group_steps
 from pacofr.training.pixels import reconstruction_psnr
 from pacofr.training.step_metrics import step_metrics
 
@@ -30,10 +33,6 @@ try:  # the config LightningCLI instantiates the module from (class paths includ
     from lightning.pytorch.core.mixins.hparams_mixin import _given_hyperparameters
 except ImportError:  # pragma: no cover - older or newer Lightning: the objective's class is recorded instead
     _given_hyperparameters = None
-
-
-# parameters FSDP keeps whole on every rank (the codebook's unit is NO_SHARD: pacofr.strategies.wrap_policy)
-REPLICATED = ("objective.codebook.",)
 
 
 class PretrainModule(L.LightningModule):
@@ -74,6 +73,7 @@ class PretrainModule(L.LightningModule):
         if given is None:
             self.hparams["objective"] = {"class_path": f"{type(objective).__module__}.{type(objective).__name__}"}
         self.objective = objective
+        keep_declared_fp32(objective)  # the objective's fp32 islands (autocast off inside them)
         self.nonfinite = NonFiniteGuard(max_nonfinite_steps)
         self._after_step_pending = False
         self._after_step_state: dict[str, torch.Tensor] | None = None
@@ -87,11 +87,13 @@ class PretrainModule(L.LightningModule):
         if not self.hparams.compile or self.objective.losses_compiled:
             return
         if self._trainer is not None and is_fsdp(self.trainer):
-            # Eager under FSDP. pacofr's FSDP is FSDP1 (one unit per ViT block, ``use_orig_params``): each unit
-            # gathers and frees its shards in Python hooks around its forward, which dynamo does not trace, so the
-            # step would split into a graph per block rather than the one graph compile is for.
-            rank_zero_info("pacofr: compile=true is ignored under FSDP (the step runs eager)")
-            return
+            # pacofr's FSDP is FSDP1 (one unit per ViT block, ``use_orig_params``): each unit gathers and frees its
+            # shards in Python hooks around its forward, which dynamo does not trace, so the step would split into
+            # a graph per block rather than the one graph compile is for. Refused, not dropped: the user asked.
+            raise UserError(
+                "model.compile: true is not supported under the FSDP preset (FSDP1 units break the graph at every "
+                "block); use the DDP preset for a compiled step, or set --model.compile false"
+            )
         self.objective.compile_losses(self.compile_backend)
 
     def global_batch_size(self) -> int:
@@ -178,11 +180,18 @@ class PretrainModule(L.LightningModule):
         self._after_step_pending = False
         state, apply = self._after_step_state, self._after_step_apply
         self._after_step_state = self._after_step_apply = None
-        self.objective.after_step(state, self.global_step, apply)
+        with momentum_params_whole(self._trainer, bool(self.objective.momentum_pairs())):
+            self.objective.after_step(state, self.global_step, apply)
+        rows = self.objective.take_reseeded_rows()
+        if rows and self._trainer is not None and self._optimizer() is not None:
+            params = {original_param_name(n): p for n, p in self.objective.named_parameters()}
+            reset_rows(self._optimizer(), params, rows)
 
     def on_before_optimizer_step(self, optimizer) -> None:
         """Before clipping and the step: each schedule group's gradient norm (logged, and what clipping uses),
         and the step's decision: loss and gradients finite on every rank."""
+        if 0 < self.objective.incubation_steps == self.global_step:
+            restart_group_steps(optimizer, "main")  # the backbone starts now: a fresh AdamW, not one 80 steps old
         norms = self._group_grad_norms(optimizer)
         self._grad_norms = norms
         total = torch.stack(list(norms.values())).square().sum().sqrt() if norms else None
@@ -206,8 +215,13 @@ class PretrainModule(L.LightningModule):
     def _group_grad_norms(self, optimizer) -> dict[str, torch.Tensor]:
         sharded = is_fsdp(self.trainer)
         if self._replicated_ids is None:  # once per optimiser, not every step: the parameters stay the same
+            # parameters FSDP keeps whole on every rank: the objective's replicated (NO_SHARD) units
+            whole = tuple(f"objective.{m}." for m in self.objective.replicated_modules())
             named = self.named_parameters()
-            self._replicated_ids = {id(p) for n, p in named if original_param_name(n).startswith(REPLICATED)}
+            self._replicated_ids = {id(p) for n, p in named if whole and original_param_name(n).startswith(whole)}
+        # a NO_SHARD run holds whole gradients on every rank: summing their squares over ranks would count each
+        # gradient world-size times (a norm sqrt(W) too large)
+        sharded = sharded and not fsdp_replicates_all(self.trainer)
         group = self.trainer.strategy.model.process_group if sharded else None
         return group_grad_norms(optimizer, self._replicated_ids, group, sharded)
 
