@@ -27,6 +27,9 @@ HYBRID = (
 )
 # the signal reaches rank 1 only: both ranks must still stop at the same step (the flag is all-reduced)
 DRILL = [{"class_path": "pacofr.checkpointing.preemption.PreemptionDrill", "init_args": {"at_step": 3, "rank": 1}}]
+# these tests check what a preemption at a known step writes and resumes, so the ranks agree at every step here
+# (by default they agree about every 10 s: tests/checkpointing/test_preemption_agreement.py)
+AGREE_EVERY_STEP = "--preemption.agree_every_n_steps=1"
 STEPS = 7
 TOL = 1e-5  # gloo's reduce-scatter and all-reduce sum in different orders
 
@@ -79,7 +82,7 @@ def test_fsdp_trains_like_ddp_and_resumes_across_strategies(tmp_path, make_shard
     # wave 1: the DDP reference, and an FSDP run preempted at step 3 (sharded preemption checkpoint); that one
     # shards HYBRID (node groups from the job layout) and recomputes activations, its resume is FULL_SHARD
     ddp = start_fit("--config", config("ddp"), *DDP)
-    fsdp = start_fit("--config", config("fsdp", DRILL), *FSDP, *HYBRID)
+    fsdp = start_fit("--config", config("fsdp", DRILL), *FSDP, *HYBRID, AGREE_EVERY_STEP)
     (ddp_code, ddp_out), (code, out) = finish(ddp), finish(fsdp)
     assert ddp_code == 0, ddp_out[-4000:]
     assert code == EXIT_PREEMPTED and "PREEMPTED at global_step=3" in out, out[-4000:]

@@ -26,7 +26,7 @@ import pytest
 import torch
 import torch.distributed.checkpoint as dcp
 from test_exact_resume import REPO, finish, start_fit, tiny_config
-from test_fsdp_cpu import DRILL, FSDP, STEPS, assert_same_training, final
+from test_fsdp_cpu import AGREE_EVERY_STEP, DRILL, FSDP, STEPS, assert_same_training, final
 
 from pacofr.checkpointing.preemption import EXIT_PREEMPTED
 from pacofr.checkpointing.prune import prune_checkpoints
@@ -43,7 +43,7 @@ def test_sharded_checkpoint_of_2_ranks_resumes_on_1(tmp_path, make_shards):
         assert f"max_steps: {STEPS}" in cfg.read_text() and "batch_size: 4" in cfg.read_text()
         return str(cfg)
 
-    code, out = finish(start_fit("--config", config("two_ranks", "fsdp", DRILL), *FSDP))
+    code, out = finish(start_fit("--config", config("two_ranks", "fsdp", DRILL), *FSDP, AGREE_EVERY_STEP))
     assert code == EXIT_PREEMPTED and "PREEMPTED at global_step=3" in out, out[-4000:]
     preempt = runs["fsdp"] / "checkpoints" / "preempt.ckpt"
     assert sorted(p.name for p in preempt.glob("*.distcp")) == ["__0_0.distcp", "__1_0.distcp"]

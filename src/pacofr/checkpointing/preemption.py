@@ -1,8 +1,17 @@
 """Preemption: checkpoint at the next step boundary on every rank, then requeue the SLURM job.
 
 The signal handler only sets a flag: saving inside the handler can interrupt a collective halfway and hang
-the job (Lightning issue #21406). At the end of each optimiser step every rank all-reduces its flag (MAX),
-so all ranks stop at the same step even when only some got the signal. Then:
+the job (Lightning issue #21406). At a step boundary the host reads that flag; it costs nothing, and a single
+process acts on it at once. Several processes must stop at the same step even when only some got the signal, so
+they *agree*: an all-reduce (MAX) of the flags and a read of the result, which waits for the device's queue to
+drain. They do that not at every step but at agreed boundaries, about every ``agree_every_s`` seconds: the
+agreement also carries each rank's seconds per step since the last one, and every rank derives the next
+agreement's step from the slowest (the same number on every rank, so they all meet there). The interval starts at
+one step and at most doubles per agreement, so a run agrees often while it is young (and while the step time is
+unknown) and about every ``agree_every_s`` seconds from then on. With SLURM's ``--signal=USR1@120`` a job has
+120 s between the signal and its time limit: the wait for the next agreement (about ``agree_every_s``, plus a
+validation or a periodic checkpoint if one falls in that window) and the checkpoint itself must fit in them.
+``agree_every_n_steps`` agrees at every multiple of a fixed number of steps instead (1: every step). Then:
 
 1. every rank takes part in writing ``<checkpoint dir>/preempt.ckpt`` (atomic; one file, overwritten, so
    preemption checkpoints never pile up; a sharded FSDP checkpoint is a folder of that name);
@@ -57,11 +66,16 @@ class Preempted(SystemExit):
     """Raised on every rank after the preemption checkpoint; the process exits with its code."""
 
 
-def _all_reduce_max(value: int, device: torch.device) -> int:
-    flag = torch.tensor([value], dtype=torch.int32, device=device)
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-    return int(flag.item())
+def _distributed() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def _all_reduce_max(values: list[float], device: torch.device) -> list[float]:
+    """The element-wise MAX over the ranks, read on the host (one all-reduce and one blocking read)."""
+    flags = torch.tensor(values, dtype=torch.float64, device=device)
+    if _distributed():
+        dist.all_reduce(flags, op=dist.ReduceOp.MAX)
+    return flags.tolist()
 
 
 def requeue_slurm_job(job_id: str, timeout_s: float = 60) -> tuple[bool, str]:
@@ -85,16 +99,43 @@ class PreemptionHandler(Checkpoint):
         signals: signal names that request a preemption checkpoint.
         requeue: run ``scontrol requeue $SLURM_JOB_ID`` (rank 0) when running inside a SLURM job.
         dirpath: folder of ``preempt.ckpt``; None: the run's checkpoint folder.
+        agree_every_s: with several processes, about how many seconds apart they agree on whether to stop (one
+            all-reduce and one blocking read each time; see the module docstring). The longest wait between a
+            signal and the checkpoint is about this long, so keep it well under the signal's lead time (120 s with
+            ``--signal=USR1@120``) minus the checkpoint's save time.
+        agree_every_n_steps: agree at every multiple of this many optimiser steps instead (1: at every step, a
+            blocking read per step); None: every ``agree_every_s`` seconds.
     """
 
-    def __init__(self, signals: list[str] | None = None, requeue: bool = True, dirpath: str | None = None) -> None:
+    MAX_INTERVAL = 10_000  # steps between agreements, whatever the step time
+
+    def __init__(
+        self,
+        signals: list[str] | None = None,
+        requeue: bool = True,
+        dirpath: str | None = None,
+        agree_every_s: float = 10.0,
+        agree_every_n_steps: int | None = None,
+    ) -> None:
+        if agree_every_s <= 0 or (agree_every_n_steps is not None and agree_every_n_steps < 1):
+            raise ValueError(
+                f"need agree_every_s > 0 and agree_every_n_steps >= 1 or None, got {agree_every_s}, "
+                f"{agree_every_n_steps}"
+            )
         self.signals = list(signals) if signals is not None else ["SIGUSR1"]
         self.requeue = requeue
         self.dirpath = dirpath
+        self.agree_every_s = agree_every_s
+        self.agree_every_n_steps = agree_every_n_steps
         self.signalled: int | None = None  # set by the handler, read at the step boundary
         self.sigterm_after_requeue = False
         self._previous: dict[int, Any] = {}
         self._step_at_batch_start = -1
+        # the agreement schedule (several processes): the step of the next one, the interval that led there, and
+        # (step, time) of the last one; the same on every rank, since it is computed from agreed numbers only
+        self._next_agreement: int | None = None  # None: at the next step boundary
+        self._interval = 1
+        self._last_agreement: tuple[int, float] | None = None
 
     @property
     def state_key(self) -> str:
@@ -116,7 +157,17 @@ class PreemptionHandler(Checkpoint):
         if _early_signal:
             self.signalled = _early_signal[-1]
             _early_signal.clear()
-        log.info("pacofr preemption: %s -> checkpoint at the next step, then requeue", ", ".join(self.signals))
+        self._next_agreement, self._interval, self._last_agreement = None, 1, None  # a (re)start agrees first
+        cadence = (
+            f"every {self.agree_every_n_steps} steps"
+            if self.agree_every_n_steps is not None
+            else f"about every {self.agree_every_s:g} s"
+        )
+        log.info(
+            "pacofr preemption: %s -> checkpoint at a step boundary (several processes agree on it %s), then requeue",
+            ", ".join(self.signals),
+            cadence,
+        )
 
     def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         for signum, previous in self._previous.items():
@@ -130,10 +181,34 @@ class PreemptionHandler(Checkpoint):
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
         if trainer.global_step == self._step_at_batch_start:
             return  # gradient accumulation: not a step boundary yet
-        device = trainer.strategy.root_device
-        if not _all_reduce_max(int(self.signalled is not None), device):
+        if not _distributed():
+            if self.signalled is not None:  # one process: its own flag decides, no collective, no device read
+                self._checkpoint_and_leave(trainer)
             return
-        self._checkpoint_and_leave(trainer)
+        step = trainer.global_step
+        if not self._agreement_due(step):
+            return
+        if self._agree(step, trainer.strategy.root_device):
+            self._checkpoint_and_leave(trainer)
+
+    def _agreement_due(self, step: int) -> bool:
+        if self.agree_every_n_steps is not None:
+            return step % self.agree_every_n_steps == 0
+        return self._next_agreement is None or step >= self._next_agreement
+
+    def _agree(self, step: int, device: torch.device) -> bool:
+        """All ranks at the same step: whether any got the signal (MAX of the flags); and, to schedule the next
+        agreement, the slowest rank's seconds per step since the last one (MAX as well)."""
+        seconds_per_step = 0.0  # unknown before the second agreement
+        if self._last_agreement is not None and step > self._last_agreement[0]:
+            seconds_per_step = (time.monotonic() - self._last_agreement[1]) / (step - self._last_agreement[0])
+        stop, slowest = _all_reduce_max([float(self.signalled is not None), seconds_per_step], device)
+        self._last_agreement = (step, time.monotonic())  # after the read: the device has caught up
+        if slowest > 0:
+            fits = max(1, min(self.MAX_INTERVAL, int(self.agree_every_s / slowest)))
+            self._interval = min(2 * self._interval, fits)  # grow gently, shrink at once
+        self._next_agreement = step + self._interval
+        return stop > 0
 
     def checkpoint_path(self, trainer: L.Trainer) -> Path:
         if self.dirpath is not None:
@@ -173,7 +248,7 @@ class PreemptionHandler(Checkpoint):
                 ok, message = requeue_slurm_job(job_id)
                 requeued = int(ok)
                 (log.warning if ok else log.error)("pacofr preemption: %s", message)
-        requeued = _all_reduce_max(requeued, trainer.strategy.root_device)
+        requeued = int(_all_reduce_max([float(requeued)], trainer.strategy.root_device)[0])
         trainer.strategy.barrier("pacofr-preempt-requeued")
         code = EXIT_REQUEUED if requeued else EXIT_PREEMPTED
         if trainer.is_global_zero:
