@@ -97,7 +97,7 @@ _VALUE_READ = {aten.masked_fill.Tensor: 2, aten.masked_fill_.Tensor: 2, aten.fil
 class SyncEvent:
     kind: str  # one of the kinds above
     op: str  # the aten op or the Python call
-    where: str  # the innermost pacofr line (outside the entry point), else ``via``
+    where: str  # the innermost pacofr line inside Lightning's loops (not the CLI that started them), else ``via``
     via: str  # the innermost line outside torch
     stage: str  # the scope's stage: "train" | "validation" | whatever ``watch`` was given
     step: int  # the trainer's global step when the scope began
@@ -186,6 +186,11 @@ def _tensors(obj: Any) -> list[torch.Tensor]:
     return [t for t in pytree.tree_leaves(obj) if isinstance(t, torch.Tensor)]
 
 
+def _accelerator_in_use() -> bool:
+    """A CUDA run (the sentinel also runs there, e.g. in bench/train_step.py): CPU tensors are host tensors."""
+    return torch.cuda.is_available() and torch.cuda.is_initialized()
+
+
 def _literal_cpu(device: Any) -> bool:
     """A device written as the string "cpu": host on purpose."""
     return isinstance(device, str) and device.split(":")[0] == "cpu"
@@ -214,6 +219,9 @@ class _Mode(TorchDispatchMode):
         packet = func.overloadpacket
         if func in _READ_OPS:
             return HOST_READ if all_host else READ
+        if func is aten.lift_fresh.default:  # torch.tensor(...) from code the Python patches did not see
+            # on a CPU run its device says nothing: counted as the device's
+            return HOST_FROM_PYTHON if all_host and _accelerator_in_use() else FROM_PYTHON
         if all_host:
             return None  # host work: nothing waits for the device
         if packet in _SHAPE_FROM_VALUES:
@@ -227,8 +235,6 @@ class _Mode(TorchDispatchMode):
         position = _VALUE_READ.get(func)
         if position is not None and len(args) > position and isinstance(args[position], torch.Tensor):
             return None if self.sentinel.is_host(args[position]) else SYNC
-        if func is aten.lift_fresh.default:
-            return FROM_PYTHON  # torch.tensor(...) from code the Python patches did not see: counted as the device's
         return None
 
 
@@ -260,7 +266,8 @@ class SyncSentinel:
             self._host.pop(t, None)
 
     def is_host(self, t: torch.Tensor) -> bool:
-        return t in self._host
+        # on a GPU run a CPU tensor is a host tensor, whatever its history (``is_cpu``: not the patched ``device``)
+        return t in self._host or (t.is_cpu and _accelerator_in_use())
 
     def host_target(self, device: Any) -> bool:
         """Whether a ``device`` argument means the host: the string "cpu", or a ``torch.device`` read off a host
