@@ -7,7 +7,16 @@ import pytest
 import torch
 
 from pacofr.eval.datasets import SynthFaces
-from pacofr.eval.feature_probe import FaceSet, ProbeData, chance_scores, draw_train_indices, encode_faces, probe_scores
+from pacofr.eval.feature_probe import (
+    FaceSet,
+    ProbeData,
+    ProbeSettings,
+    chance_scores,
+    draw_train_indices,
+    encode_faces,
+    measure_value,
+    probe_scores,
+)
 from pacofr.models.sizes import build_encoder
 
 
@@ -43,7 +52,7 @@ def make_faces(n: int, informative: bool, seed: int, identities: np.ndarray) -> 
     else:
         tokens = torch.randn(n, PATCHES, 19 + 3 + 9 + 48, generator=g)
     tokens = tokens + 0.01 * torch.randn(tokens.shape, generator=g)
-    return FaceSet(seg=seg, landmarks=landmarks, pose=pose, tokens=tokens)
+    return FaceSet(seg=seg, landmarks=landmarks, pose=pose, tokens=tokens, identity=torch.as_tensor(identities))
 
 
 def probe_data(informative: bool) -> ProbeData:
@@ -66,7 +75,8 @@ def test_features_that_carry_the_labels_are_read():
     assert scores["parsing"]["clean"] > 0.95 > chance["parsing"]["clean"] + 0.5
     assert scores["pose"]["clean"] < 0.1 * chance["pose"]["clean"]
     assert scores["landmarks"]["clean"] < 0.3 * chance["landmarks"]["clean"]
-    assert scores["verification"]["clean"] > 0.95
+    assert scores["verification"]["clean"] > 0.95 and scores["verification_learned"]["clean"] > 0.95
+    assert scores["parsing_r2"]["clean"] > 0.95 and scores["parsing_f1_present"]["clean"] > 0.95
     assert scores["parsing"]["occluded"] == scores["parsing"]["clean"]  # the same faces: the same heads' answers
 
 
@@ -77,6 +87,8 @@ def test_features_that_carry_nothing_score_near_chance():
     assert scores["pose"]["clean"] > 0.9 * chance["pose"]["clean"]
     assert scores["landmarks"]["clean"] > 0.9 * chance["landmarks"]["clean"]
     assert abs(scores["verification"]["clean"] - 0.5) < 0.2
+    assert abs(scores["verification_learned"]["clean"] - 0.5) < 0.2
+    assert abs(scores["parsing_r2"]["clean"]) < 0.05  # no better than the per-position prior
 
 
 def test_chance_row_is_the_training_mean():
@@ -103,3 +115,39 @@ def test_encoded_faces_hold_four_layers_per_patch(synth_root):
     assert encoded.seg.shape == (3, 64, 64) and encoded.landmarks.shape == (3, 68, 2)
     assert torch.isfinite(encoded.tokens).all()
     assert encode_faces(None, faces, [0, 1], 64, batch_size=2).tokens is None
+    assert encoded.identity is not None and encoded.identity.shape == (3,)
+
+
+def test_encoded_faces_hold_every_view(synth_root):
+    torch.manual_seed(0)
+    encoder = build_encoder("tiny", 64, 16).eval()
+    faces = SynthFaces(synth_root, "val")
+    both = encode_faces(encoder, faces, [0, 1, 2], 64, batch_size=2, views=("full", "subsets"))
+    assert set(both.views) == {"full", "subsets"} and torch.equal(both.tokens, both.views["full"])
+    assert both.views["subsets"].shape == both.views["full"].shape == (3, 16, 4 * 192)
+    assert not torch.allclose(both.views["subsets"], both.views["full"])  # 4 of 16 patches at a time
+    again = encode_faces(encoder, faces, [0, 1, 2], 64, batch_size=3, views=("subsets",))
+    torch.testing.assert_close(again.tokens, both.views["subsets"])  # the same subsets, whatever the batching
+
+
+def test_probe_settings_parse_views():
+    settings = ProbeSettings.from_dict({"views": ["subsets"], "visible_fraction": 0.5, "subset_covers": 2})
+    assert settings.views == ("subsets",) and settings.reading.visible(64) == 32
+    assert ProbeSettings.from_dict({}).views == ("full", "subsets")  # both by default
+    assert ProbeSettings.from_dict({}).reading.visible(64) == 16
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [{"views": []}, {"views": ["full", "full"]}, {"views": ["half"]}, {"visible_fraction": 0}, {"subset_covers": 0}],
+)
+def test_probe_settings_refuse_bad_views(bad):
+    with pytest.raises(ValueError):
+        ProbeSettings.from_dict(bad)
+
+
+def test_scores_of_other_views_are_read_under_views():
+    scores = {"parsing": {"clean": 0.3}, "views": {"subsets": {"parsing": {"clean": 0.2}}}}
+    assert measure_value(scores, "parsing", "clean") == 0.3
+    assert measure_value(scores, "parsing", "clean", "subsets") == 0.2
+    assert measure_value(scores, "parsing_r2", "clean") is None  # an older result: no such column
