@@ -8,6 +8,7 @@ import pytest
 from conftest import DEFAULT_STUDY
 
 from pacofr.cli import main as pacofr_main
+from pacofr.eval.feature_probe import MEASURES
 from pacofr.study.spec import load_study
 
 CELLS = len(load_study(DEFAULT_STUDY).cells())  # arms x seeds of the default study
@@ -39,7 +40,8 @@ def test_random_init_cell_is_probed_and_then_skipped(tmp_path, study_faces, caps
     assert study("probe-check", *common, "--arm", "random_init", "--seed", "0", "--budgets", "20", "40") == 0
     check = json.loads((result_path.parent / "probe_check.json").read_text())
     assert [(r["probe_seed"], r["train_faces"]) for r in check["runs"]] == [(0, 20), (1, 20), (0, 40), (1, 40)]
-    assert set(check["spread"]) == {"parsing", "landmarks", "pose", "verification"}
+    measures = set(MEASURES)  # parsing's 4 scores, landmarks, pose, verification's 2
+    assert set(check["spread"]) == measures | {f"{m}@subsets" for m in measures}  # every measure of both views
     assert "spread (max - min)" in capsys.readouterr().out
 
 

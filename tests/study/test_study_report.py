@@ -2,21 +2,31 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 
 import pytest
 from conftest import DEFAULT_STUDY
 
-from pacofr.eval.feature_probe import TASKS
+from pacofr.eval.feature_probe import MEASURES, TASKS
 from pacofr.run_folder import atomic_write_text
-from pacofr.study.report import aggregate, summarise, t_interval
+from pacofr.study.report import aggregate, collect, markdown_tables, summarise, t_interval
 from pacofr.study.spec import load_study
 
+GROUPS = {"r2": {"eyes": 0.1, "skin": 0.5}, "f1_present": {"eyes": 0.2, "skin": 0.9}}
 
-def fake_result(spec, cell, shift: float) -> dict:
-    scores = {t: {"clean": 0.5 + shift + 0.01 * cell.seed, "occluded": 0.4 + shift} for t in TASKS}
-    chance = {t: {"clean": 0.3, "occluded": 0.3} for t in TASKS}
+
+def fake_scores(seed: int, shift: float, measures=MEASURES) -> dict:
+    scores = {m: {"clean": 0.5 + shift + 0.01 * seed, "occluded": 0.4 + shift} for m in measures}
+    scores["parsing_groups"] = {"clean": GROUPS, "occluded": GROUPS}
+    return scores
+
+
+def fake_result(spec, cell, shift: float, measures=MEASURES) -> dict:
+    scores = fake_scores(cell.seed, shift, measures)
+    scores["views"] = {"subsets": fake_scores(cell.seed, shift / 2, measures)}
+    chance = {m: {"clean": 0.3, "occluded": 0.3} for m in measures}
     curves = {
         "probe/pose_mae": [[50, 9.0 - shift], [100, 8.0 - shift]],
         "probe/knn_identity_acc": [[50, 0.1], [100, 0.2]],
@@ -48,8 +58,6 @@ def test_t_interval():
 
 def test_paired_differences_and_verdicts(tmp_path):
     spec = three_seed_spec(tmp_path)
-    from pacofr.study.report import collect
-
     results, missing = collect(spec)
     assert len(results) == 9 and len(missing) == len(spec.cells()) - 9
     summary = summarise(spec, results)
@@ -60,6 +68,38 @@ def test_paired_differences_and_verdicts(tmp_path):
     assert rows["crfrp_mae"]["vs_reference"]["verdict"] in ("better", "within noise")
     assert "vs_reference" not in rows["mae"]
     assert summary["tasks"]["parsing/clean"]["chance"] == pytest.approx(0.3)
+    # the new measures and the subset view: columns of their own, paired the same way
+    r2 = {r["arm"]: r for r in summary["tasks"]["parsing_r2@subsets/clean"]["rows"]}
+    assert r2["pacofr"]["vs_reference"]["diffs"] == pytest.approx([0.05, 0.055, 0.06])
+    columns = {f"{m}{v}/{c}" for m in MEASURES for v in ("", "@subsets") for c in ("clean", "occluded")}
+    assert set(summary["tasks"]) == columns
+    assert summary["parsing_groups"]["full"]["f1_present"]["mae"] == pytest.approx({"eyes": 0.2, "skin": 0.9})
+
+
+def test_a_second_reference_arm_gets_its_own_intervals(tmp_path):
+    spec = three_seed_spec(tmp_path)
+    spec = dataclasses.replace(spec, reference_arms=("mae", "crfrp_mae"))
+    summary = summarise(spec, collect(spec)[0])
+    rows = {r["arm"]: r for r in summary["tasks"]["verification_learned/clean"]["rows"]}
+    assert set(rows["pacofr"]["vs"]) == {"mae", "crfrp_mae"}
+    assert rows["pacofr"]["vs"]["crfrp_mae"]["mean"] == pytest.approx(0.11 - 0.00055, abs=1e-4)
+    assert set(rows["crfrp_mae"]["vs"]) == {"mae"} and set(rows["mae"]["vs"]) == {"crfrp_mae"}
+    assert rows["pacofr"]["vs_reference"] == rows["pacofr"]["vs"]["mae"]  # the first stays the main one
+    table = markdown_tables(summary)
+    assert "Δ vs mae, 95 % CI | Δ vs crfrp_mae, 95 % CI" in table
+    assert summary["reference_arms"] == ["mae", "crfrp_mae"]
+
+
+def test_results_without_the_new_measures_still_make_a_table(tmp_path):
+    """A result written before the new measures (no views, four tasks): its columns only."""
+    spec = load_study(DEFAULT_STUDY, root=tmp_path)
+    for cell in spec.cells()[:4]:
+        result = fake_result(spec, cell, 0.0, measures=TASKS)
+        result["scores"].pop("views")
+        atomic_write_text(cell.result_path, json.dumps(result))
+    summary = summarise(spec, collect(spec)[0])
+    assert sorted(summary["tasks"]) == sorted(f"{t}/{c}" for t in TASKS for c in ("clean", "occluded"))
+    assert "Landmarks" in markdown_tables(summary)
 
 
 def test_aggregate_writes_table_plots_and_hparams(tmp_path):
@@ -67,8 +107,9 @@ def test_aggregate_writes_table_plots_and_hparams(tmp_path):
     summary = aggregate(spec)
     table = (spec.folder / "table.md").read_text()
     assert "chance (no features)" in table and "`pacofr`" in table and "Missing cells" in table
-    for task in ("Parsing", "Landmarks", "Head pose", "Verification"):
+    for task in ("Parsing", "Landmarks", "Head pose", "Verification", "R²", "LDA", "subsets view"):
         assert task in table
+    assert "Parsing per region group" in table
     assert json.loads((spec.folder / "summary.json").read_text())["cells"] == 9
     for plot in summary["plots"]:
         assert open(plot, "rb").read(8) == b"\x89PNG\r\n\x1a\n"

@@ -100,6 +100,42 @@ def test_malformed_study_is_one_clear_error(tmp_path, edit, message):
         load_study(path, quick="quick" in message or "unknown arms" in message)
 
 
+def write_study(tmp_path, edit) -> Path:
+    config = yaml.safe_load(DEFAULT_STUDY.read_text())
+    edit(config)
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def test_reference_arms_list_and_the_single_reference_arm(tmp_path):
+    def two(config):
+        config.pop("reference_arm")
+        config["reference_arms"] = ["mae", "crfrp_mae"]
+
+    spec = load_study(write_study(tmp_path, two))
+    assert spec.references == ("mae", "crfrp_mae") and spec.reference_arm == "mae"
+    assert load_study(DEFAULT_STUDY).references == ("mae",)  # reference_arm: mae, as before
+    quick = load_study(write_study(tmp_path, two), quick=True)  # the quick grid keeps those it has
+    assert quick.references == ("mae",)
+    both = load_study(write_study(tmp_path, lambda c: c.update(reference_arms=["mae", "fsfm"])))
+    assert both.references == ("mae", "fsfm")  # reference_arm: mae agrees with the list's first
+
+
+@pytest.mark.parametrize(
+    ("references", "message"),
+    [
+        (["crfrp_mae", "mae"], "not the first of reference_arms"),
+        (["mae", "ghost"], "not among the arms"),
+        (["mae", "mae"], "distinct"),
+        ([], "non-empty"),
+    ],
+)
+def test_bad_reference_arms(tmp_path, references, message):
+    with pytest.raises(StudyConfigError, match=message):
+        load_study(write_study(tmp_path, lambda c: c.update(reference_arms=references)))
+
+
 def test_unreadable_study_file():
     with pytest.raises(StudyConfigError, match="cannot read"):
         load_study("no/such/study.yaml")

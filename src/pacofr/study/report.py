@@ -1,5 +1,7 @@
-"""The study's table from its cells' JSONs: mean +- sd per arm and task, the chance row, paired
-differences against the reference arm with 95 % t-intervals, plots and a TensorBoard HPARAMS page."""
+"""The study's table from its cells' JSONs: mean +- sd per arm, measure and view of the probe
+(:data:`pacofr.eval.feature_probe.MEASURES`, :data:`pacofr.eval.probe_views.VIEWS`), the chance row, paired
+differences against each reference arm (``reference_arms``) with 95 % t-intervals, per-group parsing tables,
+plots and a TensorBoard HPARAMS page. Results written before a measure existed simply lack its column."""
 
 from __future__ import annotations
 
@@ -12,20 +14,43 @@ from typing import Any
 import numpy as np
 from scipy import stats
 
-from pacofr.eval.feature_probe import PRIMARY, TASKS
+from pacofr.eval.feature_probe import CONDITIONS, MEASURES, measure_value
+from pacofr.eval.probe_views import VIEWS
 from pacofr.run_folder import atomic_write_text
 
 from .runner import read_result
 from .spec import StudySpec
 
-CONDITIONS = ("clean", "occluded")
 TASK_TITLES = {
-    "parsing": "Parsing, mean F1 over 18 classes (higher is better)",
+    "parsing": "Parsing, mean F1 over 18 classes (argmax of the ridge; higher is better)",
     "landmarks": "Landmarks, NME by inter-ocular distance (lower is better)",
     "pose": "Head pose, mean absolute error in degrees (lower is better)",
-    "verification": "Verification, 10-fold accuracy on unseen identities (higher is better)",
+    "verification": "Verification, 10-fold accuracy on unseen identities, fixed cosine (higher is better)",
 }
+MEASURE_TITLES = {
+    **TASK_TITLES,
+    "parsing_r2": "Parsing, R² of the 9 region groups' shares against the position prior (higher is better)",
+    "parsing_dice": "Parsing, soft Dice of the 9 region groups' shares (higher is better)",
+    "parsing_f1_present": "Parsing, F1 of a calibrated labelling over faces with the part, mean of 8 groups "
+    "(higher is better)",
+    "verification_learned": "Verification, 10-fold accuracy, cosine after LDA learned on the training identities "
+    "(higher is better)",
+}
+VIEW_TITLES = {
+    "full": "all patches in one forward",
+    "subsets": "random subsets of {visible:.0%} of the patches, each encoded alone, {covers} cover(s)",
+}
+READING = {"visible": 0.25, "covers": 1}  # a summary without its reading: the defaults
 DIGITS = {"parsing": 4, "landmarks": 4, "pose": 2, "verification": 4}
+
+
+def column_key(measure: str, view: str, condition: str) -> str:
+    """``summary["tasks"]`` key: ``parsing/clean`` (full view, as before), ``parsing_r2@subsets/occluded``."""
+    return f"{measure}/{condition}" if view == "full" else f"{measure}@{view}/{condition}"
+
+
+def digits(measure: str) -> int:
+    return DIGITS.get(measure, 4)
 
 
 def collect(spec: StudySpec) -> tuple[list[dict[str, Any]], list[str]]:
@@ -50,53 +75,111 @@ def t_interval(values: list[float], level: float = 0.95) -> tuple[float, float, 
     return mean, mean - half, mean + half
 
 
+def paired(values: dict[int, float], reference: dict[int, float], higher: bool) -> dict[str, Any] | None:
+    """Differences seed by seed against a reference arm, their mean and 95 % t-interval, and a verdict."""
+    seeds = sorted(s for s in values if s in reference)
+    if not seeds:
+        return None
+    diffs = [values[s] - reference[s] for s in seeds]
+    mean, low, high = t_interval(diffs)
+    better = mean > 0 if higher else mean < 0
+    separated = not math.isnan(low) and (low > 0 or high < 0)
+    verdict = ("better" if better else "worse") if separated else "within noise"
+    return {
+        "seeds": seeds,
+        "diffs": diffs,
+        "mean": mean,
+        "ci95": [low, high],
+        "verdict": verdict if len(seeds) > 1 else f"n/a ({len(seeds)} seed)",
+    }
+
+
+def _column(spec: StudySpec, by_arm: dict[str, dict[int, dict[str, Any]]], measure: str, view: str, cond: str):
+    """One measure of one view and condition: per arm its values by seed, mean, sd, and the paired differences
+    against every reference arm (``vs``; ``vs_reference``: the first). None when no cell has the measure."""
+    higher = MEASURES[measure][1]
+    by_seed = {
+        arm: {s: v for s, r in seeds.items() if (v := measure_value(r["scores"], measure, cond, view)) is not None}
+        for arm, seeds in by_arm.items()
+    }
+    if not any(by_seed.values()):
+        return None
+    rows = []
+    for arm in spec.arms:
+        values = by_seed.get(arm.name)
+        if not values:
+            continue
+        seeds = sorted(values)
+        row: dict[str, Any] = {
+            "arm": arm.name,
+            "label": arm.label,
+            "seeds": seeds,
+            "values": [values[s] for s in seeds],
+        }
+        row["mean"] = float(np.mean(row["values"]))
+        row["sd"] = float(np.std(row["values"], ddof=1)) if len(seeds) > 1 else math.nan
+        row["vs"] = {
+            ref: vs
+            for ref in spec.references
+            if ref != arm.name and (vs := paired(values, by_seed.get(ref, {}), higher)) is not None
+        }
+        if spec.references[0] in row["vs"]:
+            row["vs_reference"] = row["vs"][spec.references[0]]
+        rows.append(row)
+    chance = [v for seeds in by_arm.values() for r in seeds.values() if (v := _chance(r, measure, cond)) is not None]
+    return {
+        "measure": measure,
+        "view": view,
+        "metric": MEASURES[measure][0],
+        "higher_is_better": higher,
+        "chance": float(np.mean(chance)) if chance else math.nan,
+        "rows": rows,
+    }
+
+
+def _chance(result: dict[str, Any], measure: str, cond: str) -> float | None:
+    value = result.get("chance", {}).get(measure, {}).get(cond)
+    return None if value is None else float(value)
+
+
 def summarise(spec: StudySpec, results: list[dict[str, Any]]) -> dict[str, Any]:
-    """Per task and condition: per-arm values by seed, mean, sd; the chance row; paired differences."""
+    """Per measure, view and condition: per-arm values by seed, mean, sd; the chance row; paired differences
+    against each reference arm. Measures no cell has are left out (results written before they existed)."""
     by_arm: dict[str, dict[int, dict[str, Any]]] = {}
     for r in results:
         by_arm.setdefault(r["arm"], {})[r["seed"]] = r
-    arms = [a for a in spec.arms if a.name in by_arm]
-    out: dict[str, Any] = {"study": spec.name, "reference_arm": spec.reference_arm, "tasks": {}}
-    for task in TASKS:
-        metric, higher = PRIMARY[task]
-        for cond in CONDITIONS:
-            rows = []
-            chance = [r["chance"][task][cond] for r in results]
-            reference = by_arm.get(spec.reference_arm, {})
-            for arm in arms:
-                seeds = sorted(by_arm[arm.name])
-                values = [by_arm[arm.name][s]["scores"][task][cond] for s in seeds]
-                row = {
-                    "arm": arm.name,
-                    "label": arm.label,
-                    "seeds": seeds,
-                    "values": values,
-                    "mean": float(np.mean(values)),
-                    "sd": float(np.std(values, ddof=1)) if len(values) > 1 else math.nan,
-                }
-                paired = [s for s in seeds if s in reference]
-                if arm.name != spec.reference_arm and paired:
-                    diffs = [
-                        by_arm[arm.name][s]["scores"][task][cond] - reference[s]["scores"][task][cond] for s in paired
-                    ]
-                    mean, low, high = t_interval(diffs)
-                    better = mean > 0 if higher else mean < 0
-                    separated = not math.isnan(low) and (low > 0 or high < 0)
-                    verdict = ("better" if better else "worse") if separated else "within noise"
-                    row["vs_reference"] = {
-                        "seeds": paired,
-                        "diffs": diffs,
-                        "mean": mean,
-                        "ci95": [low, high],
-                        "verdict": verdict if len(paired) > 1 else f"n/a ({len(paired)} seed)",
-                    }
-                rows.append(row)
-            out["tasks"][f"{task}/{cond}"] = {
-                "metric": metric,
-                "higher_is_better": higher,
-                "chance": float(np.mean(chance)) if chance else math.nan,
-                "rows": rows,
-            }
+    out: dict[str, Any] = {
+        "study": spec.name,
+        "reference_arm": spec.references[0],
+        "reference_arms": list(spec.references),
+        "reading": {"visible": spec.probe.visible_fraction, "covers": spec.probe.subset_covers},
+        "tasks": {},
+    }
+    for view in VIEWS:
+        for measure in MEASURES:
+            for cond in CONDITIONS:
+                column = _column(spec, by_arm, measure, view, cond)
+                if column is not None:
+                    out["tasks"][column_key(measure, view, cond)] = column
+    out["parsing_groups"] = _group_means(spec, by_arm)
+    return out
+
+
+def _group_means(spec: StudySpec, by_arm: dict[str, dict[int, dict[str, Any]]]) -> dict[str, Any]:
+    """``{view: {metric: {arm: {group: mean over seeds}}}}`` of the clean per-group parsing scores."""
+    out: dict[str, Any] = {}
+    for view in VIEWS:
+        for metric in ("r2", "f1_present"):
+            for arm in spec.arms:
+                tables = []
+                for r in by_arm.get(arm.name, {}).values():
+                    scores = r["scores"] if view == "full" else r["scores"].get("views", {}).get(view, {})
+                    groups = scores.get("parsing_groups", {}).get("clean", {}).get(metric)
+                    if groups:
+                        tables.append(groups)
+                if tables:
+                    means = {g: float(np.nanmean([t[g] for t in tables])) for g in tables[0]}
+                    out.setdefault(view, {}).setdefault(metric, {})[arm.name] = means
     return out
 
 
@@ -106,61 +189,106 @@ def _fmt(value: float, digits: int, signed: bool = False) -> str:
     return f"{value:+.{digits}f}" if signed else f"{value:.{digits}f}"
 
 
-def markdown_tables(summary: dict[str, Any]) -> str:
-    """One table per task: clean and occluded mean +- sd, and the paired difference against the reference."""
-    ref = summary["reference_arm"]
+def _vs_cell(row: dict[str, Any], ref: str, d: int) -> str:
+    if row["arm"] == ref:
+        return "reference"
+    vs = row.get("vs", {}).get(ref)
+    if vs is None:
+        return ""
+    low, high = vs["ci95"]
+    return f"{_fmt(vs['mean'], d, True)} [{_fmt(low, d, True)}, {_fmt(high, d, True)}] {vs['verdict']}"
+
+
+def _measure_table(summary: dict[str, Any], measure: str, view: str) -> list[str]:
+    """Clean and occluded mean +- sd of one measure and view, each with the paired differences against every
+    reference arm."""
+    refs = summary.get("reference_arms") or [summary["reference_arm"]]
+    d = digits(measure)
+    clean, occl = (summary["tasks"][column_key(measure, view, c)] for c in CONDITIONS)
+    per_condition = ["mean ± sd", *(f"Δ vs {ref}, 95 % CI" for ref in refs)]
+    header = ["arm", *(f"{c} ({h})" if h == "mean ± sd" else h for c in CONDITIONS for h in per_condition), "seeds"]
+    blanks = [""] * len(refs)
+    chance = ["chance (no features)", _fmt(clean["chance"], d), *blanks, _fmt(occl["chance"], d), *blanks, ""]
+    lines = [
+        f"#### {MEASURE_TITLES[measure]}; {view} view ({VIEW_TITLES[view].format(**summary.get('reading', READING))})",
+        "",
+        "| " + " | ".join(header) + " |",
+        "| " + " | ".join(["---"] * len(header)) + " |",
+        "| " + " | ".join(chance) + " |",
+    ]
+    occluded_rows = {r["arm"]: r for r in occl["rows"]}
+    for row_c in clean["rows"]:
+        cells = [f"{row_c['label']} (`{row_c['arm']}`)"]
+        for row in (row_c, occluded_rows.get(row_c["arm"])):
+            if row is None:
+                cells += ["–", *blanks]
+                continue
+            cells.append(f"{_fmt(row['mean'], d)} ± {_fmt(row['sd'], d)}")
+            cells += [_vs_cell(row, ref, d) for ref in refs]
+        cells.append(str(len(row_c["values"])))
+        lines.append("| " + " | ".join(cells) + " |")
+    return [*lines, ""]
+
+
+def _group_tables(summary: dict[str, Any]) -> list[str]:
+    """Per region group, mean over seeds (clean faces): R² against the prior and the calibrated F1."""
+    titles = {"r2": "R² of the shares against the position prior", "f1_present": "F1 over faces with the part"}
     lines = []
-    for task in TASKS:
-        d = DIGITS[task]
-        clean, occl = summary["tasks"][f"{task}/clean"], summary["tasks"][f"{task}/occluded"]
-        lines += [
-            f"#### {TASK_TITLES[task]}",
-            "",
-            f"| arm | clean (mean ± sd) | Δ vs {ref}, 95 % CI | occluded (mean ± sd) | Δ vs {ref}, 95 % CI | seeds |",
-            "| --- | --- | --- | --- | --- | --- |",
-            f"| chance (no features) | {_fmt(clean['chance'], d)} | | {_fmt(occl['chance'], d)} | | |",
-        ]
-        for row_c, row_o in zip(clean["rows"], occl["rows"]):
-            cells = [f"{row_c['label']} (`{row_c['arm']}`)"]
-            for row in (row_c, row_o):
-                cells.append(f"{_fmt(row['mean'], d)} ± {_fmt(row['sd'], d)}")
-                vs = row.get("vs_reference")
-                if vs is None:
-                    cells.append("reference" if row["arm"] == ref else "")
-                else:
-                    low, high = vs["ci95"]
-                    cells.append(
-                        f"{_fmt(vs['mean'], d, True)} [{_fmt(low, d, True)}, {_fmt(high, d, True)}] {vs['verdict']}"
-                    )
-            cells.append(str(len(row_c["values"])))
-            lines.append("| " + " | ".join(cells) + " |")
-        lines.append("")
-    return "\n".join(lines)
+    for view, metrics in summary.get("parsing_groups", {}).items():
+        for metric, arms in metrics.items():
+            groups = list(next(iter(arms.values())))
+            lines += [
+                f"#### Parsing per region group, {titles[metric]} (clean faces, mean of the seeds; {view} view)",
+                "",
+                "| arm | " + " | ".join(groups) + " |",
+                "| " + " | ".join(["---"] * (len(groups) + 1)) + " |",
+            ]
+            lines += [f"| `{arm}` | " + " | ".join(_fmt(v[g], 3) for g in groups) + " |" for arm, v in arms.items()]
+            lines.append("")
+    return lines
+
+
+def markdown_tables(summary: dict[str, Any]) -> str:
+    """One table per measure and view: clean and occluded mean +- sd, and the paired differences against each
+    reference arm; then the per-group parsing tables."""
+    lines = []
+    for view in VIEWS:
+        for measure in MEASURES:
+            if all(column_key(measure, view, c) in summary["tasks"] for c in CONDITIONS):
+                lines += _measure_table(summary, measure, view)
+    return "\n".join(lines + _group_tables(summary))
 
 
 def plot_scores(summary: dict[str, Any], out: Path) -> Path:
-    """One panel per task (clean): every seed a dot, the mean a bar, the chance level a dashed line."""
+    """One panel per measure and view (clean): every seed a dot, the mean a bar, the chance level a dashed line."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(TASKS), figsize=(4.2 * len(TASKS), 4.2), constrained_layout=True)
-    for ax, task in zip(axes, TASKS):
-        entry = summary["tasks"][f"{task}/clean"]
+    keys = [k for v in VIEWS for m in MEASURES if (k := column_key(m, v, "clean")) in summary["tasks"]]
+    cols = min(4, len(keys))
+    rows = math.ceil(len(keys) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 4.2 * rows), constrained_layout=True, squeeze=False)
+    for ax in axes.flat[len(keys) :]:
+        ax.set_visible(False)
+    for ax, key in zip(axes.flat, keys):
+        entry = summary["tasks"][key]
         names = [r["arm"] for r in entry["rows"]]
         for i, row in enumerate(entry["rows"]):
             ax.bar(i, row["mean"], color="#c6dbef", edgecolor="#3182bd", width=0.7)
             ax.scatter([i] * len(row["values"]), row["values"], color="#08519c", s=18, zorder=3)
-        ax.axhline(entry["chance"], color="#d62728", linestyle="--", linewidth=1, label="chance")
+        if not math.isnan(entry["chance"]):
+            ax.axhline(entry["chance"], color="#d62728", linestyle="--", linewidth=1, label="chance")
+            ax.legend(fontsize=8, loc="best")
         values = [v for r in entry["rows"] for v in r["values"]] + [entry["chance"]]
+        values = [v for v in values if not math.isnan(v)]
         span = max(values) - min(values) or 1.0
         ax.set_ylim(min(values) - 0.15 * span, max(values) + 0.15 * span)
         ax.set_xticks(range(len(names)), names, rotation=40, ha="right", fontsize=8)
         better = "higher" if entry["higher_is_better"] else "lower"
-        ax.set_title(f"{task}: {entry['metric']} ({better} better)", fontsize=10)
-        ax.legend(fontsize=8, loc="best")
-    fig.suptitle(f"study {summary['study']}: one dot per seed, bar = mean", fontsize=11)
+        ax.set_title(f"{entry['measure']} ({entry['view']}): {entry['metric']} ({better} better)", fontsize=9)
+    fig.suptitle(f"study {summary['study']}: one dot per seed, bar = mean (clean faces)", fontsize=11)
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=110)
     plt.close(fig)
@@ -211,10 +339,13 @@ def write_hparams(spec: StudySpec, results: list[dict[str, Any]], tb_dir: Path) 
             if key.startswith(("model.", "data.masker")):
                 hparams[key] = value if isinstance(value, (int, float, str, bool)) else json.dumps(value)
         metrics = {}
-        for task in TASKS:
-            name = PRIMARY[task][0]
-            for cond in CONDITIONS:
-                metrics[f"study/{task}_{name}{'' if cond == 'clean' else '_occluded'}"] = r["scores"][task][cond]
+        for view in VIEWS:
+            for measure, (name, _) in MEASURES.items():
+                for cond in CONDITIONS:
+                    value = measure_value(r["scores"], measure, cond, view)
+                    if value is not None:
+                        suffix = ("" if view == "full" else f"_{view}") + ("" if cond == "clean" else "_occluded")
+                        metrics[f"study/{measure}_{name}{suffix}"] = value
         with SummaryWriter(log_dir=str(tb_dir)) as writer:
             writer.add_hparams(hparams, metrics, run_name=f"{r['arm']}_seed{r['seed']}")
 

@@ -24,7 +24,7 @@ import yaml
 from pacofr.checkpointing.preemption import EXIT_PREEMPTED, EXIT_REQUEUED
 from pacofr.checkpointing.resolve import resolve_resume
 from pacofr.eval.backbone import load_backbone
-from pacofr.eval.feature_probe import PRIMARY, TASKS, run_probe
+from pacofr.eval.feature_probe import MEASURES, measure_value, run_probe
 from pacofr.models.sizes import build_encoder
 from pacofr.run_folder import atomic_write_text, git_commit
 
@@ -244,9 +244,19 @@ def run_cell(spec: StudySpec, cell: Cell, force: bool = False) -> dict[str, Any]
     return result
 
 
+def probe_columns(scores: dict[str, Any]) -> list[tuple[str, str]]:
+    """(measure, view) pairs a probe result holds, views in order, measures in :data:`MEASURES` order."""
+    views = ["full", *scores.get("views", {})]
+    return [(m, v) for v in views for m in MEASURES if measure_value(scores, m, "clean", v) is not None]
+
+
+def column_name(measure: str, view: str) -> str:
+    return measure if view == "full" else f"{measure}@{view}"
+
+
 def probe_check(spec: StudySpec, cell: Cell, probe_seeds: list[int], budgets: list[int]) -> dict[str, Any]:
     """The finished cell's encoder probed with every (probe seed, budget): how much the probe alone moves
-    the scores. Written to ``<cell>/probe_check.json``."""
+    every measure of every view. Written to ``<cell>/probe_check.json``."""
     result = read_result(cell)
     if result is None:
         raise CellError(f"{cell.name} has no result yet: run it first (pacofr study cell / run)")
@@ -259,28 +269,34 @@ def probe_check(spec: StudySpec, cell: Cell, probe_seeds: list[int], budgets: li
             encoder, img_size = encoder_for(spec, cell, checkpoint)
             started = time.perf_counter()
             scores, _ = run_probe(encoder, spec.data_root, settings, probe_seed, img_size)
+            columns = probe_columns(scores)
             runs.append(
                 {
                     "probe_seed": probe_seed,
                     "train_faces": scores["faces"]["train"],
-                    "scores": {t: scores[t]["clean"] for t in TASKS},
-                    "scores_occluded": {t: scores[t]["occluded"] for t in TASKS},
+                    **{
+                        key: {column_name(m, v): measure_value(scores, m, cond, v) for m, v in columns}
+                        for key, cond in (("scores", "clean"), ("scores_occluded", "occluded"))
+                    },
                     "seconds": round(time.perf_counter() - started, 1),
                 }
             )
-    spread = {t: max(r["scores"][t] for r in runs) - min(r["scores"][t] for r in runs) for t in TASKS}
+    names = list(runs[0]["scores"])
+    spread = {n: max(r["scores"][n] for r in runs) - min(r["scores"][n] for r in runs) for n in names}
     check = {"cell": cell.name, "checkpoint": checkpoint, "runs": runs, "spread": spread}
     atomic_write_text(cell.folder / "probe_check.json", json.dumps(check, indent=1))
     return check
 
 
 def format_probe_check(check: dict[str, Any]) -> str:
+    """One line per (probe seed, budget) and one column per measure and view, then the spread of each."""
+    names = list(check["spread"])
+    width = max(20, *(len(n) for n in names))
     lines = [f"probe check of {check['cell']}: clean scores per (probe seed, training faces)"]
-    lines.append("probe seed  faces  " + "  ".join(f"{t} ({PRIMARY[t][0]})" for t in TASKS))
-    for r in check["runs"]:
-        lines.append(
-            f"{r['probe_seed']:10d}  {r['train_faces']:5d}  "
-            + "  ".join(f"{r['scores'][t]:{len(t) + len(PRIMARY[t][0]) + 3}.4f}" for t in TASKS)
-        )
-    lines.append("spread (max - min): " + ", ".join(f"{t} {v:.4f}" for t, v in check["spread"].items()))
+    runs = "".join(f"  {r['probe_seed']:>4d}/{r['train_faces']:<5d}" for r in check["runs"])
+    lines.append(f"{'measure (seed/faces)'.ljust(width)}{runs}  spread")
+    for name in names:
+        values = "".join(f"  {r['scores'][name]:10.4f}" for r in check["runs"])
+        lines.append(f"{name.ljust(width)}{values}  {check['spread'][name]:.4f}")
+    lines.append("spread (max - min): " + ", ".join(f"{n} {v:.4f}" for n, v in check["spread"].items()))
     return "\n".join(lines)

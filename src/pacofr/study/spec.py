@@ -68,9 +68,14 @@ class StudySpec:
     common: dict[str, Any]
     probe: ProbeSettings
     arms: tuple[Arm, ...]
-    reference_arm: str
+    reference_arm: str  # the first of ``reference_arms``: the table's main comparison
     root: Path = Path(DEFAULT_ROOT)
     source: str = ""
+    reference_arms: tuple[str, ...] = ()  # every arm the table pairs the others with (empty: reference_arm)
+
+    @property
+    def references(self) -> tuple[str, ...]:
+        return self.reference_arms or (self.reference_arm,)
 
     @property
     def folder(self) -> Path:
@@ -177,7 +182,8 @@ def load_study(
     except yaml.YAMLError as err:
         raise StudyConfigError(f"{path} is not valid YAML: {err}") from err
     raw = _mapping(raw, str(path))
-    known = {"name", "base_config", "data_root", "seeds", "common", "probe", "arms", "reference_arm", "quick"}
+    known = {"name", "base_config", "data_root", "seeds", "common", "probe", "arms", "quick"}
+    known |= {"reference_arm", "reference_arms"}
     unknown = set(raw) - known
     if unknown:
         raise StudyConfigError(f"{path}: unknown keys {sorted(unknown)}; known: {sorted(known)}")
@@ -187,7 +193,7 @@ def load_study(
     arms = _arms(raw["arms"])
     name, seeds = str(raw["name"]), raw.get("seeds", [0, 1, 2])
     common, probe = _mapping(raw.get("common"), "common"), _mapping(raw.get("probe"), "probe")
-    reference = str(raw.get("reference_arm", arms[0].name))
+    references = _references(raw, arms)
     if quick:
         q = _mapping(raw.get("quick"), "quick")
         name = str(q.get("name", f"{name}_quick"))
@@ -200,12 +206,12 @@ def load_study(
         if missing:
             raise StudyConfigError(f"quick.arms names unknown arms {missing}")
         arms = tuple(by_name[a] for a in wanted)
-        if reference not in wanted:
-            reference = arms[0].name
+        references = [r for r in references if r in wanted] or [arms[0].name]
     if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) for s in seeds):
         raise StudyConfigError(f"seeds must be a non-empty list of integers, got {seeds!r}")
-    if reference not in {a.name for a in arms}:
-        raise StudyConfigError(f"reference_arm {reference!r} is not an arm")
+    stray = [r for r in references if r not in {a.name for a in arms}]
+    if stray:
+        raise StudyConfigError(f"reference_arm(s) {stray} not among the arms {[a.name for a in arms]}")
     return StudySpec(
         name=name,
         base_config=str(raw["base_config"]),
@@ -214,7 +220,21 @@ def load_study(
         common=common,
         probe=_probe_settings(probe),
         arms=arms,
-        reference_arm=reference,
+        reference_arm=references[0],
         root=Path(root),
         source=str(path),
+        reference_arms=tuple(references),
     )
+
+
+def _references(raw: dict[str, Any], arms: tuple[Arm, ...]) -> list[str]:
+    """The arms the table pairs every other arm with: ``reference_arms: [mae, mae_parse]``, or the older
+    ``reference_arm: mae`` (one arm; with both keys, it must be the list's first); the first arm when neither
+    is given."""
+    value = raw.get("reference_arms", raw.get("reference_arm", arms[0].name))
+    names = value if isinstance(value, list) else [value]
+    if not names or not all(isinstance(n, str) for n in names) or len(set(names)) < len(names):
+        raise StudyConfigError(f"reference_arms must be a non-empty list of distinct arm names, got {value!r}")
+    if "reference_arms" in raw and raw.get("reference_arm", names[0]) != names[0]:
+        raise StudyConfigError(f"reference_arm {raw['reference_arm']!r} is not the first of reference_arms {names}")
+    return names
