@@ -31,6 +31,7 @@ DRILL = [{"class_path": "pacofr.checkpointing.preemption.PreemptionDrill", "init
 # (by default they agree about every 10 s: tests/checkpointing/test_preemption_agreement.py)
 AGREE_EVERY_STEP = "--preemption.agree_every_n_steps=1"
 STEPS = 7
+INCUBATION = 2  # tiny_config's incubation_steps
 TOL = 1e-5  # gloo's reduce-scatter and all-reduce sum in different orders
 
 
@@ -65,7 +66,12 @@ def assert_same_training(expected: dict, got: dict, what: str) -> None:
         for slot in ("exp_avg", "exp_avg_sq"):
             a, b = ref[name][slot], new[name][slot].reshape(ref[name][slot].shape)
             assert torch.allclose(a, b, atol=TOL, rtol=1e-4), f"{what}: Adam {slot} of {name} is not its own"
-        assert float(ref[name]["step"]) == float(new[name]["step"]) == STEPS, f"{what}: Adam step of {name}"
+        # the codebook and probe groups count every step; the backbone's AdamW restarts when incubation ends
+        steps = float(ref[name]["step"])
+        assert steps == float(new[name]["step"]) and steps in (STEPS, STEPS - INCUBATION), (
+            f"{what}: Adam step of {name}"
+        )
+    assert {float(s["step"]) for s in ref.values()} == {STEPS, STEPS - INCUBATION}, what
 
 
 @pytest.mark.slow  # five 2-process trainings of a tiny model, in two waves: ~2-3 min on 2 cores

@@ -68,7 +68,7 @@ def test_sharded_checkpoint_of_2_ranks_resumes_on_1(tmp_path, make_shards):
 
     last = runs["fsdp"] / "checkpoints" / "last.ckpt"
     assert sorted(p.name for p in last.glob("*.distcp")) == ["__0_0.distcp"], "saved again, now as 1 shard"
-    # weights and moments (Adam's step counts 7: 3 before the reshard, 4 after) as the one-file path has them
+    # weights and moments (Adam's step counts 7, the backbone's 5 after incubation) as the one-file path has them
     assert_same_training(final(runs["reference"]), final(runs["fsdp"]), "2-rank sharded state resumed on 1 rank")
 
 

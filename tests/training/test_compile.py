@@ -9,6 +9,8 @@ torch's generator as eager does (the candidate choice of replaced patches is ran
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import lightning as L
 import pytest
 import torch
@@ -137,3 +139,26 @@ def test_group_norms_under_no_shard_count_each_gradient_once(tmp_path, monkeypat
         )
         module._group_grad_norms(torch.optim.SGD(module.parameters(), lr=0.1))
         assert seen["sharded"] is sharded, strategy
+
+
+@pytest.mark.slow  # a 2-process DDP fit with the compiled step: ~1 min on 2 cores
+def test_ddp_trains_the_compiled_step(tmp_path, make_shards):
+    """``compile: true`` under DDP on 2 gloo processes: the compiled hot path (dynamo splits it at DDP's bucket
+    boundaries) trains, checkpoints and ends finite (aot_eager: dynamo and autograd without code generation)."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "checkpointing"))
+    from test_exact_resume import finish, start_fit, tiny_config
+
+    root = make_shards(tmp_path / "faces", {"train": [20, 20], "val": [8]}, size=72)
+    cfg = tiny_config(tmp_path, root, tmp_path / "run", "ddp_compile")
+    proc = start_fit(
+        "--config", str(cfg), "--trainer.devices", "2", "--trainer.strategy", "ddp", "--trainer.max_steps", "4",
+        "--model.compile", "true", "--model.compile_backend", "aot_eager",
+    )  # fmt: skip
+    code, out = finish(proc)
+    assert code == 0, out[-4000:]
+    ckpt = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert ckpt["global_step"] == 4
+    assert ckpt["hyper_parameters"]["compile"] is True
+    assert all(torch.isfinite(v).all() for v in ckpt["state_dict"].values() if v.is_floating_point())

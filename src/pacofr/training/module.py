@@ -36,10 +36,6 @@ except ImportError:  # pragma: no cover - older or newer Lightning: the objectiv
 
 
 class PretrainModule(L.LightningModule):
-    # torch.compile backend of ``compile: true`` (``aot_eager``: dynamo + autograd tracing without code generation,
-    # for quick CPU checks; set on an instance before ``Trainer.fit``)
-    compile_backend: str = "inductor"
-
     def __init__(
         self,
         objective: PretrainObjective,
@@ -51,6 +47,7 @@ class PretrainModule(L.LightningModule):
         codebook_warmup_steps: int = 20,
         codebook_lr_scale: float = 1.0,
         compile: bool = False,
+        compile_backend: str = "inductor",
         max_nonfinite_steps: int = 10,
     ) -> None:
         """
@@ -63,7 +60,9 @@ class PretrainModule(L.LightningModule):
             codebook_warmup_steps, codebook_lr_scale: the codebook group's own short warmup from step 0 and its
                 peak (x the batch-scaled lr), so it trains at full rate during incubation; then cosine to the end.
             compile: ``torch.compile`` the objective's hot path (model forward and losses as one graph); the
-                incubation steps and FSDP runs stay eager.
+                incubation steps stay eager; refused under the FSDP preset.
+            compile_backend: ``torch.compile`` backend (``aot_eager``: dynamo and autograd tracing without code
+                generation, for quick CPU checks of the compiled path).
             max_nonfinite_steps: a non-finite loss or gradients (decided on all ranks) skip the step; this many in a
                 row stop the run.
         """
@@ -81,6 +80,7 @@ class PretrainModule(L.LightningModule):
         self._step_finite: torch.Tensor | None = None
         self._replicated_ids: set[int] | None = None  # parameters of replicated FSDP units (set with the optimiser)
         self._bar_loss = LaggedHostReader()
+        self.compile_backend = compile_backend
 
     # --- set-up -------------------------------------------------------------------------------------------
     def configure_model(self) -> None:
@@ -208,7 +208,7 @@ class PretrainModule(L.LightningModule):
                     for p in group["params"]:
                         p.grad = None  # the optimiser skips parameters without a gradient
                 self._after_step_apply = torch.zeros((), device=total.device)
-        if norms and self.global_step % max(1, self.trainer.log_every_n_steps) == 0:
+        if norms and (self.global_step + 1) % max(1, self.trainer.log_every_n_steps) == 0:  # Lightning's write step
             self.log_dict({f"optim/grad_norm_{tag}": n for tag, n in norms.items()}, on_step=True, on_epoch=False)
             self.log("optim/grad_norm", total, on_step=True, on_epoch=False)
 
