@@ -278,7 +278,7 @@ def probe_scores(data: ProbeData, seed: int) -> dict[str, Any]:
 def chance_scores(data: ProbeData) -> dict[str, Any]:
     """The no-feature row: what the training labels alone predict for every test face."""
     train = data.train
-    cells = data.train.size // SUB_CELLS
+    cells = data.train.size // 4  # 4-px cells: the probe's sub-cells at patch 16
     majority = train.region_shares(cells).mean(0, keepdim=True)  # per-position class shares: the position prior
     prior_groups = to_groups(majority.flatten(2).transpose(1, 2))[0]  # (cells^2, groups)
     calibration = train.head(CALIBRATION_FACES)

@@ -32,7 +32,7 @@ from pacofr.data.format import NUM_LABELS, REGION_NAMES, label_to_region_lut
 
 NUM_GROUPS = len(REGION_NAMES)
 FOREGROUND = tuple(range(1, NUM_GROUPS))  # every group but background
-OFFSET_GRID = tuple(round(-0.5 + 0.05 * k, 2) for k in range(21))  # -0.5 ... 0.5, in share units
+OFFSET_GRID = tuple(round(-1.0 + 0.05 * k, 2) for k in range(41))  # -1 ... 1 in share units (one bucketed pass)
 CALIBRATION_ROUNDS = 2
 CALIBRATION_FACES = 500  # training faces the offsets are chosen on (~500k sub-cells: stable pooled F1s)
 
