@@ -33,6 +33,8 @@ class FaceSet:
     tokens: torch.Tensor | None = None  # (N, P, C) float32: the view being scored
     identity: torch.Tensor | None = None  # (N,) int identity ids (None: the reader has none)
     views: dict[str, torch.Tensor] = field(default_factory=dict)  # every view encoded: name -> (N, P, C)
+    # label shares per grid, computed once: every view, head and condition reads the same faces' labels
+    shares_cache: dict[int, torch.Tensor] = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def size(self) -> int:
@@ -49,19 +51,43 @@ class FaceSet:
             return None if x is None else x[:n]
 
         views = {name: tokens[:n] for name, tokens in self.views.items()}
-        return FaceSet(self.seg[:n], self.landmarks[:n], self.pose[:n], cut(self.tokens), cut(self.identity), views)
+        cache = {grid: shares[:n] for grid, shares in self.shares_cache.items()}
+        return FaceSet(
+            self.seg[:n], self.landmarks[:n], self.pose[:n], cut(self.tokens), cut(self.identity), views, cache
+        )
 
     def region_shares(self, grid: int) -> torch.Tensor:
         """(N, classes, grid, grid): the share of each class's pixels in every cell of a grid x grid split."""
-        out = []
-        for start in range(0, self.seg.shape[0], 256):
-            onehot = F.one_hot(self.seg[start : start + 256].long(), NUM_CLASSES).permute(0, 3, 1, 2).float()
-            out.append(F.adaptive_avg_pool2d(onehot, grid))
-        return torch.cat(out)
+        if grid not in self.shares_cache:
+            self.shares_cache[grid] = label_shares(self.seg, grid)
+        return self.shares_cache[grid]
 
     def group_shares(self, grid: int) -> torch.Tensor:
         """(N, grid * grid, groups): region-group shares of every cell, row-major."""
         return to_groups(self.region_shares(grid).flatten(2).transpose(1, 2))
+
+
+def label_shares(seg: torch.Tensor, grid: int, chunk: int = 256) -> torch.Tensor:
+    """(N, classes, grid, grid) class shares of the cells of a grid x grid split of (N, S, S) label maps: a
+    count per (face, cell, class) when the cells tile the image, else adaptive average pooling of one-hots."""
+    n, size = seg.shape[0], seg.shape[-1]
+    if size % grid:
+        out = []
+        for start in range(0, n, chunk):
+            onehot = F.one_hot(seg[start : start + chunk].long(), NUM_CLASSES).permute(0, 3, 1, 2).float()
+            out.append(F.adaptive_avg_pool2d(onehot, grid))
+        return torch.cat(out)
+    side = size // grid
+    rows = torch.arange(size) // side
+    cell = (rows[:, None] * grid + rows[None, :]).flatten()  # the cell of every pixel, row-major
+    out = []
+    for start in range(0, n, chunk):
+        labels = seg[start : start + chunk].reshape(-1, size * size).long()
+        faces = torch.arange(labels.shape[0])[:, None]
+        codes = (faces * grid * grid + cell) * NUM_CLASSES + labels
+        counts = torch.bincount(codes.flatten(), minlength=labels.shape[0] * grid * grid * NUM_CLASSES)
+        out.append(counts.view(-1, grid, grid, NUM_CLASSES).permute(0, 3, 1, 2).float() / (side * side))
+    return torch.cat(out)
 
 
 def _samples(reader: Any, indices: list[int], size: int) -> Iterator[dict[str, Any]]:

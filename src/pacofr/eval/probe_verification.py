@@ -47,22 +47,27 @@ def scatter(x: torch.Tensor, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Ten
     return within, spread.T @ spread / x.shape[0], mean
 
 
-def discriminant_directions(within: torch.Tensor, between: torch.Tensor, shrinkage: float) -> torch.Tensor:
-    """(d, d) columns sorted by between / within spread: whitening by the shrunk within scatter, then the
-    principal axes of the whitened between scatter."""
-    d = within.shape[0]
-    shrunk = (1 - shrinkage) * within + shrinkage * (torch.trace(within) / d).clamp_min(1e-12) * torch.eye(
-        d, dtype=within.dtype
-    )
-    evals, evecs = torch.linalg.eigh(shrunk)
-    whiten = evecs / evals.clamp_min(evals.max() * 1e-10).sqrt()
-    spread, axes = torch.linalg.eigh(whiten.T @ between @ whiten)
-    return whiten @ axes.flip(-1)  # eigh sorts ascending
+class Discriminants:
+    """LDA directions of one (within, between) scatter pair for any shrinkage: shrinking towards a multiple of
+    the identity keeps the within scatter's eigenvectors, so one eigendecomposition serves every shrinkage."""
+
+    def __init__(self, within: torch.Tensor, between: torch.Tensor):
+        self.evals, self.evecs = torch.linalg.eigh(within)
+        self.level = (self.evals.mean()).clamp_min(1e-12)  # trace / d: the identity the scatter shrinks to
+        self.between = between
+
+    def directions(self, shrinkage: float) -> torch.Tensor:
+        """(d, d) columns sorted by between / within spread: whitening by the shrunk within scatter, then the
+        principal axes of the whitened between scatter."""
+        shrunk = (1 - shrinkage) * self.evals.clamp_min(0) + shrinkage * self.level
+        whiten = self.evecs / shrunk.clamp_min(shrunk.max() * 1e-10).sqrt()
+        _, axes = torch.linalg.eigh(whiten.T @ self.between @ whiten)
+        return whiten @ axes.flip(-1)  # eigh sorts ascending
 
 
 def fit(x: torch.Tensor, ids: torch.Tensor, shrinkage: float, rank: int) -> Projection:
     within, between, mean = scatter(x, ids)
-    directions = discriminant_directions(within, between, shrinkage)
+    directions = Discriminants(within, between).directions(shrinkage)
     keep = rank if 0 < rank < directions.shape[1] else directions.shape[1]
     return Projection(mean, directions[:, :keep], shrinkage, rank)
 
@@ -95,9 +100,10 @@ def choose(x: torch.Tensor, ids: torch.Tensor, generator: torch.Generator) -> tu
     if held is None:
         return (*DEFAULT, {})
     within, between, mean = scatter(x[~held], ids[~held])
+    discriminants = Discriminants(within, between)
     tried: dict[str, float] = {}
     for shrinkage in SHRINKAGES:
-        directions = discriminant_directions(within, between, shrinkage)
+        directions = discriminants.directions(shrinkage)
         projected = (x[held].double() - mean) @ directions
         for rank in RANKS:
             if rank < directions.shape[1]:
