@@ -42,6 +42,7 @@ def test_random_init_cell_is_probed_and_then_skipped(tmp_path, study_faces, caps
     assert [(r["probe_seed"], r["train_faces"]) for r in check["runs"]] == [(0, 20), (1, 20), (0, 40), (1, 40)]
     measures = set(MEASURES)  # parsing's 4 scores, landmarks, pose, verification's 2
     assert set(check["spread"]) == measures | {f"{m}@subsets" for m in measures}  # every measure of both views
+    assert set(check["seed_spread"]) == set(check["budget_change"]) == set(check["spread"])
     assert "spread (max - min)" in capsys.readouterr().out
 
 

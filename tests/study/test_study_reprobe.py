@@ -66,3 +66,16 @@ def test_an_unfinished_checkpoint_would_pretrain(tmp_path, monkeypatch):
     monkeypatch.setattr(runner, "run_forwarding_signals", lambda command, log: 1)
     with pytest.raises(runner.CellError, match="pretraining of"):
         run_cell(spec, cell)
+
+
+def test_probe_spreads_separate_seeds_from_budgets():
+    runs = [
+        {"probe_seed": seed, "train_faces": faces, "scores": {"parsing_r2": 0.1 + 0.01 * seed + 0.001 * faces / 100}}
+        for faces in (100, 200)
+        for seed in (0, 1)
+    ]
+    spreads = runner.probe_spreads(runs, ["parsing_r2"])
+    assert spreads["seed_spread"]["parsing_r2"] == pytest.approx(0.01)
+    assert spreads["budget_change"]["parsing_r2"] == pytest.approx(0.001)
+    assert spreads["spread"]["parsing_r2"] == pytest.approx(0.011)
+    assert "budget change" in runner.format_probe_check({"cell": "x", "runs": runs, **spreads})

@@ -282,21 +282,40 @@ def probe_check(spec: StudySpec, cell: Cell, probe_seeds: list[int], budgets: li
                 }
             )
     names = list(runs[0]["scores"])
-    spread = {n: max(r["scores"][n] for r in runs) - min(r["scores"][n] for r in runs) for n in names}
-    check = {"cell": cell.name, "checkpoint": checkpoint, "runs": runs, "spread": spread}
+    check = {"cell": cell.name, "checkpoint": checkpoint, "runs": runs, **probe_spreads(runs, names)}
     atomic_write_text(cell.folder / "probe_check.json", json.dumps(check, indent=1))
     return check
 
 
+def probe_spreads(runs: list[dict[str, Any]], names: list[str]) -> dict[str, dict[str, float]]:
+    """How much the probe alone moves each score: ``seed_spread`` (the largest max - min over probe seeds at
+    one budget), ``budget_change`` (largest budget minus smallest, mean over the seeds), ``spread`` (max - min
+    over all runs)."""
+    budgets = sorted({r["train_faces"] for r in runs})
+    at = {(r["train_faces"], r["probe_seed"]): r["scores"] for r in runs}
+    seeds = sorted({r["probe_seed"] for r in runs})
+    out: dict[str, dict[str, float]] = {"seed_spread": {}, "budget_change": {}, "spread": {}}
+    for name in names:
+        values = [r["scores"][name] for r in runs]
+        out["spread"][name] = max(values) - min(values)
+        per_budget = [[at[b, s][name] for s in seeds if (b, s) in at] for b in budgets]
+        out["seed_spread"][name] = max(max(v) - min(v) for v in per_budget)
+        both = [s for s in seeds if (budgets[0], s) in at and (budgets[-1], s) in at]
+        changes = [at[budgets[-1], s][name] - at[budgets[0], s][name] for s in both]
+        out["budget_change"][name] = sum(changes) / len(changes) if changes else float("nan")
+    return out
+
+
 def format_probe_check(check: dict[str, Any]) -> str:
-    """One line per (probe seed, budget) and one column per measure and view, then the spread of each."""
+    """One row per measure and view, one column per (probe seed, budget), then how much the probe moves it."""
     names = list(check["spread"])
     width = max(20, *(len(n) for n in names))
     lines = [f"probe check of {check['cell']}: clean scores per (probe seed, training faces)"]
     runs = "".join(f"  {r['probe_seed']:>4d}/{r['train_faces']:<5d}" for r in check["runs"])
-    lines.append(f"{'measure (seed/faces)'.ljust(width)}{runs}  spread")
+    lines.append(f"{'measure (seed/faces)'.ljust(width)}{runs}  seed spread  budget change")
     for name in names:
         values = "".join(f"  {r['scores'][name]:10.4f}" for r in check["runs"])
-        lines.append(f"{name.ljust(width)}{values}  {check['spread'][name]:.4f}")
+        moved = f"  {check['seed_spread'][name]:11.4f}  {check['budget_change'][name]:+13.4f}"
+        lines.append(f"{name.ljust(width)}{values}{moved}")
     lines.append("spread (max - min): " + ", ".join(f"{n} {v:.4f}" for n, v in check["spread"].items()))
     return "\n".join(lines)
