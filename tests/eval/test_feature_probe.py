@@ -151,3 +151,12 @@ def test_scores_of_other_views_are_read_under_views():
     assert measure_value(scores, "parsing", "clean") == 0.3
     assert measure_value(scores, "parsing", "clean", "subsets") == 0.2
     assert measure_value(scores, "parsing_r2", "clean") is None  # an older result: no such column
+
+
+def test_a_batch_is_normalised_as_image_by_image():
+    from pacofr.eval.crop import to_tensor_image
+    from pacofr.eval.probe_faces import to_batch
+
+    images = [np.random.default_rng(i).integers(0, 256, (16, 16, 3), dtype=np.uint8) for i in range(3)]
+    mean, std = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)
+    assert torch.equal(to_batch(images, mean, std), torch.stack([to_tensor_image(im, mean, std) for im in images]))

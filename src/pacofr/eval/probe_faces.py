@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from pacofr.data.format import LABEL_NAMES
-from pacofr.eval.crop import IMAGENET_MEAN, IMAGENET_STD, crop_resize, to_tensor_image
+from pacofr.eval.crop import IMAGENET_MEAN, IMAGENET_STD, crop_resize
 from pacofr.eval.module import default_feature_layers
 
 from .probe_parsing import to_groups
@@ -90,6 +90,13 @@ def label_shares(seg: torch.Tensor, grid: int, chunk: int = 256) -> torch.Tensor
     return torch.cat(out)
 
 
+def to_batch(images: list[np.ndarray], mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
+    """(B, 3, S, S) normalised floats of B (S, S, 3) uint8 images: ``crop.to_tensor_image``'s arithmetic on the
+    whole batch at once (per image, its small tensor ops cost more than the encoder on 2 busy cores)."""
+    x = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float() / 255.0
+    return (x - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
+
+
 def _samples(reader: Any, indices: list[int], size: int) -> Iterator[dict[str, Any]]:
     for i in indices:
         yield crop_resize(reader[int(i)], size, use_box=False)
@@ -123,7 +130,7 @@ def encode_faces(
 
     def flush() -> None:
         if read is not None and batch:
-            for name, tokens in read(torch.stack(batch)).items():
+            for name, tokens in read(to_batch(batch, mean, std)).items():
                 encoded[name].append(tokens)
         batch.clear()
 
@@ -133,7 +140,7 @@ def encode_faces(
         pose.append(torch.as_tensor(sample["pose"], dtype=torch.float32))
         identity.append(sample.get("identity"))
         if read is not None:
-            batch.append(to_tensor_image(sample["image"], mean, std))
+            batch.append(sample["image"])
             if len(batch) == batch_size:
                 flush()
     flush()
