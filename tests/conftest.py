@@ -201,3 +201,9 @@ def timm_from_export(path: str | Path) -> torch.nn.Module:
 def load_exported() -> Callable[[str | Path], torch.nn.Module]:
     """``load_exported(path) -> timm model``: the timm call ``pacofr export`` prints."""
     return timm_from_export
+
+
+@pytest.fixture(scope="module")
+def fit_faces(tmp_path_factory) -> Path:
+    """Tiny shards shared by a module's real ``pacofr fit`` runs (train 2 x 20, val 8, 72 px)."""
+    return write_synthetic_dataset(tmp_path_factory.mktemp("faces"), {"train": [20, 20], "val": [8]}, size=72)

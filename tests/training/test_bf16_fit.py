@@ -5,7 +5,6 @@ the checkpoint."""
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import pytest
@@ -16,18 +15,6 @@ from pacofr.cli import main
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIGS = sorted(p.name for p in (REPO / "configs" / "pretrain").glob("*.yaml"))
-
-
-def _conftest():
-    spec = importlib.util.spec_from_file_location("pacofr_tests_conftest", REPO / "tests" / "conftest.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)  # type: ignore[union-attr]
-    return module
-
-
-@pytest.fixture(scope="module")
-def faces(tmp_path_factory) -> Path:
-    return _conftest().write_synthetic_dataset(tmp_path_factory.mktemp("faces"), {"train": [20, 20], "val": [8]}, 72)
 
 
 def shrunk(config: str, tmp_path: Path, faces: Path, steps: int) -> Path:
@@ -60,7 +47,8 @@ def shrunk(config: str, tmp_path: Path, faces: Path, steps: int) -> Path:
 
 @pytest.mark.slow  # one tiny fit and its resume per method config: ~2 min on 2 cores
 @pytest.mark.parametrize("config", CONFIGS)
-def test_method_config_trains_and_resumes_in_bf16(config, faces, tmp_path):
+def test_method_config_trains_and_resumes_in_bf16(config, fit_faces, tmp_path):
+    faces = fit_faces
     cfg = str(REPO / "configs" / "pretrain" / config)
     assert main(["fit", "--config", cfg, "--config", str(shrunk(config, tmp_path, faces, 4))]) == 0
     checkpoints = tmp_path / "run" / "checkpoints"

@@ -24,7 +24,6 @@ tensors for the learning rates and the incubation flag. The last tests plant an 
 
 from __future__ import annotations
 
-import importlib.util
 import threading
 from pathlib import Path
 
@@ -58,20 +57,6 @@ CASES = {  # method -> (config, incubation steps, training steps)
     "pacofr": ("pacofr_vit_b16.yaml", 2, 7),
     "mae": ("mae_vit_b16.yaml", 0, 5),
 }
-
-
-def _conftest():
-    spec = importlib.util.spec_from_file_location("pacofr_tests_conftest", REPO / "tests" / "conftest.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)  # type: ignore[union-attr]
-    return module
-
-
-@pytest.fixture(scope="module")
-def faces(tmp_path_factory) -> Path:
-    return _conftest().write_synthetic_dataset(
-        tmp_path_factory.mktemp("faces"), {"train": [20, 20], "val": [8]}, size=72
-    )
 
 
 def logging_step(step: int) -> bool:
@@ -200,7 +185,8 @@ def run_fit(tmp_path: Path, faces: Path, method: str) -> SyncSentinel:
 
 @pytest.mark.slow  # two tiny fits through the CLI under a dispatch mode: ~1 min on a loaded 2-core CPU
 @pytest.mark.parametrize("method", sorted(CASES))
-def test_fit_steps_make_no_unexplained_syncs(method, faces, tmp_path):
+def test_fit_steps_make_no_unexplained_syncs(method, fit_faces, tmp_path):
+    faces = fit_faces
     sentinel = run_fit(tmp_path, faces, method)
     _, incubation, steps = CASES[method]
     stages = [s.stage for s in sentinel.scopes]

@@ -47,13 +47,9 @@ class MAEParse(RegionSpatialTerms, PretrainObjective):
         super().__init__(**core)
         if spatial_weight <= 0:
             raise ValueError("MAEParse needs spatial_weight > 0 (with 0 it is MAE: use pacofr.objectives.MAE)")
-        if spatial_on not in ("visible", "all"):
-            raise ValueError(f"spatial_on must be 'visible' or 'all', got {spatial_on!r}")
-        if spatial_targets not in ("own", "rolled"):
-            raise ValueError(f"spatial_targets must be 'own' or 'rolled', got {spatial_targets!r}")
-        self.spatial_weight, self.spatial_centroid_weight = spatial_weight, spatial_centroid_weight
-        self.spatial_on, self.spatial_pairs, self.spatial_sides = spatial_on, spatial_pairs, spatial_sides
-        self.spatial_targets = spatial_targets
+        self.set_region_settings(
+            spatial_weight, spatial_centroid_weight, spatial_on, spatial_pairs, spatial_sides, spatial_targets
+        )
         self.spatial_head = SpatialHead(self.decoder.decoder_dim)
         self.position_prior: nn.Parameter | None = None
         if spatial_prior:

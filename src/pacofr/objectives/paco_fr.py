@@ -114,14 +114,10 @@ class PaCoFR(RegionSpatialTerms, PretrainObjective):
         self.incubation_steps = incubation_steps if incubation_steps is not None else 0
         self._incubation_in_epochs = incubation_steps is None
         self.codebook_weight, self.codebook_beta = codebook_weight, codebook_beta
-        self.spatial_weight, self.spatial_variant = spatial_weight, spatial_variant
-        self.spatial_centroid_weight, self.teacher_momentum = spatial_centroid_weight, teacher_momentum
-        if spatial_on not in ("visible", "all"):
-            raise ValueError(f"spatial_on must be 'visible' or 'all', got {spatial_on!r}")
-        self.spatial_on, self.spatial_pairs, self.spatial_sides = spatial_on, spatial_pairs, spatial_sides
-        if spatial_targets not in ("own", "rolled"):
-            raise ValueError(f"spatial_targets must be 'own' or 'rolled', got {spatial_targets!r}")
-        self.spatial_targets = spatial_targets
+        self.spatial_variant, self.teacher_momentum = spatial_variant, teacher_momentum
+        self.set_region_settings(
+            spatial_weight, spatial_centroid_weight, spatial_on, spatial_pairs, spatial_sides, spatial_targets
+        )
         decoder_width = self.decoder.decoder_dim
         uses_spatial = spatial_weight > 0
         self.spatial_head = SpatialHead(decoder_width) if uses_spatial and spatial_variant == "region" else None

@@ -40,6 +40,24 @@ class RegionSpatialTerms:
     spatial_targets: RegionTargets = "own"
     grid_size: tuple[int, int]
 
+    def set_region_settings(
+        self,
+        weight: float,
+        centroid_weight: float,
+        on: Literal["visible", "all"],
+        pairs: Literal["sum", "mean"],
+        sides: bool,
+        targets: RegionTargets,
+    ) -> None:
+        """Check and keep the region spatial loss's settings (one place for every method that uses it)."""
+        if on not in ("visible", "all"):
+            raise ValueError(f"spatial_on must be 'visible' or 'all', got {on!r}")
+        if targets not in ("own", "rolled"):
+            raise ValueError(f"spatial_targets must be 'own' or 'rolled', got {targets!r}")
+        self.spatial_weight, self.spatial_centroid_weight = weight, centroid_weight
+        self.spatial_on, self.spatial_pairs, self.spatial_sides = on, pairs, sides
+        self.spatial_targets = targets
+
     def spatial_settings(self, out: dict[str, torch.Tensor]) -> dict[str, Any]:
         """The region spatial loss's settings for a step's outputs (which patches count, pairs, sides, grid)."""
         return dict(
