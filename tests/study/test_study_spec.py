@@ -109,17 +109,28 @@ def write_study(tmp_path, edit) -> Path:
 
 
 def test_reference_arms_list_and_the_single_reference_arm(tmp_path):
+    assert load_study(DEFAULT_STUDY).references == ("mae", "mae_parse")  # MAE, then the parser-supervision control
+
     def two(config):
-        config.pop("reference_arm")
+        config.pop("reference_arm", None)
         config["reference_arms"] = ["mae", "crfrp_mae"]
 
     spec = load_study(write_study(tmp_path, two))
     assert spec.references == ("mae", "crfrp_mae") and spec.reference_arm == "mae"
-    assert load_study(DEFAULT_STUDY).references == ("mae",)  # reference_arm: mae, as before
     quick = load_study(write_study(tmp_path, two), quick=True)  # the quick grid keeps those it has
     assert quick.references == ("mae",)
-    both = load_study(write_study(tmp_path, lambda c: c.update(reference_arms=["mae", "fsfm"])))
-    assert both.references == ("mae", "fsfm")  # reference_arm: mae agrees with the list's first
+
+    def single(config):  # the older key alone: one reference
+        config.pop("reference_arms", None)
+        config["reference_arm"] = "crfrp_mae"
+
+    assert load_study(write_study(tmp_path, single)).references == ("crfrp_mae",)
+
+    def agreeing(config):  # both keys: the single one must be the list's first
+        config["reference_arm"] = "mae"
+        config["reference_arms"] = ["mae", "fsfm"]
+
+    assert load_study(write_study(tmp_path, agreeing)).references == ("mae", "fsfm")
 
 
 @pytest.mark.parametrize(
@@ -133,7 +144,7 @@ def test_reference_arms_list_and_the_single_reference_arm(tmp_path):
 )
 def test_bad_reference_arms(tmp_path, references, message):
     with pytest.raises(StudyConfigError, match=message):
-        load_study(write_study(tmp_path, lambda c: c.update(reference_arms=references)))
+        load_study(write_study(tmp_path, lambda c: c.update(reference_arm="mae", reference_arms=references)))
 
 
 def test_unreadable_study_file():
