@@ -9,7 +9,7 @@ BIN := $(VENV)/bin
 DATA_DEMO ?= data/synth-demo
 RUNS ?= runs
 
-.PHONY: setup test test-fast lint data-demo prep-demo pretrain eval-demo study study-quick bench tensorboard clean
+.PHONY: setup test test-fast test-extended lint data-demo prep-demo pretrain eval-demo study study-quick bench tensorboard clean
 
 # The stamp makes `setup` a no-op once done; it is redone when pyproject.toml changes.
 $(VENV)/.installed: pyproject.toml
@@ -21,11 +21,16 @@ $(VENV)/.installed: pyproject.toml
 
 setup: $(VENV)/.installed
 
+# CI's command: every test but the `extended` ones (larger-scale repeats of what a CI test covers), ~15 min on
+# 2 cores. `make test-extended` runs those (~15 min more); run both before a release.
 test: setup
-	$(BIN)/python -m pytest -q tests
+	$(BIN)/python -m pytest -q -m "not extended" tests
+
+test-extended: setup
+	$(BIN)/python -m pytest -q -m extended tests
 
 test-fast: setup
-	$(BIN)/python -m pytest -q -m "not slow and not slurm" tests
+	$(BIN)/python -m pytest -q -m "not slow and not slurm and not extended" tests
 
 lint: setup
 	$(BIN)/ruff check src data_prep tests bench

@@ -34,6 +34,7 @@ def lines(text: str) -> list[dict]:
     return [json.loads(line) for line in text.splitlines() if line.startswith("{")]
 
 
+@pytest.mark.extended  # larger-scale repeat of CI-covered paths (make test-extended)
 @pytest.mark.slow
 @pytest.mark.timeout(960)
 def test_dry_run_runs_every_step(tmp_path):

@@ -9,6 +9,7 @@ import pytest
 from test_bench_smoke import positive_finite, run_bench
 
 
+@pytest.mark.extended  # larger-scale repeat of CI-covered paths (make test-extended)
 @pytest.mark.slow  # three short fits of a tiny model (2, 2 and 1 processes) and a consolidation: ~50 s on 2 cores
 def test_scale_checkpoints_bench_tiny(tmp_path):
     args = ("--sizes", "tiny", "--ranks", "2", "--prune-copies", "4", "--keep-last", "2", "--work", str(tmp_path))

@@ -33,6 +33,7 @@ from pacofr.checkpointing.prune import prune_checkpoints
 from pacofr.checkpointing.resolve import checkpoint_global_step, resolve_resume
 
 
+@pytest.mark.extended  # larger-scale repeat of CI-covered paths (make test-extended)
 @pytest.mark.slow  # a 2-process FSDP run, then two 1-process runs side by side: ~1 min on 2 cores
 def test_sharded_checkpoint_of_2_ranks_resumes_on_1(tmp_path, make_shards):
     root = make_shards(tmp_path / "faces", {"train": [20, 20], "val": [8]}, size=72)

@@ -24,7 +24,9 @@ ARMS = ("mae", "pacofr")
 # busy cores, imports included); the first cluster start (apt install) is paid by the fixture, not here.
 JOBS_TIMEOUT_S = 900
 
-pytestmark = pytest.mark.slurm
+# the study on SLURM (array + afterok aggregate): the study itself runs in CI (test_study_cli), SLURM arrays in
+# tests/slurm/test_pretrain_slurm.py; this repeat of both runs in `make test-extended`
+pytestmark = [pytest.mark.slurm, pytest.mark.extended]
 
 
 @pytest.fixture(scope="module")

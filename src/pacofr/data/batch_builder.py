@@ -12,10 +12,8 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import cv2
 import numpy as np
 import torch
-from torch.utils.data import get_worker_info
 
 from pacofr.data.batch import MASK_KEYS, Masker
 from pacofr.data.decode import check_labels, decode_arrays, decode_labels
@@ -25,6 +23,7 @@ from pacofr.data.lanes import derive_seed
 from pacofr.data.shard_reader import RawSample
 from pacofr.data.stream_stats import StreamStats
 from pacofr.data.transforms import JointTransform
+from pacofr.data.worker_loader import one_opencv_thread_in_worker
 
 
 def masker_labels(masker: Masker, seg: np.ndarray) -> torch.Tensor:
@@ -60,8 +59,9 @@ class BatchBuilder:
     ):
         self.transform, self.masker, self.seed, self.warn = transform, masker, seed, warn
         self.images_on_device = images_on_device
-        if get_worker_info() is not None:
-            cv2.setNumThreads(1)  # one DataLoader worker = one core; OpenCV's own pool would oversubscribe
+        # one DataLoader worker = one core: OpenCV's own pool would oversubscribe (a no-op in a worker forked by
+        # WorkerLoader, which must not touch a pool inherited through fork)
+        one_opencv_thread_in_worker()
 
     def _one(self, raw: RawSample, epoch: int | str) -> dict[str, Any]:
         if self.images_on_device:

@@ -26,6 +26,7 @@ from pacofr.data.format import read_manifest
 from pacofr.data.stream_stats import StreamStats
 from pacofr.data.streams import STATS_KEY, TrainShardStream, ValShardStream
 from pacofr.data.transforms import AugmentConfig, JointTransform, normalize_images
+from pacofr.data.worker_loader import WorkerLoader
 
 log = logging.getLogger(__name__)
 
@@ -146,7 +147,7 @@ class PretrainDataModule(L.LightningDataModule):
 
     # --- loaders ------------------------------------------------------------------------------
     def _loader(self, dataset: Any, workers: int) -> DataLoader:
-        return DataLoader(
+        return WorkerLoader(  # forks its workers with OpenCV at one thread (a hung worker hangs the rank)
             dataset,
             batch_size=None,
             num_workers=workers,

@@ -10,6 +10,8 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from pacofr.data.worker_loader import WorkerLoader
+
 from .crop import IMAGENET_MEAN, IMAGENET_STD
 from .datasets import READERS, Occluded
 from .feature_cache import FeatureDataset
@@ -162,7 +164,7 @@ class EvalDataModule(L.LightningDataModule):
         sampler = None
         if shuffle:
             sampler = EpochShuffle(len(dataset), torch.initial_seed())
-        return DataLoader(
+        return WorkerLoader(  # forks its workers with OpenCV at one thread (pacofr.data.worker_loader)
             dataset,
             batch_size=self.batch_size,
             sampler=sampler,
@@ -174,7 +176,7 @@ class EvalDataModule(L.LightningDataModule):
 
     def plain_loader(self, dataset: Dataset) -> DataLoader:
         """In order, one pass, no persistent workers (for encoding a split once)."""
-        return DataLoader(dataset, batch_size=self.batch_size, num_workers=self.num_workers)
+        return WorkerLoader(dataset, batch_size=self.batch_size, num_workers=self.num_workers)
 
     def train_dataloader(self) -> DataLoader:
         train = self.datasets["train"]
