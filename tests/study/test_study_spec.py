@@ -150,3 +150,44 @@ def test_bad_reference_arms(tmp_path, references, message):
 def test_unreadable_study_file():
     with pytest.raises(StudyConfigError, match="cannot read"):
         load_study("no/such/study.yaml")
+
+
+COMPUTE3X = DEFAULT_STUDY.parent / "compute3x.yaml"
+
+
+def test_the_3x_study_takes_the_default_arms_and_scales_only_the_schedule():
+    default, longer = load_study(DEFAULT_STUDY), load_study(COMPUTE3X)
+    by_name = {a.name: a for a in default.arms}
+    assert longer.name == "compute3x" and longer.seeds == (0, 1)
+    assert [a.name for a in longer.arms] == [
+        "mae",
+        "mae_parse",
+        "mae_spatial",
+        "pacofr",
+        "pacofr_full",
+        "full_mask_token",
+    ]
+    assert all(a == by_name[a.name] for a in longer.arms)  # the very arms of the default study
+    assert longer.references == ("mae", "mae_spatial")
+    scaled = {"trainer.max_steps", "trainer.val_check_interval", "model.warmup_steps", "checkpoint.every_n_train_steps"}
+    scaled.add("model.objective.init_args.incubation_steps")
+    assert {k for k in default.common if default.common[k] != longer.common[k]} == scaled
+    assert all(longer.common[k] == 3 * default.common[k] for k in scaled)
+    assert longer.probe == default.probe and longer.base_config == default.base_config
+    assert longer.data_root == default.data_root
+
+
+def test_extends_errors_are_one_line(tmp_path):
+    child = tmp_path / "child.yaml"
+    child.write_text(f"extends: {DEFAULT_STUDY}\nname: c\narms: [mae, ghost]\nreference_arms: [mae]\n")
+    with pytest.raises(StudyConfigError, match=r"arms \['ghost'\] are not arms of"):
+        load_study(child)
+    child.write_text("name: c\nbase_config: x.yaml\ndata_root: d\narms: [mae]\n")
+    with pytest.raises(StudyConfigError, match="needs `extends:`"):
+        load_study(child)
+    child.write_text(f"extends: {child}\nname: c\n")
+    with pytest.raises(StudyConfigError, match="loops"):
+        load_study(child)
+    child.write_text(f"extends: {DEFAULT_STUDY}\nname: c\narms: [mae, pacofr]\n")  # the parent's references: absent
+    with pytest.raises(StudyConfigError, match="not among the arms"):
+        load_study(child)

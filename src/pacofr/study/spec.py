@@ -175,13 +175,7 @@ def load_study(
     """Read ``configs/study/<name>.yaml``; ``quick`` applies its ``quick:`` block (arms subset, seeds,
     common and probe overrides, name)."""
     path = Path(path)
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except OSError as err:
-        raise StudyConfigError(f"cannot read study config {path}: {err.strerror}") from err
-    except yaml.YAMLError as err:
-        raise StudyConfigError(f"{path} is not valid YAML: {err}") from err
-    raw = _mapping(raw, str(path))
+    raw = _read_study(path)
     known = {"name", "base_config", "data_root", "seeds", "common", "probe", "arms", "quick"}
     known |= {"reference_arm", "reference_arms"}
     unknown = set(raw) - known
@@ -225,6 +219,45 @@ def load_study(
         source=str(path),
         reference_arms=tuple(references),
     )
+
+
+def _read_study(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """The study YAML as a mapping, with ``extends: <parent study YAML>`` resolved: the parent's keys, then this
+    file's on top; ``common`` and ``probe`` are merged key by key, and ``arms`` given as a list of names picks
+    those of the parent's arms (a mapping defines arms as usual). The parent's ``quick`` block is not inherited.
+    A relative parent path is read from the working directory (as ``base_config``), else beside this file."""
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except OSError as err:
+        raise StudyConfigError(f"cannot read study config {path}: {err.strerror}") from err
+    except yaml.YAMLError as err:
+        raise StudyConfigError(f"{path} is not valid YAML: {err}") from err
+    raw = _mapping(raw, str(path))
+    if "extends" not in raw:
+        if isinstance(raw.get("arms"), list):
+            raise StudyConfigError(f"{path}: arms as a list of names needs `extends:` (a study to take them from)")
+        return raw
+    parent_path = Path(str(raw.pop("extends")))
+    if not parent_path.is_absolute() and not parent_path.exists():
+        parent_path = path.parent / parent_path
+    if parent_path.resolve() in seen or parent_path.resolve() == path.resolve():
+        raise StudyConfigError(f"{path}: `extends` loops through {parent_path}")
+    parent = _read_study(parent_path, (*seen, path.resolve()))
+    parent.pop("quick", None)
+    merged = {**parent, **raw}
+    for key in ("common", "probe"):
+        merged[key] = {**_mapping(parent.get(key), f"{parent_path}: {key}"), **_mapping(raw.get(key), key)}
+    if isinstance(raw.get("arms"), list):
+        available = _mapping(parent.get("arms"), f"{parent_path}: arms")
+        missing = [a for a in raw["arms"] if a not in available]
+        if missing:
+            raise StudyConfigError(f"{path}: arms {missing} are not arms of {parent_path} ({sorted(available)})")
+        merged["arms"] = {name: available[name] for name in raw["arms"]}
+    if "reference_arms" in raw and "reference_arm" not in raw:
+        merged.pop("reference_arm", None)  # the child's list decides
+    if "reference_arm" in raw and "reference_arms" not in raw:
+        merged.pop("reference_arms", None)
+    return merged
 
 
 def _references(raw: dict[str, Any], arms: tuple[Arm, ...]) -> list[str]:
