@@ -6,8 +6,8 @@ study arm, every seed, read from the runs' TensorBoard logs.
 
 Prints, per study root, the mean over seeds of each curve's value at a few steps and at the end (a markdown
 table), and draws one panel per tag with a line per seed (before dashed, after solid). ``usage_fraction`` is the
-share of codes assigned at least once in the monitor's window (its meaning changed in issue 13: before, it read
-1.0 through a forced collapse); ``reseeded_total`` did not exist before.
+share of codes assigned at least once in the monitor's window (its meaning changed with the codebook revision of
+docs/method.md §5: before, it read 1.0 through a forced collapse); ``reseeded_total`` did not exist before.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""FSDP2 for pacofr, tried for real on CPU processes: what works and what stops it (issue 15, docs/scaling.md).
+"""FSDP2 for pacofr, tried for real on CPU processes: what works and what stops it (docs/scaling.md).
 
     .venv/bin/python bench/fsdp2_probe.py            # 2 CPU processes over gloo, a ViT-Ti objective, ~2-4 min
 

@@ -28,7 +28,8 @@ from pacofr.losses.spatial import spatial_consistency_loss  # noqa: E402
 from pacofr.masking import StructuredMasker  # noqa: E402
 from pacofr.objectives import PaCoFR  # noqa: E402
 
-BEFORE = {"spatial_on": "all", "spatial_pairs": "mean", "spatial_sides": False}  # the spatial loss until issue 13
+# the spatial loss before its revision (docs/method.md §6.3)
+BEFORE = {"spatial_on": "all", "spatial_pairs": "mean", "spatial_sides": False}
 
 
 def build(config: dict, ckpt: str | None, spatial_as_before: bool = False) -> PaCoFR:

@@ -10,7 +10,7 @@ Rows (each: images/s, step time, achieved TFLOP/s, MFU against ``--peak``, peak 
 
 each eager and ``torch.compile``d (the library's compile, ``PretrainObjective.compile_losses``: the model forward
 and every loss as one graph; ``--compile-model-only`` adds rows with the model forward compiled alone and the
-losses eager, the library's compile before issue 7), through a bare loop built from the library's own pieces
+losses eager, its earlier compile), through a bare loop built from the library's own pieces
 (the objective's step -> the non-finite guard -> backward -> grad clipping as configured -> the module's fused
 AdamW groups -> its lr schedules -> the objective's ``after_step``), plus the compiled PaCo-FR step through
 ``PretrainModule`` and ``Trainer.fit`` (in-memory pre-made batches, logger,
@@ -490,7 +490,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--compile-model-only",
         action="store_true",
-        help="add rows with only the model forward compiled, the losses eager (the library's compile before issue 7)",
+        help="add rows with only the model forward compiled, the losses eager (its earlier compile)",
     )
     p.add_argument("--compile-backend", default="inductor", help="torch.compile backend (aot_eager: quick CPU check)")
     p.add_argument("--no-lightning", dest="lightning", action="store_false", help="skip the Trainer.fit row")
