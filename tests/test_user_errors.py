@@ -106,6 +106,31 @@ def test_eval_refuses_a_malicious_bin_in_one_line_and_writes_nothing(tmp_path, c
     assert not (tmp_path / "run" / "results").exists()  # no empty TensorBoard run, no results folder
 
 
+def test_a_checkpoint_that_would_run_code_is_refused_naming_what_it_holds(tmp_path, faces, capsys):
+    import torch
+
+    ckpt = tmp_path / "evil.ckpt"
+    torch.save({"state_dict": {}, "payload": _RunsShell()}, ckpt)
+    for argv in (
+        ["export", "--ckpt", str(ckpt), "--out", str(tmp_path / "out")],
+        fit_args(faces, tmp_path / "run", "--resume", str(ckpt)),
+    ):
+        err = one_line_error(capsys, argv)
+        assert "refused" in err and "system`" in err, err  # the global it refused, by name
+        assert "weights_only" not in err, err  # never the advice to switch the check off
+    assert not (tmp_path / "out").exists()
+
+
+def test_consolidate_given_a_file_is_one_line(tmp_path, capsys):
+    import torch
+
+    single = tmp_path / "last.ckpt"
+    torch.save({"global_step": 3}, single)
+    err = one_line_error(capsys, ["checkpoint", "consolidate", str(single), "--out", str(tmp_path / "one.ckpt")])
+    assert "not a folder" in err and "last.ckpt" in err
+    assert not (tmp_path / "one.ckpt").exists()
+
+
 def test_traceback_flag_shows_the_full_traceback(tmp_path):
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
     cmd = [sys.executable, "-m", "pacofr.cli", *fit_args(tmp_path / "nothing", tmp_path / "run")]

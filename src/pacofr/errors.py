@@ -42,8 +42,29 @@ def split_traceback_flag(argv: Sequence[str]) -> tuple[bool, list[str]]:
     return wanted, rest
 
 
+# torch.load(weights_only=True)'s refusal names the global it would have had to import
+_REFUSED_GLOBAL = re.compile(r"(?:unsupported GLOBAL|Unsupported global: GLOBAL) ([\w.]+)")
+
+
+def refused_pickle(err: BaseException) -> str | None:
+    """One line for ``torch.load(weights_only=True)`` refusing a file (None for any other error): the global it
+    refused, and never torch's advice to load with ``weights_only=False``, which would run that code."""
+    text = str(err)
+    if not isinstance(err, pickle.UnpicklingError) or "Weights only load failed" not in text:
+        return None
+    match = _REFUSED_GLOBAL.search(text)
+    held = f"`{match.group(1)}`" if match else "an object that is not plain data"
+    return (
+        f"refused to load the file: it holds {held}, which a checkpoint of tensors and numbers never needs and "
+        "which unpickling would call; pacofr loads checkpoints as data only"
+    )
+
+
 def one_line(err: BaseException) -> str:
     """The error's message on one line (chained causes are not repeated)."""
+    refused = refused_pickle(err)
+    if refused is not None:
+        return refused
     text = " ".join(str(err).split()) or type(err).__name__
     if isinstance(err, (FileNotFoundError, PermissionError)) and err.filename and str(err.filename) not in text:
         text = f"{text}: {err.filename}"

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from pacofr.errors import UserError
+from pacofr.errors import UserError, refused_pickle
 
 log = logging.getLogger(__name__)
 
@@ -30,8 +30,9 @@ SHARDED_META = "meta.pt"  # lightning.fabric.strategies.fsdp._METADATA_FILENAME
 DCP_METADATA = ".metadata"  # written by torch.distributed.checkpoint when every shard is in place
 
 
-class CheckpointUnreadable(RuntimeError):
-    """A checkpoint file or folder that is truncated, incomplete or not a checkpoint."""
+class CheckpointUnreadable(UserError, RuntimeError):
+    """A checkpoint file or folder that is truncated, incomplete or not a checkpoint (a user error: the commands
+    end with its one line)."""
 
 
 @dataclass(frozen=True)
@@ -72,6 +73,9 @@ def checkpoint_global_step(path: str | os.PathLike[str]) -> int:
     try:
         state = torch.load(target, map_location="cpu", weights_only=True, mmap=True)
     except Exception as exc:  # torch raises RuntimeError/EOFError/UnpicklingError/... on damaged files
+        refused = refused_pickle(exc)  # a file that would run code: say what it holds, not torch's advice
+        if refused is not None:
+            raise CheckpointUnreadable(f"{path}: {refused}") from exc
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
         raise CheckpointUnreadable(f"{path}: cannot be read ({type(exc).__name__}: {first})") from exc
     if not isinstance(state, dict) or not isinstance(state.get("global_step"), int):

@@ -29,7 +29,7 @@ import torch
 from timm.models.vision_transformer import VisionTransformer, checkpoint_filter_fn
 
 from pacofr.checkpointing import legacy_keys
-from pacofr.errors import UserError
+from pacofr.errors import UserError, refused_pickle
 from pacofr.models.sizes import timm_name
 
 ENCODER_PREFIX = "objective.encoder."
@@ -69,10 +69,7 @@ def load_checkpoint(path: str | os.PathLike[str], trust_checkpoint: bool = False
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
         if not trust_checkpoint:
-            raise CheckpointError(
-                f"{path} holds objects that weights_only loading refuses ({err}). "
-                "Pass trust_checkpoint=True only if you created this file yourself."
-            ) from err
+            raise CheckpointError(f"{path}: {refused_pickle(err) or ' '.join(str(err).split())}") from err
         return torch.load(path, map_location="cpu", weights_only=False)
 
 
