@@ -17,7 +17,7 @@ from pacofr.cli import main
 REPO = Path(__file__).resolve().parents[1]
 DEMO = str(REPO / "configs" / "pretrain" / "demo_tiny.yaml")
 sys.path.insert(0, str(REPO / "tests" / "eval"))
-from eval_layouts import write_pretraining_checkpoint  # noqa: E402
+from eval_layouts import write_pretraining_checkpoint, write_verification_bin  # noqa: E402
 
 
 def one_line_error(capsys, argv: list[str]) -> str:
@@ -131,6 +131,21 @@ def test_consolidate_given_a_file_is_one_line(tmp_path, capsys):
     assert not (tmp_path / "one.ckpt").exists()
 
 
+def test_eval_on_an_empty_data_root_prints_only_its_one_line(tmp_path):
+    ckpt = tmp_path / "run" / "last.ckpt"
+    ckpt.parent.mkdir()
+    write_pretraining_checkpoint(ckpt, img_size=32)
+    (tmp_path / "empty").mkdir()
+    cmd = [sys.executable, "-m", "pacofr.cli", "eval", "--config", str(REPO / "configs" / "eval" / "lfw.yaml")]
+    cmd += ["--model.encoder_ckpt", str(ckpt), "--data.root", str(tmp_path / "empty")]
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
+    # the whole stderr: no seed line, accelerator summary, SLURM hint or logger tip before the error
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [proc.stderr.strip()], proc.stderr
+    assert proc.stderr.startswith("pacofr eval: error: missing verification file lfw.bin"), proc.stderr
+    assert proc.stdout == "" and not (tmp_path / "run" / "results").exists()
+
+
 def test_traceback_flag_shows_the_full_traceback(tmp_path):
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
     cmd = [sys.executable, "-m", "pacofr.cli", *fit_args(tmp_path / "nothing", tmp_path / "run")]
@@ -163,6 +178,7 @@ def test_eval_precision_follows_the_device(tmp_path):
 
     ckpt = tmp_path / "last.ckpt"
     write_pretraining_checkpoint(ckpt, img_size=32)
+    write_verification_bin(tmp_path / "lfw.bin", n_pairs=2)  # the data is checked before the trainer is built
     args = ["--config", str(REPO / "configs" / "eval" / "lfw.yaml"), "--model.encoder_ckpt", str(ckpt)]
     args += ["--data.root", str(tmp_path), "--trainer.accelerator", "cpu", "--model.results_dir", str(tmp_path / "r")]
     assert "bf16" in (REPO / "configs" / "eval" / "lfw.yaml").read_text()

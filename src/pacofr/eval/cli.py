@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
+import lightning as L
 import torch
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
@@ -55,6 +56,13 @@ class EvalCLI(LightningCLI):
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.link_arguments("model.task", "data.task")
         parser.link_arguments("model.img_size", "data.img_size")
+
+    def instantiate_trainer(self, **kwargs: Any) -> L.Trainer:
+        # open every split before the Trainer exists: a missing, damaged or refused file is one line on stderr,
+        # not Lightning's start-up lines (accelerator, SLURM hint, logger tips) followed by it
+        max_epochs = self.config_init.get("trainer", {}).get("max_epochs")
+        self.datamodule.check_readable(self.datamodule.has_train and max_epochs != 0)
+        return super().instantiate_trainer(**kwargs)
 
     def before_instantiate_classes(self) -> None:
         config = self.config
@@ -88,6 +96,9 @@ def results_dir(explicit: str | None, encoder_ckpt: str | None) -> Path:
 
 def make_cli(args: Sequence[str], cli_class: type[EvalCLI] = EvalCLI) -> EvalCLI:
     """Parse ``args`` and build trainer, model and data (``run_eval`` is left to the caller)."""
+    # "Seed set to 0" would be the first stderr line of every job, a one-line user error included (the seed is in
+    # the results JSON's config)
+    logging.getLogger("lightning.fabric.utilities.seed").setLevel(logging.WARNING)
     with warnings.catch_warnings():
         # `pacofr eval ...` hands its own argv over explicitly; Lightning would warn that sys.argv is set too
         warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
