@@ -192,3 +192,28 @@ def test_full_sequence_arm_costs_more_encoder_work_than_the_hybrid():
         hybrid = PaCoFR(encoder_size="base", mask_ratio=0.5, spatial_weight=0.0)
         full = PaCoFRFull(encoder_size="base", mask_ratio=0.5, spatial_weight=0.0)
     assert full.flops_per_image() > 1.5 * hybrid.flops_per_image()
+
+
+def test_construction_finishes_once_after_the_outermost_init():
+    """``finish_init`` runs by itself, once, when every part exists (no subclass calls it)."""
+    from pacofr.objectives import MAE
+    from pacofr.objectives.paco_fr_full import PaCoFRFull
+
+    calls = []
+
+    class Counting(MAE):
+        def __init__(self, **core):
+            super().__init__(**core)
+            self.extra = torch.nn.Linear(3, 3)  # built after MAE's own __init__ returned
+
+        def finish_init(self):
+            calls.append(sorted(n for n, _ in self.named_parameters() if n.startswith("extra")))
+            super().finish_init()
+
+    model = Counting(encoder_size="tiny", decoder_depth=1, decoder_dim=32, img_size=32, patch_size=16)
+    assert calls == [["extra.bias", "extra.weight"]]  # once, with the subclass's parts in place
+    assert {"extra.weight", "extra.bias"} <= set(model._param_ndim)
+    full = PaCoFRFull(
+        encoder_size="tiny", decoder_depth=1, decoder_dim=32, img_size=32, patch_size=16, num_codes=8, code_dim=8
+    )
+    assert set(full._param_ndim) == {n for n, _ in full.named_parameters()}  # the full arm's own parts counted

@@ -18,6 +18,7 @@ the step counter, so ``compile_losses`` traces it once as one graph.
 
 from __future__ import annotations
 
+import functools
 from typing import Any, NamedTuple
 
 import torch
@@ -112,8 +113,23 @@ class PretrainObjective(nn.Module):
         # module would put every weight in the state dict twice
         object.__setattr__(self, "_compiled_losses", None)
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """Every objective's construction ends with :meth:`finish_init`, once, after the most derived
+        ``__init__`` has built all its parts: no subclass has to remember the call."""
+        super().__init_subclass__(**kwargs)
+        init = cls.__init__  # the class's own, or the (already wrapped) one it inherits
+
+        @functools.wraps(init)
+        def init_then_finish(self: PretrainObjective, *args: Any, **kw: Any) -> None:
+            init(self, *args, **kw)
+            if type(self) is cls:  # the outermost __init__ has returned: every part exists
+                self.finish_init()
+
+        cls.__init__ = init_then_finish  # type: ignore[method-assign]
+
     def finish_init(self) -> None:
-        """Subclasses call this at the end of ``__init__``: settings that apply to every part built so far."""
+        """Run once when construction is done (see ``__init_subclass__``): settings that apply to every part.
+        A subclass with parts of its own to configure extends it (``super().finish_init()`` first)."""
         if self.grad_checkpointing:
             self.encoder.set_grad_checkpointing(True)
             self.decoder.set_grad_checkpointing(True)

@@ -150,7 +150,9 @@ class FSFM(PretrainObjective):
             self.target_encoder = copy.deepcopy(self.encoder).requires_grad_(False)
             self.target_rep_decoder = copy.deepcopy(self.rep_decoder).requires_grad_(False)
             self.target_projector = copy.deepcopy(self.projector).requires_grad_(False)
-        self.finish_init()
+
+    def finish_init(self) -> None:
+        super().finish_init()
         if self.rep_decoder is not None and self.grad_checkpointing:
             self.rep_decoder.set_grad_checkpointing(True)
 

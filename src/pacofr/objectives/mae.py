@@ -15,7 +15,6 @@ class MAE(PretrainObjective):
     def __init__(self, **core) -> None:
         """Args: those of :class:`~pacofr.objectives.base.PretrainObjective` (encoder, decoder, geometry)."""
         super().__init__(**core)
-        self.finish_init()
 
     def losses(self, batch: dict[str, torch.Tensor]) -> StepOutput:
         out = self.forward_model(batch["image"], batch["mask"])

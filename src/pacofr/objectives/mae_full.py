@@ -28,7 +28,6 @@ class MAEFull(PretrainObjective):
         # the decoder gets every position from the encoder: its own mask token is never used (DDP does not search
         # for unused parameters, so a trained parameter without a gradient would fail)
         self.decoder.mask_token.requires_grad_(False)
-        self.finish_init()
 
     def forward_model(self, images: torch.Tensor, mask: torch.Tensor) -> dict[str, torch.Tensor]:
         """Every patch through the encoder, the masked ones as the mask token; outputs as the base's."""

@@ -54,7 +54,6 @@ class MAEParse(RegionSpatialTerms, PretrainObjective):
         self.position_prior: nn.Parameter | None = None
         if spatial_prior:
             self.position_prior = nn.Parameter(torch.zeros(self.num_patches, NUM_REGIONS))
-        self.finish_init()
 
     def losses(self, batch: dict[str, torch.Tensor]) -> StepOutput:
         out = self.forward_model(batch["image"], batch["mask"])

@@ -131,7 +131,6 @@ class PaCoFR(RegionSpatialTerms, PretrainObjective):
             self.position_prior = nn.Parameter(torch.zeros(self.num_patches, NUM_REGIONS))
         incubating = {id(p) for p in self.codebook.incubation_parameters()}
         self._incubation_names = {n for n, p in self.named_parameters() if id(p) in incubating}
-        self.finish_init()
 
     # --- the step -----------------------------------------------------------------------------------------
     def configure_run(self, total_steps: int, samples_per_epoch: int | None, global_batch: int) -> None:

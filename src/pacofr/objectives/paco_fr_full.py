@@ -72,7 +72,6 @@ class PaCoFRFull(PaCoFR):
         # the decoder gets every position from the encoder: its mask token is never used (DDP, which does not
         # search for unused parameters, would fail on a trained parameter without a gradient)
         self.decoder.mask_token.requires_grad_(False)
-        self.finish_init()  # again: the new parameters are recorded for weight decay
 
     def forward_model(self, images: torch.Tensor, mask: torch.Tensor) -> dict[str, torch.Tensor]:
         """Every patch through the encoder; the masked ones as candidate mixes (or the mask token). Returns the
