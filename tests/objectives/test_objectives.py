@@ -217,3 +217,19 @@ def test_construction_finishes_once_after_the_outermost_init():
         encoder_size="tiny", decoder_depth=1, decoder_dim=32, img_size=32, patch_size=16, num_codes=8, code_dim=8
     )
     assert set(full._param_ndim) == {n for n, _ in full.named_parameters()}  # the full arm's own parts counted
+
+
+def test_the_affinity_teacher_follows_the_encoder_only_after_incubation_and_when_the_step_was_taken():
+    model = paco(spatial_weight=0.1, spatial_variant="affinity", incubation_steps=2, teacher_momentum=0.9)
+    assert model.momentum_pairs() == (("encoder", "teacher"),)
+    with torch.no_grad():
+        for p in model.encoder.parameters():
+            p.add_(1.0)  # the student moved; the teacher is still the initial copy
+    before = [t.clone() for t in model.teacher.parameters()]
+    model.after_step(None, step=1)  # incubating: no teacher update
+    assert all(torch.equal(a, b) for a, b in zip(before, model.teacher.parameters()))
+    model.after_step(None, step=2, apply=torch.tensor(0.0))  # a skipped step: gated off
+    assert all(torch.equal(a, b) for a, b in zip(before, model.teacher.parameters()))
+    model.after_step(None, step=2)
+    for old, new, student in zip(before, model.teacher.parameters(), model.encoder.parameters()):
+        torch.testing.assert_close(new, old + 0.1 * (student - old))

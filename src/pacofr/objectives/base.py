@@ -166,8 +166,28 @@ class PretrainObjective(nn.Module):
 
     @torch.no_grad()
     def after_step(self, out: dict[str, torch.Tensor], step: int, apply: torch.Tensor | None = None) -> None:
-        """State updates once per optimiser step, after it (nothing for plain MAE). ``apply``: None when the step
-        was taken (decided on the host), else the device flag (1 = taken) that must gate every update."""
+        """State updates once per optimiser step, after it: here the EMA of every momentum pair (nothing for plain
+        MAE). ``apply``: None when the step was taken (decided on the host), else the device flag (1 = taken) that
+        must gate every update. A method with state of its own extends it (``super().after_step(...)``)."""
+        self.update_momentum_pairs(step, apply)
+
+    def momentum(self, step: int) -> float | None:
+        """The EMA momentum of the momentum pairs at optimiser step ``step``; None: no update at this step."""
+        return None
+
+    @torch.no_grad()
+    def update_momentum_pairs(self, step: int, apply: torch.Tensor | None = None) -> None:
+        """One gated EMA update of every :meth:`momentum_pairs` target towards its online module:
+        ``target += (1 - m) * apply * (online - target)`` with ``m = momentum(step)``."""
+        pairs = self.momentum_pairs()
+        m = self.momentum(step) if pairs else None
+        if m is None:
+            return
+        weight = 1.0 - m if apply is None else (1.0 - m) * apply
+        for online_name, target_name in pairs:
+            online, target = self.get_submodule(online_name), self.get_submodule(target_name)
+            for t, s in zip(target.parameters(), online.parameters()):
+                t.lerp_(s.detach(), weight)
 
     # --- what the training layers ask (precision, sharding, EMA pairs) ---------------------------------------
     def fp32_modules(self) -> tuple[str, ...]:

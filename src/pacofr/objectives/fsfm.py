@@ -167,7 +167,7 @@ class FSFM(PretrainObjective):
 
     def momentum(self, step: int) -> float:
         """The EMA target's momentum at ``step``: the cosine from ``id_momentum`` to 1 (FSFM's
-        ``cosine_scheduler(t_momentum, 1, ...)``)."""
+        ``cosine_scheduler(t_momentum, 1, ...)``). The base's ``after_step`` moves every momentum pair by it."""
         if self.total_steps <= 0:
             return self.id_momentum
         progress = min(max(step / self.total_steps, 0.0), 1.0)
@@ -199,18 +199,6 @@ class FSFM(PretrainObjective):
             total = total + self.id_weight * identity
             terms["id"] = identity
         return StepOutput(total, terms, out)
-
-    @torch.no_grad()
-    def after_step(self, out: dict[str, torch.Tensor] | None, step: int, apply: torch.Tensor | None = None) -> None:
-        """The EMA target follows the online encoder, representation decoder and projector (gated by ``apply``)."""
-        if self.target_encoder is None:
-            return
-        weight = 1.0 - self.momentum(step)
-        weight = weight if apply is None else weight * apply
-        for online_name, target_name in self.momentum_pairs():
-            online, target = getattr(self, online_name), getattr(self, target_name)
-            for t, s in zip(target.parameters(), online.parameters()):
-                t.lerp_(s.detach(), weight)
 
     def momentum_pairs(self) -> tuple[tuple[str, str], ...]:
         if self.target_encoder is None:

@@ -219,11 +219,10 @@ class PaCoFR(RegionSpatialTerms, PretrainObjective):
                 self.codebook.update_state(out["target"], out["target_code"])
             else:  # gated on the device: a skipped step leaves every codebook buffer as it was
                 self.codebook.update_state(out["target"], out["target_code"], apply=apply)
-        if self.teacher is not None and not self.incubating(step):
-            m = self.teacher_momentum
-            weight = 1.0 - m if apply is None else (1.0 - m) * apply
-            for t, s in zip(self.teacher.parameters(), self.encoder.parameters()):
-                t.lerp_(s.detach(), weight)
+        super().after_step(out, step, apply)  # the affinity teacher's EMA (momentum_pairs), after incubation
+
+    def momentum(self, step: int) -> float | None:
+        return None if self.incubating(step) else self.teacher_momentum
 
     def fp32_modules(self) -> tuple[str, ...]:
         # the codes, the pixel head and the Belief Predictor: alignment argmins are rounding-sensitive, and the
