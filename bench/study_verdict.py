@@ -1,0 +1,104 @@
+"""The verdict tables of docs/study.md from a study's ``summary.json`` (written by ``pacofr study aggregate``).
+
+One compact table per reading of the encoder (all patches; 25 %-visible subsets), clean faces: the mean over
+seeds of every arm given, and the paired differences (95 % t-intervals over seeds) that the verdict rests on,
+e.g. ``pacofr`` against the parser-supervision control ``mae_parse``. The full tables (occluded faces, every
+arm, per-group parsing) are the study's own ``table.md``.
+
+    python bench/study_verdict.py runs/study/default/summary.json \\
+        --arms random_init,mae,mae_parse,mae_spatial,pacofr --pairs pacofr:mae_parse,pacofr:mae_spatial,mae_parse:mae
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+MEASURES = [  # (measure, name, digits)
+    ("landmarks", "landmark NME ↓", 4),
+    ("pose", "pose MAE (°) ↓", 2),
+    ("verification", "verification, fixed cosine ↑", 3),
+    ("verification_learned", "verification, learned projection ↑", 3),
+    ("parsing_r2", "parsing R² of the shares ↑", 3),
+    ("parsing_dice", "parsing soft Dice ↑", 3),
+    ("parsing_f1_present", "parsing F1, parts present ↑", 3),
+]
+VIEWS = {"full": "all patches in one forward", "subsets": "25 %-visible subsets (the sequence length MAE trains on)"}
+
+
+def _number(value: float | None, digits: int) -> str:
+    return "–" if value is None or math.isnan(value) else f"{value:.{digits}f}"
+
+
+def _paired(comparison: dict[str, Any] | None, digits: int) -> str:
+    if not comparison:
+        return "–"
+    low, high = comparison["ci95"]
+    mean, n = comparison["mean"], len(comparison["seeds"])
+    if low is None or math.isnan(low):
+        return f"{mean:+.{digits}f} (1 seed)"
+    return f"{mean:+.{digits}f} [{low:+.{digits}f}, {high:+.{digits}f}] ({n} seeds)"
+
+
+def _difference(rows: dict[str, dict[str, Any]], arm: str, other: str, digits: int) -> str:
+    """``arm − other``: the summary pairs every arm with each reference arm; otherwise the seeds both have."""
+    row = rows.get(arm)
+    if row is None or other not in rows:
+        return "–"
+    if other in row.get("vs", {}):
+        return _paired(row["vs"][other], digits)
+    theirs = dict(zip(rows[other]["seeds"], rows[other]["values"]))
+    diffs = [v - theirs[s] for s, v in zip(row["seeds"], row["values"]) if s in theirs]
+    if not diffs:
+        return "–"
+    mean = sum(diffs) / len(diffs)
+    if len(diffs) < 2:
+        return f"{mean:+.{digits}f} (1 seed)"
+    sd = math.sqrt(sum((d - mean) ** 2 for d in diffs) / (len(diffs) - 1))
+    half = _T95[min(len(diffs) - 1, len(_T95) - 1)] * sd / math.sqrt(len(diffs))
+    return f"{mean:+.{digits}f} [{mean - half:+.{digits}f}, {mean + half:+.{digits}f}] ({len(diffs)} seeds)"
+
+
+# two-sided 95 % t quantiles by degrees of freedom (index = df)
+_T95 = [math.nan, 12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228]
+
+
+def verdict_tables(summary: dict[str, Any], arms: list[str], pairs: list[tuple[str, str]]) -> str:
+    lines = []
+    for view, title in VIEWS.items():
+        lines += [
+            f"**{title}** (clean faces; mean over seeds, seeds in brackets; Δ: paired over seeds, 95 % t-interval)",
+            "",
+        ]
+        header = ["measure", *(f"`{a}`" for a in arms), *(f"Δ `{a}` − `{b}`" for a, b in pairs)]
+        lines += ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
+        for measure, name, digits in MEASURES:
+            task = summary["tasks"].get(f"{measure}/clean" if view == "full" else f"{measure}@subsets/clean")
+            if task is None:
+                continue
+            rows = {r["arm"]: r for r in task["rows"]}
+            means = [
+                "–" if a not in rows else f"{_number(rows[a]['mean'], digits)} ({len(rows[a]['seeds'])})" for a in arms
+            ]
+            diffs = [_difference(rows, a, b, digits) for a, b in pairs]
+            lines.append("| " + " | ".join([name, *means, *diffs]) + " |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("summary", type=Path, help="a study's summary.json (pacofr study aggregate)")
+    parser.add_argument("--arms", default="random_init,mae,mae_parse,mae_spatial,pacofr", help="columns, in order")
+    parser.add_argument("--pairs", default="pacofr:mae_parse,pacofr:mae_spatial,mae_parse:mae", help="a:b differences")
+    args = parser.parse_args()
+    summary = json.loads(args.summary.read_text())
+    pairs = [tuple(p.split(":", 1)) for p in args.pairs.split(",")]
+    print(verdict_tables(summary, args.arms.split(","), pairs))  # type: ignore[arg-type]
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,42 @@
+"""bench/study_verdict.py: the verdict tables of docs/study.md from a summary.json, differences paired by seed."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def row(arm: str, seeds: list[int], values: list[float], vs: dict | None = None) -> dict:
+    return {"arm": arm, "seeds": seeds, "values": values, "mean": sum(values) / len(values), "vs": vs or {}}
+
+
+def test_paired_differences_and_intervals(tmp_path):
+    # mae_parse is a reference arm (the summary holds pacofr's comparison); mae_spatial is not (paired here)
+    vs = {"mae_parse": {"seeds": [0, 1, 2], "mean": -0.01, "ci95": [-0.02, 0.0]}}
+    rows = [
+        row("mae", [0, 1, 2], [0.17, 0.18, 0.16]),
+        row("mae_parse", [0, 1, 2], [0.15, 0.15, 0.14]),
+        row("mae_spatial", [0, 1], [0.14, 0.15]),
+        row("pacofr", [0, 1, 2], [0.14, 0.14, 0.13], vs),
+    ]
+    summary = {"tasks": {"landmarks/clean": {"rows": rows}}}
+    path = tmp_path / "summary.json"
+    path.write_text(json.dumps(summary))
+    out = subprocess.run(
+        [sys.executable, str(REPO / "bench" / "study_verdict.py"), str(path), "--arms", "mae,pacofr"]
+        + ["--pairs", "pacofr:mae_parse,pacofr:mae_spatial,mae:pacofr"],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    line = next(line for line in out.splitlines() if line.startswith("| landmark NME"))
+    cells = [c.strip() for c in line.strip("|").split("|")]
+    assert cells[1:3] == ["0.1700 (3)", "0.1367 (3)"]
+    assert cells[3] == "-0.0100 [-0.0200, +0.0000] (3 seeds)"  # the summary's own interval
+    # pacofr - mae_spatial on the seeds both have (0, 1): diffs 0.0 and -0.01 -> mean -0.005, t(1) = 12.706
+    assert cells[4] == "-0.0050 [-0.0685, +0.0585] (2 seeds)"
+    # mae - pacofr, three seeds: diffs 0.03, 0.04, 0.03 -> mean 0.0333, sd 0.00577, t(2) = 4.303
+    assert cells[5] == "+0.0333 [+0.0190, +0.0477] (3 seeds)"
+    assert "25 %-visible subsets" in out  # the second view's header (its task is absent: no rows)
