@@ -56,7 +56,7 @@ def refused_pickle(err: BaseException) -> str | None:
     held = f"`{match.group(1)}`" if match else "an object that is not plain data"
     return (
         f"refused to load the file: it holds {held}, which a checkpoint of tensors and numbers never needs and "
-        "which unpickling would call; pacofr loads checkpoints as data only"
+        "which unpickling would have to import and run; pacofr loads checkpoints as data only"
     )
 
 
