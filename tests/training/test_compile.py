@@ -141,8 +141,8 @@ def test_group_norms_under_no_shard_count_each_gradient_once(tmp_path, monkeypat
         assert seen["sharded"] is sharded, strategy
 
 
-# in `make test-extended`: CI checks the compiled step in one process (test_compiled_module_trains_like_eager_in_one_graph)
-# and 2-process DDP uncompiled (tests/test_cli.py)
+# in `make test-extended`: CI checks the compiled step in one process
+# (test_compiled_module_trains_like_eager_in_one_graph) and 2-process DDP uncompiled (tests/test_cli.py)
 @pytest.mark.extended
 @pytest.mark.slow  # a 2-process DDP fit with the compiled step: ~1 min on 2 cores
 def test_ddp_trains_the_compiled_step(tmp_path, make_shards):
