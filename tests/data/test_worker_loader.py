@@ -8,6 +8,8 @@ worker. Each case runs in a subprocess with a deadline, so a regression fails in
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -31,10 +33,21 @@ for _ in range(3):
 
 def run_after_warm_pool(body: str, deadline: float = 90.0) -> subprocess.CompletedProcess:
     script = WARM_POOL + textwrap.dedent(body)
+    # its own process group: on a hang the script and its stuck workers are killed together, none left behind
+    proc = subprocess.Popen(
+        [sys.executable, "-c", script],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
     try:
-        return subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=deadline)
-    except subprocess.TimeoutExpired as err:
-        pytest.fail(f"hung for {deadline:.0f} s (a forked worker blocked in OpenCV's pool?): {err.stdout!r}")
+        stdout, stderr = proc.communicate(timeout=deadline)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        stdout, _ = proc.communicate()
+        pytest.fail(f"hung for {deadline:.0f} s (a forked worker blocked in OpenCV's pool?): {stdout!r}")
+    return subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
 
 
 @pytest.fixture(scope="module")
