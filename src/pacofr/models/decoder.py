@@ -56,6 +56,12 @@ class MAEDecoder(nn.Module):
     def forward(self, encoded: torch.Tensor, keep_idx: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """encoded (B, 1 + K, De) with the class token first; keep_idx (B, K) the patch of each token
         (None: all N in order). Returns predictions (B, N, p*p*C) and decoder tokens (B, N, Dd)."""
+        tokens = self.decode_tokens(encoded, keep_idx)[:, 1:]
+        return (self.pred(tokens) if self.pred is not None else None), tokens
+
+    def decode_tokens(self, encoded: torch.Tensor, keep_idx: torch.Tensor | None = None) -> torch.Tensor:
+        """The decoder's normed tokens (B, 1 + N, Dd), class token first: mask tokens at the patches ``keep_idx``
+        leaves out, positions added, the blocks run."""
         x = self.embed(encoded)
         b, _, d = x.shape
         cls, patches = x[:, :1], x[:, 1:]
@@ -71,8 +77,7 @@ class MAEDecoder(nn.Module):
             x = checkpoint_seq(self.blocks, x)
         else:
             x = self.blocks(x)
-        tokens = self.norm(x)[:, 1:]
-        return (self.pred(tokens) if self.pred is not None else None), tokens
+        return self.norm(x)
 
     def no_weight_decay(self) -> set[str]:
         return {"pos_embed", "mask_token"}

@@ -28,7 +28,6 @@ from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
-from timm.models import checkpoint_seq
 from torch import nn
 
 from pacofr.losses.reconstruction import reconstruction_loss
@@ -82,22 +81,7 @@ class RepresentationDecoder(MAEDecoder):
     def forward(self, encoded: torch.Tensor, keep_idx: torch.Tensor | None = None) -> torch.Tensor:
         """encoded (B, 1 + K, De), class token first; keep_idx (B, K) the patch of each token (None: all N in
         order). Returns (B, 1 + N, De): the class token and every patch, after ``pred``."""
-        x = self.embed(encoded)
-        b, _, d = x.shape
-        cls, patches = x[:, :1], x[:, 1:]
-        if keep_idx is None:
-            if patches.shape[1] != self.num_patches:
-                raise ValueError(f"got {patches.shape[1]} patch tokens without keep_idx, expected {self.num_patches}")
-            full = patches
-        else:
-            full = self.mask_token.to(x.dtype).expand(b, self.num_patches, d)
-            full = full.scatter(1, keep_idx.unsqueeze(-1).expand(-1, -1, d), patches)
-        x = torch.cat([cls, full], dim=1) + self.pos_embed.to(x.dtype)
-        if self.grad_checkpointing and not torch.jit.is_scripting():
-            x = checkpoint_seq(self.blocks, x)
-        else:
-            x = self.blocks(x)
-        return self.pred(self.norm(x))
+        return self.pred(self.decode_tokens(encoded, keep_idx))
 
 
 class FSFM(PretrainObjective):
