@@ -13,14 +13,16 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 
 # lowest first; a module belongs to the longest prefix that names it
 LAYERS: list[tuple[str, ...]] = [
-    ("pacofr", "pacofr.errors", "pacofr.logs", "pacofr.cli_parser", "pacofr.run_folder"),  # utilities
+    # utilities; the run folder's files (its config and facts, its HPARAMS session)
+    ("pacofr", "pacofr.errors", "pacofr.logs", "pacofr.cli_parser", "pacofr.run_folder", "pacofr.hparams_session"),
     ("pacofr.data.format", "pacofr.data.batch"),  # the contract: the shard format and the batch schema
     ("pacofr.data",),  # reading shards into batches
     ("pacofr.masking", "pacofr.losses", "pacofr.optim"),  # masks on the batch schema; losses; the optimiser recipe
     ("pacofr.models",),  # model parts
     ("pacofr.objectives",),  # one method per file: model parts + loss
     ("pacofr.checkpointing", "pacofr.strategies", "pacofr.training"),  # training any objective
-    ("pacofr.callbacks", "pacofr.eval"),  # monitors and evaluation
+    ("pacofr.eval",),  # evaluation: benchmark readers, probes, the eval module
+    ("pacofr.callbacks",),  # training monitors (the online probe reads with eval's probes)
     ("pacofr.study", "pacofr.export", "pacofr.cli"),  # commands
 ]
 

@@ -22,8 +22,8 @@ import torch
 from timm.optim import param_groups_layer_decay
 from torch import nn
 
-from pacofr.callbacks.hparams_session import add_session_metrics, pretraining_log_dir
 from pacofr.checkpointing.resolve import checkpoint_global_step
+from pacofr.hparams_session import add_session_metrics, pretraining_log_dir
 from pacofr.optim import param_groups, warmup_cosine
 
 from .backbone import file_sha256, load_backbone
@@ -183,7 +183,7 @@ class EvalModule(L.LightningModule):
 
     def record_in_pretraining_run(self, scores: dict[str, dict[str, Any]], drops: dict[str, float]) -> None:
         """The primary score of each test split (and its occlusion drop) as metrics of the pretraining run's
-        HPARAMS row, when the encoder is a checkpoint of a pacofr run (``pacofr.callbacks.hparams_session``)."""
+        HPARAMS row, when the encoder is a checkpoint of a pacofr run (``pacofr.hparams_session``)."""
         ckpt = self.hparams.encoder_ckpt
         log_dir = pretraining_log_dir(ckpt)
         if log_dir is None:
