@@ -8,7 +8,6 @@ and ``torch.compile`` see the same module): ``with torch.autocast(..., enabled=F
 
 from __future__ import annotations
 
-import functools
 from typing import Any
 
 import torch
@@ -22,19 +21,27 @@ def _to_fp32(x: Any) -> Any:
     return x.float() if isinstance(x, torch.Tensor) and x.is_floating_point() else x
 
 
+class Fp32Forward:
+    """A module's ``forward`` with autocast off and floating inputs in float32. An object holding the module, not a
+    closure over it: a deep copy of the module (an EMA or SWA copy, a test's twin) gets a copy bound to the copy,
+    where a closure would keep calling the original module's forward with the original's parameters; and it
+    pickles with the module."""
+
+    def __init__(self, module: nn.Module) -> None:
+        self.module = module
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        module = self.module
+        device_type = next((p.device.type for p in module.parameters()), "cpu")
+        with torch.autocast(device_type=device_type, enabled=False):
+            return type(module).forward(module, *tree_map(_to_fp32, args), **tree_map(_to_fp32, kwargs))
+
+
 def keep_fp32(module: nn.Module) -> nn.Module:
     """Make ``module``'s forward run in float32 with autocast off (idempotent); returns the module."""
     if getattr(module, FP32_MARK, False):
         return module
-    forward = module.forward
-
-    @functools.wraps(forward)
-    def fp32_forward(*args: Any, **kwargs: Any) -> Any:
-        device_type = next((p.device.type for p in module.parameters()), "cpu")
-        with torch.autocast(device_type=device_type, enabled=False):
-            return forward(*tree_map(_to_fp32, args), **tree_map(_to_fp32, kwargs))
-
-    module.forward = fp32_forward
+    module.forward = Fp32Forward(module)
     setattr(module, FP32_MARK, True)
     return module
 
