@@ -286,7 +286,7 @@ step_data_bench() {
             --shuffle-buffer 8 --stage-images 8 --decode-images 8 --decode-repeats 1 --gpu-rate 1000
         return
     fi
-    # feed rate: the compiled PaCo-FR step just measured, else the issue's 4,600 img/s
+    # feed rate: the compiled PaCo-FR step just measured, else the 4,600 img/s target of docs/scaling.md
     local rate
     rate="$("$PY" -c "import json, sys
 rows = [json.loads(l) for l in open(sys.argv[1]) if l.startswith('{')]

@@ -14,7 +14,7 @@ rank, incubation off (so AdamW holds both moments of every trained parameter), o
    (gathering the sharded state dicts, DCP's write, the strategy's barriers and rename);
 2. **load at the same world size**: a fit resumed from it on ``--ranks`` processes (already at ``max_steps``: it
    loads and stops), timed around the strategy's ``load_checkpoint`` (weights and optimiser shards);
-3. **resume at another world size** (the issue's "save at 4 ranks, resume at 2"): the same on ``--resume-ranks``
+3. **resume at another world size** (e.g. save at 4 ranks, resume at 2): the same on ``--resume-ranks``
    processes (default half), which then trains ``--resume-steps`` steps and saves at its own world size;
 4. **consolidate**: ``pacofr.checkpointing.consolidate.consolidate`` into one file, in a process of its own;
 5. **keep-N pruning**: ``--prune-copies`` sharded folders (hard links of the checkpoint's shards, each with a

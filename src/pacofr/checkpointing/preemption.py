@@ -1,10 +1,10 @@
 """Preemption: checkpoint at the next step boundary on every rank, then requeue the SLURM job.
 
 The signal handler only sets a flag: saving inside the handler can interrupt a collective halfway and hang
-the job (Lightning issue #21406). At a step boundary the host reads that flag; it costs nothing, and a single
-process acts on it at once. Several processes must stop at the same step even when only some got the signal, so
-they *agree*: an all-reduce (MAX) of the flags and a read of the result, which waits for the device's queue to
-drain. They do that not at every step but at agreed boundaries, about every ``agree_every_s`` seconds: the
+the job (Lightning-AI/pytorch-lightning#21406). At a step boundary the host reads that flag; it costs nothing,
+and a single process acts on it at once. Several processes must stop at the same step even when only some got the
+signal, so they *agree*: an all-reduce (MAX) of the flags and a read of the result, which waits for the device's
+queue to drain. They do that not at every step but at agreed boundaries, about every ``agree_every_s`` seconds: the
 agreement also carries each rank's seconds per step since the last one, and every rank derives the next
 agreement's step from the slowest (the same number on every rank, so they all meet there). The interval starts at
 one step and at most doubles per agreement, so a run agrees often while it is young (and while the step time is
