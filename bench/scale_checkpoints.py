@@ -191,7 +191,7 @@ def fit_child(argv: list[str]) -> int:
     Lightning's launcher starts the other ranks with this same command line, so they do the same."""
     from functools import wraps
 
-    import pacofr.objectives.base as objective_base
+    import pacofr.objectives.masked_autoencoder as objective_base
     from pacofr.cli import main as pacofr_main
     from pacofr.strategies import BlockFSDPStrategy
 
@@ -264,8 +264,8 @@ def fit_config(args, work: Path, size: str, data_root: Path, run: str) -> Path:
     config["run_dir"] = str(work / run)
     config["model"]["objective"]["init_args"] = kwargs
     config["model"].update(compile=False, warmup_steps=1)
-    if "codebook_warmup_steps" in config["model"]:
-        config["model"]["codebook_warmup_steps"] = 1
+    if "codebook_warmup_steps" in kwargs:
+        kwargs["codebook_warmup_steps"] = 1
     data = config["data"]
     data.update(root=str(data_root), batch_size=1, num_workers=0, image_size=patch * args.patches, val_split=None)
     data.update(shuffle_buffer=4)

@@ -10,9 +10,9 @@ Rows (each: images/s, step time, achieved TFLOP/s, MFU against ``--peak``, peak 
 
 each eager and ``torch.compile``d (the library's compile, ``PretrainObjective.compile_losses``: the model forward
 and every loss as one graph; ``--compile-model-only`` adds rows with the model forward compiled alone and the
-losses eager, its earlier compile), through a bare loop built from the library's own pieces
-(the objective's step -> the non-finite guard -> backward -> grad clipping as configured -> the module's fused
-AdamW groups -> its lr schedules -> the objective's ``after_step``), plus the compiled PaCo-FR step through
+losses eager, its earlier compile), through a bare loop that runs the training step itself
+(``pacofr.training.step.train_step``: what ``PretrainModule`` runs through Lightning's hooks, per-group clipping,
+lr scales and warmups included), plus the compiled PaCo-FR step through
 ``PretrainModule`` and ``Trainer.fit`` (in-memory pre-made batches, logger,
 callbacks, progress bar and logging cadence as configured) for Lightning's loop overhead. Input is
 synthetic: random images, random masks with exactly the model's masked count, random region histograms.
@@ -65,10 +65,11 @@ from bench.common import (  # noqa: E402
     rss_bytes,
 )
 from pacofr.objectives import MAE, PaCoFR  # noqa: E402
-from pacofr.optim import build_adamw, pretrain_schedules, scaled_lr  # noqa: E402
+from pacofr.optim import scaled_lr  # noqa: E402
 from pacofr.training.module import PretrainModule  # noqa: E402
 from pacofr.training.nonfinite import NonFiniteGuard  # noqa: E402
 from pacofr.training.numerics import PRECISIONS, apply_numerics, config_precision  # noqa: E402
+from pacofr.training.step import build_optimizer, train_step  # noqa: E402
 from pacofr.training.synthetic_batches import PremadeBatches, synthetic_batches  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -113,23 +114,24 @@ def build_module(config: dict[str, Any], args: argparse.Namespace, method: str) 
 # --- synthetic input ----------------------------------------------------------------------------------
 # --- the bare loop --------------------------------------------------------------------------------------
 def bare_optimizer(module: PretrainModule, batch: int, total_steps: int) -> tuple[torch.optim.Optimizer, LambdaLR]:
-    """The module's AdamW groups and schedules (``named_param_groups``, ``pretrain_schedules``), without a Trainer
-    (fused, as the module's)."""
+    """The module's AdamW groups and schedules, built by the function the module builds them with
+    (``pacofr.training.step.build_optimizer``: per-group lr scale and warmup, fused), without a Trainer."""
     hp = module.hparams
     groups = module.named_param_groups()
     for g in groups:
         del g["names"]
-    optimizer = build_adamw(groups, lr=scaled_lr(hp.base_lr, batch), betas=tuple(hp.betas), fused=True)
-    lambdas = pretrain_schedules([g["schedule"] for g in groups], hp.warmup_steps, total_steps, hp.min_lr_ratio)
-    return optimizer, LambdaLR(optimizer, lambdas)
+    return build_optimizer(
+        module.objective, groups, lr=scaled_lr(hp.base_lr, batch), betas=tuple(hp.betas), warmup_steps=hp.warmup_steps,
+        total_steps=total_steps, min_lr_ratio=hp.min_lr_ratio,
+    )  # fmt: skip
 
 
 def bare_step_fn(module: PretrainModule, batches: list[dict], autocast: Callable, clip: float | None, steps: int):
-    """One training step as a closure: the objective's step (compiled when it is), the non-finite guard on the
-    device (the all-ranks flag goes to the fused AdamW as ``found_inf``), backward, clipping, the optimiser and
-    schedule, and the objective's ``after_step`` gated by the same flag (no host sync)."""
+    """One training step as a closure: the training step itself (``pacofr.training.step.train_step``, the parts
+    and order of ``PretrainModule``'s step: the objective's step, the all-ranks finite flag, backward, per-group
+    gradient norms, the device decision handed to the fused AdamW as ``found_inf``, per-group clipping at each
+    group's limit, the optimiser and schedules, the gated ``after_step`` and the moment resets). No host sync."""
     optimizer, schedule = bare_optimizer(module, batches[0]["image"].shape[0], steps)
-    params = [p for p in module.parameters() if p.requires_grad]
     guard = NonFiniteGuard(module.hparams.max_nonfinite_steps)
     objective = module.objective
     counter = {"i": 0}
@@ -137,17 +139,8 @@ def bare_step_fn(module: PretrainModule, batches: list[dict], autocast: Callable
     def step() -> None:
         batch = batches[counter["i"] % len(batches)]
         counter["i"] += 1
-        with autocast():
-            total, _, out = objective(batch, counter["i"])
-        finite = guard.observe(total, counter["i"])
-        total.backward()
-        if clip:
-            torch.nn.utils.clip_grad_norm_(params, clip)
-        optimizer.found_inf = 1.0 - finite
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        schedule.step()
-        objective.after_step(objective.state_for_after_step(out), counter["i"], apply=finite)
+        i = counter["i"]
+        train_step(objective, optimizer, schedule, batch, i, guard=guard, max_grad_norm=clip, autocast=autocast)
 
     return step, optimizer
 

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Protocol
 
 import torch
 from torch import nn
@@ -23,7 +24,7 @@ def param_groups(
     """Two AdamW groups: decayed weights, and everything that must not decay.
 
     No decay for norms and biases (every parameter with ndim <= 1), for the names the model lists in
-    ``no_weight_decay()`` (position embeddings, class/mask tokens, the codebook) matched as suffixes of
+    ``no_weight_decay()`` (position embeddings, class/mask tokens, a method's embeddings) matched as suffixes of
     the full parameter name, so a name given by a sub-module matches below its prefix. Every parameter
     is included, even one idle for now (incubation): AdamW skips parameters whose grad is None.
     ``ndim`` maps names to the parameters' dimensions as built, for wrappers (FSDP) that flatten them.
@@ -60,31 +61,46 @@ def build_adamw(groups: list[dict], lr: float, betas: tuple[float, float], fused
     return torch.optim.AdamW(groups, lr=lr, betas=betas, fused=bool(fused))
 
 
-def pretrain_schedules(
-    schedules: list[str],
-    warmup_steps: int,
-    total_steps: int,
-    min_lr_ratio: float,
-    incubation_steps: int = 0,
-    codebook_warmup_steps: int | None = None,
-) -> list[Callable[[int], float]]:
-    """``LambdaLR`` multipliers, one per group from its schedule tag: ``codebook`` groups warm up over their own
-    ``codebook_warmup_steps`` (default ``warmup_steps``) from step 0, so they reach their peak early in
-    incubation, then decay over the whole run; ``main`` groups stay at 0 through the incubation steps, then warm
-    up and decay over the rest."""
-    codebook_warmup = warmup_steps if codebook_warmup_steps is None else codebook_warmup_steps
+class GroupSchedule(Protocol):
+    """What a learning-rate schedule reads of a parameter group (``pacofr.objectives.ParamGroup``)."""
 
-    def main_schedule(step: int) -> float:
+    warmup_steps: int | None
+    after_incubation: bool
+
+
+def group_schedule(
+    warmup_steps: int, total_steps: int, min_lr_ratio: float, incubation_steps: int, after_incubation: bool
+) -> Callable[[int], float]:
+    """One group's ``LambdaLR`` multiplier: with ``after_incubation``, 0 through the incubation steps, then warmup
+    and cosine over the rest of the run; without, warmup from step 0 and cosine over the whole run."""
+
+    def waits(step: int) -> float:
         if step < incubation_steps:
             return 0.0
         return warmup_cosine(step - incubation_steps, warmup_steps, total_steps - incubation_steps, min_lr_ratio)
 
-    def codebook_schedule(step: int) -> float:
-        return warmup_cosine(step, codebook_warmup, total_steps, min_lr_ratio)
+    def from_start(step: int) -> float:
+        return warmup_cosine(step, warmup_steps, total_steps, min_lr_ratio)
 
-    # ``probe``: parameters that only measure (a position prior) learn from step 0, like the codebook
-    known = {"main": main_schedule, "codebook": codebook_schedule, "probe": codebook_schedule}
-    unknown = sorted(set(schedules) - set(known))
-    if unknown:
-        raise ValueError(f"unknown learning-rate schedule(s) {unknown}; known: {sorted(known)}")
-    return [known[s] for s in schedules]
+    return waits if after_incubation else from_start
+
+
+def pretrain_schedules(
+    groups: Sequence[GroupSchedule],
+    warmup_steps: int,
+    total_steps: int,
+    min_lr_ratio: float,
+    incubation_steps: int = 0,
+) -> list[Callable[[int], float]]:
+    """``LambdaLR`` multipliers, one per optimiser group from its declared schedule: its own ``warmup_steps``
+    (None: ``warmup_steps``), and whether it waits for the incubation (:func:`group_schedule`)."""
+    return [
+        group_schedule(
+            warmup_steps if g.warmup_steps is None else g.warmup_steps,
+            total_steps,
+            min_lr_ratio,
+            incubation_steps,
+            g.after_incubation,
+        )
+        for g in groups
+    ]

@@ -2,13 +2,13 @@
 
 DDP and FSDP are a config swap (``configs/trainer/ddp.yaml`` / ``fsdp.yaml``) over the same module code.
 FSDP wraps each transformer block (timm ``Block``) as its own unit, the usual policy for ViTs. The rest follows
-what the objective declares (``pacofr.objectives.base``), never the type of a model part:
+what the objective declares (``pacofr.objectives.interface``), never the type of a model part:
 
-- ``replicated_modules()`` become units of their own kept whole on every rank (``NO_SHARD``): PaCo-FR's codebook,
+- ``replicated_modules()`` become units of their own kept whole on every rank (``NO_SHARD``): PaCo-FR's candidate codes,
   whose bookkeeping (EMA prototypes, dead-code re-seeding) rewrites codes between steps, outside any forward,
   where a sharded parameter would only be this rank's slice;
 - ``fp32_modules()`` become units with an fp32 mixed-precision policy (parameters, gradient reduction, buffers),
-  whatever the run's precision: with ``bf16-mixed`` Lightning gives FSDP bf16 for all three, and the codebook's
+  whatever the run's precision: with ``bf16-mixed`` Lightning gives FSDP bf16 for all three, and the code usage
   buffers, turned bf16, refused the next in-place write (``index_copy_``) at the first optimiser step.
 
 FSDP also runs on CPU processes over gloo (``configs/trainer/fsdp_cpu.yaml``): torch's FSDP works there once it

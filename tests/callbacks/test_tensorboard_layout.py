@@ -7,9 +7,13 @@ import re
 from types import SimpleNamespace
 
 import pytest
+import torch
+from tiny_training import tiny_objective
 
 from pacofr.callbacks.tensorboard import ScalarLayout, method_name, run_hparams
 from pacofr.masking import RandomMasker, StructuredMasker
+from pacofr.objectives import MAEFull, MAEParse, PaCoFR, PaCoFRFull
+from pacofr.training.synthetic_batches import synthetic_batches
 
 # every scalar a PaCo-FR run logs (a ViT-Ti run on the synthetic faces), and the GPU-only MFU
 LOGGED = [
@@ -76,12 +80,16 @@ DIFFERENT_SCALES = [
 ]
 
 
-def charts() -> dict[str, list[str]]:
+def paco_layout() -> dict:
+    return ScalarLayout.layout(tiny_objective("pacofr", spatial_weight=0.1, covered_weight=0.007))
+
+
+def charts(layout: dict | None = None, logged: list[str] = LOGGED) -> dict[str, list[str]]:
     """chart title -> the logged tags it draws (TensorBoard searches each regex in the tag)."""
     out = {}
-    for category in ScalarLayout.LAYOUT.values():
+    for category in (layout or paco_layout()).values():
         for title, (_, patterns) in category.items():
-            out[title] = [t for t in LOGGED if any(re.search(p, t) for p in patterns)]
+            out[title] = [t for t in logged if any(re.search(p, t) for p in patterns)]
     return out
 
 
@@ -100,10 +108,39 @@ def test_problem_counters_are_apart_and_validation_has_a_chart():
     problems = next(tags for title, tags in by_title.items() if title.startswith("problems"))
     assert "data/samples_read" not in problems and len(problems) == 6
     assert any("val/loss" in tags for tags in by_title.values())
-    assert list(ScalarLayout.LAYOUT)[0].endswith("losses")  # the losses open first
+    assert list(paco_layout())[0] == "1 losses"  # the losses open first
+
+
+@pytest.mark.parametrize(
+    ("kind", "settings"),
+    [
+        ("mae", {}),
+        ("fsfm", {}),
+        ("pacofr", {"spatial_weight": 0.1, "covered_weight": 0.007}),
+        (MAEParse, {}),
+        (MAEFull, {}),
+        (PaCoFRFull, {"spatial_weight": 0.1}),
+    ],
+)
+def test_every_method_draws_each_of_its_terms_once(kind, settings):
+    """The layout comes from the objective (``tensorboard_charts``): every loss term and monitor a method logs,
+    in training and validation, is on exactly one chart, and the general categories follow the method's."""
+    torch.manual_seed(0)
+    objective = tiny_objective(kind, **settings)
+    batch = synthetic_batches(objective, batch=2, count=1)[0]
+    _, terms, out = objective(batch, 0)
+    logged = ["loss/total", "val/loss", *(f"{where}/{t}" for t in terms for where in ("loss", "val"))]
+    logged += list(objective.monitors(out))
+    drawn = [t for tags in charts(ScalarLayout.layout(objective), logged).values() for t in tags]
+    assert sorted(drawn) == sorted(logged)
+    layout = ScalarLayout.layout(objective)
+    assert list(layout)[0] == "1 losses" and list(layout)[-1].endswith(" data")
 
 
 def test_method_names():
+    assert method_name(PaCoFR, "StructuredMasker") == "PaCo-FR"  # the class, as the callback passes it
+    assert method_name("MAEParse", "RandomMasker") == "MAE + class-share head"
+    assert method_name("NotAnObjective", "RandomMasker") == "NotAnObjective"
     assert method_name("PaCoFR", "StructuredMasker") == "PaCo-FR"
     assert method_name("PaCoFR", "RandomMasker") == "PaCo-FR (RandomMasker)"
     assert method_name("FSFM", "StructuredMasker") == "FSFM"
@@ -150,7 +187,7 @@ def test_eval_scores_become_metrics_of_the_pretraining_runs_hparams_row(tmp_path
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
     from tensorboard.plugins.hparams import metadata
 
-    from pacofr.callbacks.hparams_session import add_session_metrics, pretraining_log_dir, write_session_start
+    from pacofr.hparams_session import add_session_metrics, pretraining_log_dir, write_session_start
 
     run = tmp_path / "run"
     (run / "checkpoints").mkdir(parents=True)

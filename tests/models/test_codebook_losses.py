@@ -41,7 +41,7 @@ def test_codebook_losses_train_only_belief_codes_and_pixel_head(update):
     terms = codebook_loss(out, beta=0.25)
     assert set(terms) == {"belief_ce", "alignment", "commitment", "loss"}
     terms["loss"].backward()
-    allowed = model.codebook_parameter_names()
+    allowed = model.parameter_group("codebook").names
     got_grad = {n for n, p in model.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0}
     assert got_grad <= allowed
     assert any(n.startswith("codebook.belief.") for n in got_grad)

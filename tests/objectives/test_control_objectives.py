@@ -50,7 +50,7 @@ def test_mae_parse_trains_the_encoder_from_the_labels_and_refuses_no_labels():
     g = grads(parse)
     assert g["spatial_head.proj.weight"].abs().sum() > 0 and g["encoder.blocks.0.attn.qkv.weight"].abs().sum() > 0
     assert g["position_prior"].abs().sum() > 0
-    assert parse.probe_parameter_names() == {"position_prior"} and "position_prior" in parse.no_weight_decay()
+    assert parse.parameter_group("probe").names == {"position_prior"} and "position_prior" in parse.no_weight_decay()
     no_labels = {k: v for k, v in batch().items() if k != "region_hist"}
     with pytest.raises(KeyError, match="region_hist"):
         parse(no_labels)

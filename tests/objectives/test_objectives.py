@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from pacofr.objectives import MAE, PaCoFR
-from pacofr.objectives.base import visible_indices
+from pacofr.objectives.masked_autoencoder import visible_indices
 
 IMG = 64
 CB = dict(num_codes=64, code_dim=16, codebook_options={"proto_hidden": 32, "belief_hidden": 32}, spatial_weight=0.0)
@@ -125,7 +125,7 @@ def test_no_weight_decay_and_incubation_names():
     names = dict(model.named_parameters())
     assert all(n in names for n in model.no_weight_decay())
     assert {"encoder.pos_embed", "decoder.mask_token", "codebook.codes"} <= model.no_weight_decay()
-    inc = model.codebook_parameter_names()
+    inc = model.parameter_group("codebook").names
     assert inc and all(n.startswith(("codebook.codes", "codebook.proto_head.", "codebook.belief.")) for n in inc)
 
 

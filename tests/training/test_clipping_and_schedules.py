@@ -10,7 +10,8 @@ import lightning as L
 import torch
 from tiny_training import PoisonedPaCoFR, tiny_module
 
-from pacofr.objectives.base import StepOutput
+from pacofr.objectives import ParamGroup
+from pacofr.objectives.interface import StepOutput
 from pacofr.optim import pretrain_schedules
 from pacofr.training.synthetic_batches import PremadeBatches, synthetic_batches
 
@@ -57,10 +58,10 @@ def test_codebook_gradients_no_longer_shrink_the_encoder_update():
 
 
 def test_codebook_schedule_reaches_its_peak_during_incubation():
+    groups = [ParamGroup("main"), ParamGroup("codebook", frozenset(), warmup_steps=10, after_incubation=False)]
     main, codebook = pretrain_schedules(
-        ["main", "codebook"], warmup_steps=100, total_steps=1000, min_lr_ratio=0.0, incubation_steps=200,
-        codebook_warmup_steps=10,
-    )  # fmt: skip
+        groups, warmup_steps=100, total_steps=1000, min_lr_ratio=0.0, incubation_steps=200
+    )
     assert [main(s) for s in (0, 100, 199)] == [0.0, 0.0, 0.0]  # the backbone waits out incubation
     assert codebook(9) == 1.0 and codebook(100) > 0.95  # the codebook at full rate from step 10
     assert main(200) == 1 / 100 and main(299) == 1.0  # then the backbone warms up
@@ -69,7 +70,7 @@ def test_codebook_schedule_reaches_its_peak_during_incubation():
 
 def test_incubation_in_epochs_becomes_steps_from_the_data(tmp_path):
     module = tiny_module(img_size=32, patch_size=8, decoder_dim=32, incubation_steps=None, incubation_epochs=1.5)
-    module.hparams.codebook_warmup_steps, module.hparams.warmup_steps = 1, 50
+    module.objective.codebook_warmup_steps, module.hparams.warmup_steps = 1, 50
     batches = synthetic_batches(module.objective, batch=4, count=2, seed=0)
     data = PremadeBatches(batches, length=6)  # an epoch: 6 batches of 4 = 24 samples
     trainer = L.Trainer(accelerator="cpu", max_steps=2, logger=False, enable_checkpointing=False,

@@ -15,11 +15,11 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
 from torchvision.utils import make_grid
 
-from pacofr.callbacks.hparams_session import write_session_start
 from pacofr.data.batch import PretrainBatch
 from pacofr.data.format import NUM_REGIONS, REGION_NAMES, label_to_region_lut
+from pacofr.hparams_session import write_session_start
 from pacofr.models.patches import unpatchify
-from pacofr.objectives.base import PretrainObjective
+from pacofr.objectives.interface import PretrainObjective
 from pacofr.training.fsdp_access import call_unsharded, is_fsdp
 from pacofr.training.pixels import denormalise, predicted_pixels
 
@@ -58,10 +58,10 @@ def upsample_patch_map(values: torch.Tensor, grid: tuple[int, int], size: int) -
 
 def reconstruction_views(
     objective: PretrainObjective, batch: PretrainBatch, n: int, datamodule: object = None
-) -> tuple[dict[str, torch.Tensor], torch.Tensor | None]:
+) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
     """Columns of the image grid for the first ``n`` samples: input, masked input (hidden and replaced patches
-    grey), region map, reconstruction (visible patches pasted); and the codes the patches were assigned (None
-    without a codebook)."""
+    grey), region map, reconstruction (visible patches pasted); and the objective's histograms of that forward
+    (``monitor_histograms``)."""
     images, mask = batch["image"][:n], batch["mask"][:n]
     out = objective.forward_model(images, mask)
     grid, p = objective.grid_size, objective.patch_size
@@ -73,21 +73,7 @@ def reconstruction_views(
     lut = torch.tensor(label_to_region_lut(), device=images.device)
     regions = colour_regions(lut[batch["seg"][:n].long()])
     views = {"input": pixels, "masked": masked, "regions": regions, "reconstruction": pasted}
-    return views, out.get("target_code")
-
-
-def codebook_images(objective: PretrainObjective, limit: int = 256) -> torch.Tensor | None:
-    """The first ``limit`` code prototypes g(c_k) as (K, 3, p, p) images, each min-max scaled (None without a
-    codebook)."""
-    codebook = getattr(objective, "codebook", None)
-    if codebook is None:
-        return None
-    protos = codebook.prototypes()[:limit].float()
-    p = objective.patch_size
-    imgs = protos.view(-1, p, p, 3).permute(0, 3, 1, 2)
-    lo = imgs.amin(dim=(1, 2, 3), keepdim=True)
-    hi = imgs.amax(dim=(1, 2, 3), keepdim=True)
-    return (imgs - lo) / (hi - lo).clamp_min(1e-6)
+    return views, objective.monitor_histograms(out)
 
 
 def titled_grid(grid: torch.Tensor, titles: list[str], legend: bool) -> torch.Tensor:
@@ -128,8 +114,9 @@ def _writer(trainer: L.Trainer):
 
 class PretrainImages(L.Callback):
     """Every ``every_n_steps``: a grid per sample row (input | masked input | region map | reconstruction with
-    visible patches pasted), the codebook prototypes and a histogram of the codes the grid's patches were
-    assigned. Reads ``pl_module.objective`` (a :class:`~pacofr.objectives.base.PretrainObjective`)."""
+    visible patches pasted), and what the objective draws of its own parts (``monitor_images``, e.g. PaCo-FR's
+    code prototypes) and of the grid's forward (``monitor_histograms``, e.g. the codes its patches were assigned).
+    Reads ``pl_module.objective`` (a :class:`~pacofr.objectives.interface.PretrainObjective`)."""
 
     def __init__(self, every_n_steps: int = 500, num_images: int = 8):
         self.every = max(1, every_n_steps)
@@ -152,7 +139,9 @@ class PretrainImages(L.Callback):
         devices = [pl_module.device] if pl_module.device.type == "cuda" else []
         objective, datamodule = pl_module.objective, getattr(trainer, "datamodule", None)
         with torch.no_grad(), torch.random.fork_rng(devices=devices):
-            views, codes = call_unsharded(trainer, reconstruction_views, objective, batch, self.num_images, datamodule)
+            views, histograms = call_unsharded(
+                trainer, reconstruction_views, objective, batch, self.num_images, datamodule
+            )
         pl_module.train(was_training)
         if writer is None or not trainer.is_global_zero:
             return
@@ -162,13 +151,13 @@ class PretrainImages(L.Callback):
         grid = make_grid(tiles, nrow=len(columns), padding=2)
         writer.add_image("images/" + "|".join(views), titled_grid(grid, list(views), "regions" in views), step)
         with torch.no_grad():
-            protos = codebook_images(objective)
-        if protos is not None:
+            images = objective.monitor_images()
+        for tag, tiles in images.items():
             # a square grid: 1024 codes fit one screen instead of a 64-row strip that needs scrolling
-            side = math.ceil(math.sqrt(protos.shape[0]))
-            writer.add_image("codebook/prototypes", make_grid(protos.cpu(), nrow=side, padding=1), step)
-        if codes is not None:
-            writer.add_histogram("codebook/usage", codes.reshape(-1).float().cpu(), step)
+            side = math.ceil(math.sqrt(tiles.shape[0]))
+            writer.add_image(tag, make_grid(tiles.float().cpu(), nrow=side, padding=1), step)
+        for tag, values in histograms.items():
+            writer.add_histogram(tag, values.reshape(-1).float().cpu(), step)
 
 
 class ScalarLayout(L.Callback):
@@ -176,7 +165,7 @@ class ScalarLayout(L.Callback):
     would draw the share flat), problem counters apart from volume counters, validation beside training;
     and the HPARAMS tab: what tells runs apart (method, masker, global batch, steps, world size, every
     setting) against the validation loss and, once ``pacofr eval`` has scored a checkpoint of the run, the
-    benchmark scores (``pacofr.callbacks.hparams_session``: a session in the ``tb/hparams`` sub-run).
+    benchmark scores (``pacofr.hparams_session``: a session in the ``tb/hparams`` sub-run).
     """
 
     HP_METRIC = "hp/val_loss"
@@ -184,70 +173,49 @@ class ScalarLayout(L.Callback):
     DATA_PROBLEMS = (
         r"^data/(decode_errors|missing_keys|short_shards|truncated_shards|unreadable_.*|skipped.*|replaced.*)$"
     )
-    LAYOUT = {
-        "1 losses": {
-            "total loss (train)": ["Multiline", [r"^loss/total$"]],
-            "incubation: 1 = only codebook, pixel head and predictor train (the total jumps when it ends)": [
-                "Multiline",
-                [r"^optim/incubating$"],
-            ],
-            "reconstruction (train)": ["Multiline", [r"^loss/rec$", r"^loss/rec_covered$"]],
-            "codebook loss and its belief CE (train)": [
-                "Multiline",
-                [r"^loss/codebook$", r"^loss/codebook_belief_ce$"],
-            ],
-            "codebook alignment and commitment (train)": [
-                "Multiline",
-                [r"^loss/codebook_alignment$", r"^loss/codebook_commitment$"],
-            ],
-            "spatial terms (train)": ["Multiline", [r"^loss/spatial.*$"]],
-            "validation loss": ["Multiline", [r"^val/loss$"]],
-            "validation reconstruction": ["Multiline", [r"^val/rec$", r"^val/rec_covered$"]],
-            "validation codebook loss and its belief CE": [
-                "Multiline",
-                [r"^val/codebook$", r"^val/codebook_belief_ce$"],
-            ],
-            "validation alignment, commitment and spatial terms": [
-                "Multiline",
-                [r"^val/codebook_alignment$", r"^val/codebook_commitment$", r"^val/spatial.*$"],
-            ],
-        },
-        "2 reconstruction & masking": {
-            "PSNR, dB (train and validation)": ["Multiline", [r"^recon/psnr_db$", r"^val/psnr_db$"]],
-            "mask ratios (masked, replaced, covered share)": ["Multiline", [r"^mask/.*$"]],
-        },
-        "3 codebook health": {
-            "perplexity (codes in use, effective)": ["Multiline", [r"^codebook/perplexity$"]],
-            "share of codes used (assigned in the window)": ["Multiline", [r"^codebook/usage_fraction$"]],
-            "codes re-seeded so far": ["Multiline", [r"^codebook/reseeded_total$"]],
-        },
-        "4 online probe": {
+    # the page around the method's own charts (``PretrainObjective.tensorboard_charts``): the total and validation
+    # loss open the first category, the method's categories follow it, then these
+    LOSSES = {
+        "total loss (train)": ["Multiline", [r"^loss/total$"]],
+        "validation loss": ["Multiline", [r"^val/loss$"]],
+    }
+    GENERAL = {
+        "online probe": {
             "pose MAE, degrees (lower is better)": ["Multiline", [r"^probe/pose_mae.*$"]],
             "identity k-NN accuracy (higher is better)": ["Multiline", [r"^probe/knn_identity_acc$"]],
         },
-        "5 optimisation": {
+        "optimisation": {
             "learning rate": ["Multiline", [r"^optim/lr_.*$"]],
             "gradient norm": ["Multiline", [r"^optim/grad_norm.*$"]],
             "skipped non-finite steps": ["Multiline", [r"^loss/nonfinite_skipped$"]],
         },
-        "6 throughput": {
+        "throughput": {
             "images/s": ["Multiline", [r"^perf/images_per_s$"]],
             "step time, s": ["Multiline", [r"^perf/step_time_s$"]],
             "TFLOP/s per device": ["Multiline", [r"^perf/tflops_per_device$"]],
             "MFU": ["Multiline", [r"^perf/mfu$"]],
         },
-        "7 data": {
+        "data": {
             "problems (all 0 in a healthy run)": ["Multiline", [DATA_PROBLEMS]],
             "samples read": ["Multiline", [r"^data/samples_read$"]],
         },
     }
+
+    @classmethod
+    def layout(cls, objective: PretrainObjective) -> dict[str, dict[str, list]]:
+        """The CUSTOM SCALARS layout of a run of ``objective``: categories numbered in page order."""
+        charts = objective.tensorboard_charts()
+        categories = {"losses": {**cls.LOSSES, **charts.get("losses", {})}}
+        categories.update({name: c for name, c in charts.items() if name != "losses"})
+        categories.update({name: c for name, c in cls.GENERAL.items() if name not in categories})
+        return {f"{i} {name}": c for i, (name, c) in enumerate(categories.items(), start=1)}
 
     @rank_zero_only
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         writer = _writer(trainer)
         if writer is None:
             return
-        writer.add_custom_scalars(self.LAYOUT)
+        writer.add_custom_scalars(self.layout(pl_module.objective))
         log_dir = _log_dir(trainer)
         if log_dir is not None:
             self._session = write_session_start(log_dir, run_hparams(trainer, dict(pl_module.hparams)))
@@ -269,23 +237,18 @@ class ScalarLayout(L.Callback):
             self._session = None
 
 
-# what a reader calls each objective with the masker it was designed with; another masker is named beside it
-METHOD_NAMES = {
-    "PaCoFR": ("PaCo-FR", "Structured"),
-    "PaCoFRFull": ("PaCo-FR full", "Structured"),
-    "FSFM": ("FSFM", "Structured"),
-    "MAE": ("MAE", "Random"),
-}
+def method_name(objective: type[PretrainObjective] | str, masker: str, settings: dict | None = None) -> str:
+    """The run's method from its objective (class, or class name in ``pacofr.objectives``) and masker: the
+    objective's ``method_label`` ("PaCo-FR", "CRFR-P MAE" for FSFM without its ID branch, "MAE", or e.g.
+    "PaCo-FR (RandomMasker)" with a masker the method was not designed with); an unknown name as it is."""
+    if isinstance(objective, str):
+        import pacofr.objectives as objectives
 
-
-def method_name(objective: str, masker: str, settings: dict | None = None) -> str:
-    """The run's method from its objective class and masker: "PaCo-FR", "PaCo-FR full", "FSFM" ("CRFR-P MAE"
-    without its ID branch), "MAE", or e.g. "PaCo-FR (RandomMasker)" with a masker the method was not designed
-    with."""
-    name, designed_for = METHOD_NAMES.get(objective, (objective, ""))
-    if objective == "FSFM" and (settings or {}).get("id_weight", 0.1) == 0:
-        name = "CRFR-P MAE"
-    return name if designed_for in masker or masker == "none" else f"{name} ({masker})"
+        found = getattr(objectives, objective, None)
+        if not (isinstance(found, type) and issubclass(found, PretrainObjective)):
+            return objective
+        objective = found
+    return objective.method_label(masker, settings)
 
 
 def run_hparams(trainer: L.Trainer, model_hparams: dict) -> dict:
@@ -296,13 +259,16 @@ def run_hparams(trainer: L.Trainer, model_hparams: dict) -> dict:
     objective = model_hparams.get("objective") or {}
     objective_class = str(objective.get("class_path", "?")).rsplit(".", 1)[-1]
     out["objective"] = objective_class
+    module = getattr(trainer, "lightning_module", None)
+    built = getattr(module, "objective", None)
+    objective_type = type(built) if isinstance(built, PretrainObjective) else objective_class
     out.update({k: v for k, v in (objective.get("init_args") or {}).items()})
     data = getattr(trainer, "datamodule", None)
     masker = type(getattr(data, "masker", None)).__name__ if getattr(data, "masker", None) is not None else "none"
     batch = getattr(data, "batch_size", None)
     out.update(
         {
-            "method": method_name(objective_class, masker, objective.get("init_args")),
+            "method": method_name(objective_type, masker, objective.get("init_args")),
             "masker": masker,
             "world_size": trainer.world_size,
             "max_steps": trainer.max_steps,

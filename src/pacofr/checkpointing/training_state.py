@@ -12,7 +12,7 @@ import torch
 
 from pacofr.checkpointing import legacy_keys, optim_keys
 from pacofr.models.unwrap import original_param_name
-from pacofr.objectives.base import PretrainObjective
+from pacofr.objectives.interface import PretrainObjective
 
 NONFINITE_KEY = "pacofr_nonfinite"
 

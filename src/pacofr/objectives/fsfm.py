@@ -33,7 +33,8 @@ from torch import nn
 from pacofr.losses.reconstruction import reconstruction_loss
 from pacofr.models.decoder import MAEDecoder
 from pacofr.models.init import mae_init_
-from pacofr.objectives.base import PretrainObjective, StepOutput, blocks_flops
+from pacofr.objectives.interface import Charts
+from pacofr.objectives.masked_autoencoder import MaskedAutoencoder, StepOutput, blocks_flops
 
 IdLoss = Literal["simsiam", "byol"]
 ID_LOSSES: tuple[str, ...] = ("simsiam", "byol")
@@ -84,8 +85,11 @@ class RepresentationDecoder(MAEDecoder):
         return self.pred(self.decode_tokens(encoded, keep_idx))
 
 
-class FSFM(PretrainObjective):
+class FSFM(MaskedAutoencoder):
     """MAE + ``covered_weight`` x the covered component's error + ``id_weight`` x the ID branch."""
+
+    display_name = "FSFM"
+    designed_masker = "Structured"
 
     batch_keys = ("image", "mask", "covered_patches")
 
@@ -113,7 +117,7 @@ class FSFM(PretrainObjective):
             id_decoder_heads: its attention heads (FSFM: 16 at every size).
             id_hidden_dim, id_proj_dim: the projector's and predictor's hidden and output widths (FSFM: 4096, 256).
             id_momentum: the EMA target's momentum at the start (cosine to 1 over the run; FSFM: 0.996).
-            core: those of :class:`~pacofr.objectives.base.PretrainObjective` (encoder, decoder, geometry).
+            core: those of :class:`~pacofr.objectives.masked_autoencoder.MaskedAutoencoder` (encoder, decoder, sizes).
         """
         super().__init__(**core)
         if id_loss not in ID_LOSSES:
@@ -139,6 +143,25 @@ class FSFM(PretrainObjective):
         super().finish_init()
         if self.rep_decoder is not None and self.grad_checkpointing:
             self.rep_decoder.set_grad_checkpointing(True)
+
+    @classmethod
+    def method_label(cls, masker: str, settings: dict[str, Any] | None = None) -> str:
+        """ "CRFR-P MAE" without the ID branch (``id_weight: 0``), else "FSFM"."""
+        label = super().method_label(masker, settings)
+        if (settings or {}).get("id_weight", 0.1) == 0:
+            label = label.replace(cls.display_name, "CRFR-P MAE", 1)
+        return label
+
+    def tensorboard_charts(self) -> Charts:
+        charts = super().tensorboard_charts()
+        if self.rep_decoder is not None:
+            charts["losses"].update(
+                {
+                    "ID branch (train)": ["Multiline", [r"^loss/id$"]],
+                    "validation ID branch": ["Multiline", [r"^val/id$"]],
+                }
+            )
+        return charts
 
     def no_weight_decay(self) -> set[str]:
         names = super().no_weight_decay()

@@ -6,14 +6,17 @@ from __future__ import annotations
 import torch
 
 from pacofr.losses.reconstruction import reconstruction_loss
-from pacofr.objectives.base import PretrainObjective, StepOutput
+from pacofr.objectives.masked_autoencoder import MaskedAutoencoder, StepOutput
 
 
-class MAE(PretrainObjective):
+class MAE(MaskedAutoencoder):
     """Masked autoencoder: loss = mean squared error of the normalised pixels over the masked patches."""
 
+    display_name = "MAE"
+    designed_masker = "Random"
+
     def __init__(self, **core) -> None:
-        """Args: those of :class:`~pacofr.objectives.base.PretrainObjective` (encoder, decoder, geometry)."""
+        """Args: those of the core, :class:`~pacofr.objectives.masked_autoencoder.MaskedAutoencoder`."""
         super().__init__(**core)
 
     def losses(self, batch: dict[str, torch.Tensor]) -> StepOutput:

@@ -13,15 +13,17 @@ import torch
 from torch import nn
 
 from pacofr.losses.reconstruction import reconstruction_loss
-from pacofr.objectives.base import PretrainObjective, StepOutput
+from pacofr.objectives.masked_autoencoder import MaskedAutoencoder, StepOutput
 from pacofr.objectives.paco_fr_full import masked_indices
 
 
-class MAEFull(PretrainObjective):
+class MAEFull(MaskedAutoencoder):
     """Masked image modelling on the full sequence with a learned mask token (SimMIM's input, MAE's decoder)."""
 
+    display_name = "full-sequence MAE"
+
     def __init__(self, **core) -> None:
-        """Args: those of :class:`~pacofr.objectives.base.PretrainObjective` (encoder, decoder, geometry)."""
+        """Args: those of the core, :class:`~pacofr.objectives.masked_autoencoder.MaskedAutoencoder`."""
         super().__init__(**core)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, self.encoder.embed_dim))
         nn.init.normal_(self.mask_token, std=0.02)

@@ -16,14 +16,16 @@ from torch import nn
 from pacofr.data.format import NUM_REGIONS
 from pacofr.losses.reconstruction import reconstruction_loss
 from pacofr.models.spatial_head import SpatialHead
-from pacofr.objectives.base import PretrainObjective, StepOutput
-from pacofr.objectives.region_terms import RegionSpatialTerms, RegionTargets
+from pacofr.objectives.interface import Charts, ParamGroup
+from pacofr.objectives.masked_autoencoder import MaskedAutoencoder, StepOutput
+from pacofr.objectives.region_terms import SPATIAL_CHARTS, RegionSpatialTerms, RegionTargets
 
 
-class MAEParse(RegionSpatialTerms, PretrainObjective):
+class MAEParse(RegionSpatialTerms, MaskedAutoencoder):
     """Masked autoencoder + the region spatial loss (class shares, optionally the centroid geometry)."""
 
     batch_keys = ("image", "mask", "region_hist")
+    display_name = "MAE + class-share head"
 
     def __init__(
         self,
@@ -34,6 +36,7 @@ class MAEParse(RegionSpatialTerms, PretrainObjective):
         spatial_sides: bool = True,
         spatial_prior: bool = True,
         spatial_targets: RegionTargets = "own",
+        prior_warmup_steps: int = 20,
         **core: Any,
     ) -> None:
         """
@@ -42,7 +45,8 @@ class MAEParse(RegionSpatialTerms, PretrainObjective):
             spatial_centroid_weight: weight of the centroid geometry term (0: class shares only).
             spatial_on, spatial_pairs, spatial_sides, spatial_prior, spatial_targets: as in
                 :class:`~pacofr.objectives.paco_fr.PaCoFR`.
-            core: those of :class:`~pacofr.objectives.base.PretrainObjective` (encoder, decoder, geometry).
+            prior_warmup_steps: the position prior's warmup (it learns from step 0, clipped apart: it only measures).
+            core: those of :class:`~pacofr.objectives.masked_autoencoder.MaskedAutoencoder` (encoder, decoder, sizes).
         """
         super().__init__(**core)
         if spatial_weight <= 0:
@@ -51,6 +55,7 @@ class MAEParse(RegionSpatialTerms, PretrainObjective):
             spatial_weight, spatial_centroid_weight, spatial_on, spatial_pairs, spatial_sides, spatial_targets
         )
         self.spatial_head = SpatialHead(self.decoder.decoder_dim)
+        self.prior_warmup_steps = prior_warmup_steps
         self.position_prior: nn.Parameter | None = None
         if spatial_prior:
             self.position_prior = nn.Parameter(torch.zeros(self.num_patches, NUM_REGIONS))
@@ -65,8 +70,17 @@ class MAEParse(RegionSpatialTerms, PretrainObjective):
     def no_weight_decay(self) -> set[str]:
         return super().no_weight_decay() | ({"position_prior"} if self.position_prior is not None else set())
 
-    def probe_parameter_names(self) -> set[str]:
-        return {"position_prior"} if self.position_prior is not None else set()
+    def parameter_groups(self) -> list[ParamGroup]:
+        groups = [ParamGroup("main")]
+        if self.position_prior is not None:  # only measures: learns from step 0, clipped apart from the backbone
+            prior = frozenset({"position_prior"})
+            groups.append(ParamGroup("probe", prior, warmup_steps=self.prior_warmup_steps, after_incubation=False))
+        return groups
+
+    def tensorboard_charts(self) -> Charts:
+        charts = super().tensorboard_charts()
+        charts["losses"].update(SPATIAL_CHARTS)
+        return charts
 
     def flops_per_image(self) -> float:
         head = 3 * 2 * self.num_patches * self.decoder.decoder_dim * self.spatial_head.proj.out_features

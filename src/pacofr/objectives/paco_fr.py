@@ -26,17 +26,20 @@ from pacofr.losses.spatial import affinity_consistency_loss
 from pacofr.models.codebook import CandidateCodebook, MixMode
 from pacofr.models.spatial_head import SpatialHead
 from pacofr.models.unwrap import original_param_name, unwrap_fsdp
-from pacofr.objectives.base import PretrainObjective, StepOutput
-from pacofr.objectives.region_terms import RegionSpatialTerms, RegionTargets
+from pacofr.objectives.interface import Charts, ParamGroup
+from pacofr.objectives.masked_autoencoder import MaskedAutoencoder, StepOutput
+from pacofr.objectives.region_terms import SPATIAL_CHARTS, RegionSpatialTerms, RegionTargets
 
 CODEBOOK_UPDATES_KEY = "pacofr_codebook_updates"  # checkpoint entry of the codebook's update counter
 
 
-class PaCoFR(RegionSpatialTerms, PretrainObjective):
+class PaCoFR(RegionSpatialTerms, MaskedAutoencoder):
     """Reconstruction + candidate codebook + spatial consistency, after a codebook-only incubation."""
 
     batch_keys = ("image", "mask")
     optional_batch_keys = ("covered_patches", "region_hist")
+    display_name = "PaCo-FR"
+    designed_masker = "Structured"
 
     def __init__(
         self,
@@ -61,6 +64,8 @@ class PaCoFR(RegionSpatialTerms, PretrainObjective):
         spatial_prior: bool = True,
         spatial_targets: RegionTargets = "own",
         teacher_momentum: float = 0.996,
+        codebook_warmup_steps: int = 20,
+        codebook_lr_scale: float = 1.0,
         **core: Any,
     ) -> None:
         """
@@ -88,7 +93,11 @@ class PaCoFR(RegionSpatialTerms, PretrainObjective):
             spatial_targets: ``own`` (each image's region histograms) or ``rolled`` (the next image's in the batch:
                 the control for image-specific supervision, ``docs/study.md``).
             teacher_momentum: EMA momentum of the affinity variant's teacher encoder.
-            core: those of :class:`~pacofr.objectives.base.PretrainObjective` (encoder, decoder, geometry).
+            codebook_warmup_steps, codebook_lr_scale: the codebook group's (codes, pixel head, Belief Predictor) own
+                short warmup from step 0 and its peak (x the batch-scaled lr), so it trains at full rate during
+                incubation; then cosine to the end of the run. The position prior learns on the same schedule at
+                the batch-scaled lr.
+            core: those of :class:`~pacofr.objectives.masked_autoencoder.MaskedAutoencoder` (encoder, decoder, sizes).
         """
         super().__init__(**core)
         if not 0.0 <= replace_ratio < 1.0:
@@ -115,6 +124,7 @@ class PaCoFR(RegionSpatialTerms, PretrainObjective):
         self._incubation_in_epochs = incubation_steps is None
         self.codebook_weight, self.codebook_beta = codebook_weight, codebook_beta
         self.spatial_variant, self.teacher_momentum = spatial_variant, teacher_momentum
+        self.codebook_warmup_steps, self.codebook_lr_scale = codebook_warmup_steps, codebook_lr_scale
         self.set_region_settings(
             spatial_weight, spatial_centroid_weight, spatial_on, spatial_pairs, spatial_sides, spatial_targets
         )
@@ -248,6 +258,54 @@ class PaCoFR(RegionSpatialTerms, PretrainObjective):
             metrics["mask/replaced_ratio"] = out["replaced"].float().mean()
         return metrics
 
+    # --- monitoring -----------------------------------------------------------------------------------------
+    def tensorboard_charts(self) -> Charts:
+        charts = super().tensorboard_charts()
+        charts["losses"].update(
+            {
+                "incubation: 1 = only codebook, pixel head and predictor train (the total jumps when it ends)": [
+                    "Multiline",
+                    [r"^optim/incubating$"],
+                ],
+                "codebook loss and its belief CE (train)": [
+                    "Multiline",
+                    [r"^loss/codebook$", r"^loss/codebook_belief_ce$"],
+                ],
+                "codebook alignment and commitment (train)": [
+                    "Multiline",
+                    [r"^loss/codebook_alignment$", r"^loss/codebook_commitment$"],
+                ],
+                "validation codebook loss and its belief CE": [
+                    "Multiline",
+                    [r"^val/codebook$", r"^val/codebook_belief_ce$"],
+                ],
+                "validation alignment and commitment": [
+                    "Multiline",
+                    [r"^val/codebook_alignment$", r"^val/codebook_commitment$"],
+                ],
+                **SPATIAL_CHARTS,
+            }
+        )
+        charts["codebook health"] = {
+            "perplexity (codes in use, effective)": ["Multiline", [r"^codebook/perplexity$"]],
+            "share of codes used (assigned in the window)": ["Multiline", [r"^codebook/usage_fraction$"]],
+            "codes re-seeded so far": ["Multiline", [r"^codebook/reseeded_total$"]],
+        }
+        return charts
+
+    def monitor_images(self, limit: int = 256) -> dict[str, torch.Tensor]:
+        """The first ``limit`` code prototypes g(c_k) as (K, 3, p, p) images, each min-max scaled."""
+        protos = self.codebook.prototypes()[:limit].float()
+        p = self.patch_size
+        imgs = protos.view(-1, p, p, 3).permute(0, 3, 1, 2)
+        lo = imgs.amin(dim=(1, 2, 3), keepdim=True)
+        hi = imgs.amax(dim=(1, 2, 3), keepdim=True)
+        return {"codebook/prototypes": (imgs - lo) / (hi - lo).clamp_min(1e-6)}
+
+    def monitor_histograms(self, out: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The codes the patches were assigned."""
+        return {"codebook/usage": out["target_code"]} if "target_code" in out else {}
+
     # --- checkpoints ----------------------------------------------------------------------------------------
     def host_state(self) -> dict[str, Any]:
         # the codebook's update counter phases dead-code re-seeding; a host int, not a buffer. Read and written on
@@ -263,11 +321,24 @@ class PaCoFR(RegionSpatialTerms, PretrainObjective):
         names = super().no_weight_decay() | {f"codebook.{n}" for n in self.codebook.no_weight_decay()}
         return names | ({"position_prior"} if self.position_prior is not None else set())
 
-    def codebook_parameter_names(self) -> set[str]:
-        return set(self._incubation_names)
-
-    def probe_parameter_names(self) -> set[str]:
-        return {"position_prior"} if self.position_prior is not None else set()
+    def parameter_groups(self) -> list[ParamGroup]:
+        # the codebook first (optimiser order, which checkpoints record): it trains from step 0, through the
+        # incubation; the backbone waits for it; the position prior only measures and learns from step 0, clipped
+        # apart so it neither waits for nor shrinks the backbone's step
+        groups = [
+            ParamGroup(
+                "codebook",
+                frozenset(self._incubation_names),
+                warmup_steps=self.codebook_warmup_steps,
+                lr_scale=self.codebook_lr_scale,
+                after_incubation=False,
+            ),
+            ParamGroup("main"),
+        ]
+        if self.position_prior is not None:
+            prior = frozenset({"position_prior"})
+            groups.append(ParamGroup("probe", prior, warmup_steps=self.codebook_warmup_steps, after_incubation=False))
+        return groups
 
     def flops_per_image(self) -> float:
         flops = super().flops_per_image() + self.codebook.flops_per_image(self.num_patches, self.num_replaced, 256)

@@ -33,6 +33,8 @@ def masked_indices(mask: torch.Tensor, num_masked: int) -> torch.Tensor:
 class PaCoFRFull(PaCoFR):
     """PaCo-FR with the encoder on the full sequence and the masked patches replaced by candidate mixes."""
 
+    display_name = "PaCo-FR full"
+
     def __init__(
         self,
         mask_token_share: float = 0.0,

@@ -16,6 +16,12 @@ from pacofr.losses.spatial import spatial_consistency_loss
 
 RegionTargets = Literal["own", "rolled"]
 
+# the spatial loss's charts (TensorBoard custom scalars), for every method with a spatial term
+SPATIAL_CHARTS = {
+    "spatial terms (train)": ["Multiline", [r"^loss/spatial.*$"]],
+    "validation spatial terms": ["Multiline", [r"^val/spatial.*$"]],
+}
+
 
 def region_targets(region_hist: torch.Tensor, mode: RegionTargets) -> torch.Tensor:
     """The targets the spatial head is trained on: each image's own region histograms (``own``), or those of the
@@ -30,7 +36,7 @@ def region_targets(region_hist: torch.Tensor, mode: RegionTargets) -> torch.Tens
 
 class RegionSpatialTerms:
     """The region spatial loss (class shares + centroid geometry) and its position-only prior, for mixing into a
-    :class:`~pacofr.objectives.base.PretrainObjective`."""
+    :class:`~pacofr.objectives.masked_autoencoder.MaskedAutoencoder`."""
 
     spatial_weight: float
     spatial_centroid_weight: float

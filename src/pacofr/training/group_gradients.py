@@ -1,15 +1,16 @@
-"""Gradient norms and clipping per schedule group (``main``: the backbone; ``codebook``; ``probe``).
+"""Gradient norms and clipping per schedule group (the objective's ``parameter_groups()``: e.g. ``main``, the
+backbone, and groups of parts with schedules of their own).
 
-One global norm let the codebook's large gradients (often 95 % of the total) set the clipping factor of the
-encoder's step too; per group, each part is clipped by its own norm. Under FSDP each rank holds gradient shards:
-their squares are summed over the sharding group, while parameters of replicated (``NO_SHARD``) units, the
-codebook's, count once. FSDP2 (``fully_shard``) gradients are DTensors: their local shards count, summed over the
+One global norm lets a part with large gradients (in PaCo-FR often 95 % of the total) set the clipping
+factor of the encoder's step too; per group, each part is clipped by its own norm. Under FSDP each rank holds
+gradient shards: their squares are summed over the sharding group, while parameters of replicated (``NO_SHARD``)
+units count once. FSDP2 (``fully_shard``) gradients are DTensors: their local shards count, summed over the
 world like FSDP1's (``bench/fsdp2_probe.py``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 import torch
 import torch.distributed as dist
@@ -55,12 +56,17 @@ def group_grad_norms(
     return {t: (per_shard[i] + squares[t][1]).sqrt() for i, t in enumerate(tags)}
 
 
-def clip_groups(optimizer: torch.optim.Optimizer, norms: dict[str, torch.Tensor], max_norm: float) -> None:
-    """Scale each group's gradients by ``min(1, max_norm / norm)`` of its schedule tag (each rank its shards)."""
+def clip_groups(
+    optimizer: torch.optim.Optimizer, norms: dict[str, torch.Tensor], max_norm: float | Mapping[str, float | None]
+) -> None:
+    """Scale each group's gradients by ``min(1, limit / norm)`` of its schedule tag (each rank its shards); the
+    limit is ``max_norm``, or ``max_norm[tag]`` per tag (None: that group is not clipped)."""
     for group in optimizer.param_groups:
-        norm = norms.get(group.get("schedule", "main"))
+        tag = group.get("schedule", "main")
+        norm = norms.get(tag)
+        limit = max_norm.get(tag) if isinstance(max_norm, Mapping) else max_norm
         grads = [local_grad(p) for p in group["params"] if p.grad is not None and p.grad.numel() > 0]
-        if norm is not None and grads:
+        if norm is not None and limit and grads:
             # torch's clip_grads_with_norm_ arithmetic, on the local tensors (FSDP2's DTensors refuse a plain factor)
-            factor = (max_norm / (norm + 1e-6)).clamp(max=1.0)
+            factor = (limit / (norm + 1e-6)).clamp(max=1.0)
             torch._foreach_mul_(grads, factor.to(grads[0].device))

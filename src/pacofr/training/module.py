@@ -1,32 +1,41 @@
 """``PretrainModule``: the LightningModule that trains any pretraining objective (``pacofr.objectives``).
 
-It owns the step, not the method: the batch-scaled learning rate and the AdamW groups the objective names, the
+It owns the step, not the method: the batch-scaled learning rate and the AdamW groups the objective declares, the
 non-finite gate (decided on the device on every rank, ``pacofr.training.nonfinite``), clipping, the state updates
-after the optimiser step, logging, and what checkpoints carry beside the weights.
+after the optimiser step, logging, and what checkpoints carry beside the weights. The step's parts are
+``pacofr.training.step``'s, which ``bench/train_step.py`` runs without Lightning: the hooks below call them in
+that order.
 """
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import lightning as L
 import torch
 from lightning.pytorch.utilities import rank_zero_info
-from torch.optim.lr_scheduler import LambdaLR
 
 from pacofr.checkpointing.training_state import load_training_state, save_training_state
 from pacofr.data.batch import PretrainBatch
 from pacofr.errors import UserError
 from pacofr.models.unwrap import original_param_name
-from pacofr.objectives.base import PretrainObjective
-from pacofr.optim import build_adamw, pretrain_schedules, scaled_lr
+from pacofr.objectives.interface import PretrainObjective
+from pacofr.optim import scaled_lr
 from pacofr.training.fp32_modules import keep_declared_fp32
 from pacofr.training.fsdp_access import fsdp_replicates_all, is_fsdp, momentum_params_whole
 from pacofr.training.group_gradients import clip_groups, group_grad_norms
 from pacofr.training.host_copies import LaggedHostReader
 from pacofr.training.nonfinite import NonFiniteGuard, all_ranks_finite_flag, skips_on_device
-from pacofr.training.optimizer_resets import reset_rows, restart_group_steps
 from pacofr.training.pixels import reconstruction_psnr
+from pacofr.training.step import (
+    build_optimizer,
+    clear_decision,
+    device_decision,
+    finish_step,
+    group_clip_limits,
+    restart_after_incubation,
+)
 from pacofr.training.step_metrics import step_metrics
 
 try:  # the config LightningCLI instantiates the module from (class paths included), when it does
@@ -44,8 +53,6 @@ class PretrainModule(L.LightningModule):
         weight_decay: float = 0.05,
         betas: tuple[float, float] = (0.9, 0.95),
         warmup_steps: int = 40,
-        codebook_warmup_steps: int = 20,
-        codebook_lr_scale: float = 1.0,
         compile: bool = False,
         compile_backend: str = "inductor",
         max_nonfinite_steps: int = 10,
@@ -55,10 +62,10 @@ class PretrainModule(L.LightningModule):
             objective: the method (``class_path`` in configs: ``pacofr.objectives.MAE`` | ``FSFM`` | ``PaCoFR`` |
                 ``PaCoFRFull``, or any ``PretrainObjective``).
             base_lr: lr per 256 images of global batch (MAE's rule); min_lr_ratio: cosine floor / peak.
-            weight_decay, betas: AdamW (no decay on norms, biases, position embeddings, tokens, codebook).
-            warmup_steps: linear warmup (after incubation for the non-codebook parameters).
-            codebook_warmup_steps, codebook_lr_scale: the codebook group's own short warmup from step 0 and its
-                peak (x the batch-scaled lr), so it trains at full rate during incubation; then cosine to the end.
+            weight_decay, betas: AdamW (no decay on norms, biases and what the objective's ``no_weight_decay()``
+                names).
+            warmup_steps: linear warmup of the parameter groups that declare none of their own (the objective's
+                ``parameter_groups()``; a group that waits for an incubation warms up after it).
             compile: ``torch.compile`` the objective's hot path (model forward and losses as one graph); the
                 incubation steps stay eager; refused under the FSDP preset.
             compile_backend: ``torch.compile`` backend (``aot_eager``: dynamo and autograd tracing without code
@@ -120,22 +127,16 @@ class PretrainModule(L.LightningModule):
         groups = self.named_param_groups()
         for g in groups:
             del g["names"]  # kept out of the optimiser: checkpoints record them on their own (optim_keys)
-            if g["schedule"] == "codebook":
-                g["lr"] = lr * hp.codebook_lr_scale
-        # fused wherever torch has the kernel (CUDA, CPU): one kernel for all parameters, and the only AdamW that
-        # skips a non-finite step on the device (``found_inf``, see pacofr.training.nonfinite) without a host sync
-        fused = all(p.device.type in ("cuda", "cpu") for g in groups for p in g["params"])
-        optimizer = build_adamw(groups, lr=lr, betas=tuple(hp.betas), fused=fused)
-        incubation = self.objective.incubation_steps
-        lambdas = pretrain_schedules(
-            [g["schedule"] for g in groups], hp.warmup_steps, total, hp.min_lr_ratio, incubation,
-            codebook_warmup_steps=hp.codebook_warmup_steps,
+        optimizer, schedule = build_optimizer(
+            self.objective, groups, lr=lr, betas=tuple(hp.betas), warmup_steps=hp.warmup_steps, total_steps=total,
+            min_lr_ratio=hp.min_lr_ratio,
         )  # fmt: skip
+        incubation = self.objective.incubation_steps
         rank_zero_info(
             f"pacofr: peak lr {lr:.3g} (base {hp.base_lr:g} x global batch {self.global_batch_size()} / 256), "
             f"{total} steps, warmup {hp.warmup_steps}, incubation {incubation}"
         )
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": LambdaLR(optimizer, lambdas), "interval": "step"}}
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 
     def _samples_per_epoch(self) -> int | None:
         samples = getattr(self._datamodule(), "train_samples", None)
@@ -168,11 +169,11 @@ class PretrainModule(L.LightningModule):
         super().optimizer_step(*args, **kwargs)
         # Right after the optimiser step, not in ``on_train_batch_end``: Lightning runs the module's hook after the
         # callbacks', i.e. after a step checkpoint is written, so a checkpoint of step k would miss step k's
-        # codebook update and a resumed run would drift from an uninterrupted one.
+        # state updates (the objective's ``after_step``) and a resumed run would drift from an uninterrupted one.
         self._after_step()
         self._step_finite = None  # the next optimiser step starts its own non-finite decision
         for opt in self.trainer.optimizers:
-            opt.__dict__.pop("found_inf", None)  # used up: a later ``step()`` outside training must not see it
+            clear_decision(opt)
 
     def _after_step(self) -> None:
         if not self._after_step_pending:
@@ -180,26 +181,20 @@ class PretrainModule(L.LightningModule):
         self._after_step_pending = False
         state, apply = self._after_step_state, self._after_step_apply
         self._after_step_state = self._after_step_apply = None
-        with momentum_params_whole(self._trainer, bool(self.objective.momentum_pairs())):
-            self.objective.after_step(state, self.global_step, apply)
-        rows = self.objective.take_reseeded_rows()
-        if rows and self._trainer is not None and self._optimizer() is not None:
-            params = {original_param_name(n): p for n, p in self.objective.named_parameters()}
-            reset_rows(self._optimizer(), params, rows)
+        optimizer = self._optimizer() if self._trainer is not None else None
+        whole = functools.partial(momentum_params_whole, self._trainer, bool(self.objective.momentum_pairs()))
+        finish_step(self.objective, optimizer, state, self.global_step, apply, whole)
 
     def on_before_optimizer_step(self, optimizer) -> None:
         """Before clipping and the step: each schedule group's gradient norm (logged, and what clipping uses),
         and the step's decision: loss and gradients finite on every rank."""
-        if 0 < self.objective.incubation_steps == self.global_step:
-            restart_group_steps(optimizer, "main")  # the backbone starts now: a fresh AdamW, not one 80 steps old
+        restart_after_incubation(self.objective, optimizer, self.global_step)
         norms = self._group_grad_norms(optimizer)
         self._grad_norms = norms
         total = torch.stack(list(norms.values())).square().sum().sqrt() if norms else None
         grads_finite = all_ranks_finite_flag(total) if total is not None else None
         if self._step_finite is not None:  # the device path: the loss's flag of this step's micro-batches
-            take = self._step_finite if grads_finite is None else self._step_finite * grads_finite
-            self.nonfinite.record(take, self.global_step)
-            optimizer.found_inf = 1.0 - take
+            take = device_decision(optimizer, self._step_finite, grads_finite, self.nonfinite, self.global_step)
             self._after_step_apply = take
         elif grads_finite is not None and self._after_step_pending:  # the host path, the loss was finite
             self.nonfinite.record(grads_finite, self.global_step)
@@ -228,19 +223,21 @@ class PretrainModule(L.LightningModule):
     def configure_gradient_clipping(
         self, optimizer, gradient_clip_val: float | None = None, gradient_clip_algorithm: str | None = None
     ) -> None:
-        """Clip by norm per schedule group (also under FSDP, where each rank scales its shards by the group's
-        whole-model norm): the codebook's large gradients no longer shrink the encoder's step. Value clipping
-        is Lightning's, over everything (not under FSDP)."""
-        if not gradient_clip_val:
-            return
+        """Clip by norm per schedule group at the group's limit (``group_clip_limits``: its declared ``clip``, else
+        ``gradient_clip_val``; also under FSDP, where each rank scales its shards by the group's whole-model norm):
+        a part with large gradients no longer shrinks the encoder's step. Value clipping is Lightning's, over
+        everything (not under FSDP)."""
         if gradient_clip_algorithm not in (None, "norm"):
+            if not gradient_clip_val:
+                return
             if is_fsdp(self.trainer):
                 raise ValueError(f"FSDP clips by norm only, got gradient_clip_algorithm={gradient_clip_algorithm!r}")
             super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
             return
-        clip_groups(
-            optimizer, getattr(self, "_grad_norms", None) or self._group_grad_norms(optimizer), gradient_clip_val
-        )
+        limits = group_clip_limits(self.objective, gradient_clip_val or None)
+        if not any(limits.values()):
+            return
+        clip_groups(optimizer, getattr(self, "_grad_norms", None) or self._group_grad_norms(optimizer), limits)
 
     def validation_step(self, batch: PretrainBatch, batch_idx: int) -> None:
         """The training losses on held-out faces."""

@@ -9,9 +9,10 @@ Two ways to skip, chosen by the optimiser:
 * **on the device** (fused AdamW/Adam, the module's default on CUDA and CPU): the all-reduced flag never
   reaches the host. The step runs as usual (backward of a non-finite loss, clipping); the optimiser is
   handed ``found_inf`` (the attribute ``torch.amp.GradScaler`` uses), so its fused kernel leaves
-  parameters, moments and the step count untouched; the codebook bookkeeping and the EMA teacher are
-  gated with the same flag. The in-row counter lives on the device too and reaches the host through a
-  non-blocking copy (:class:`LaggedHostReader`) that is read ``lag_steps`` steps later (2 on CUDA): the
+  parameters, moments and the step count untouched; the objective's between-step updates (e.g. PaCo-FR's code
+  bookkeeping, EMA targets) are gated with the same flag. The in-row counter lives on the device too and reaches
+  the host through a non-blocking copy (:class:`LaggedHostReader`) that is read ``lag_steps`` steps later (2 on
+  CUDA): the
   run stops that many steps after the ``max_in_row``-th non-finite step in a row, on every rank at the same
   step (all ranks read the same step's count, so none is left waiting in a collective). The steps in
   between are decided as usual (skipped while still non-finite). On CPU the copy is synchronous: no lag,

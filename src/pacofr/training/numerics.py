@@ -9,7 +9,7 @@ by :func:`apply_numerics` before the model is built. It decides what float32 mat
 
 Why ``highest`` is the default. Under ``bf16-mixed`` the heavy work (linear layers, attention, the patch
 embedding's convolution) runs in bf16 whatever this says: autocast casts it. What stays float32 is what the code
-takes out of autocast on purpose, above all the codebook's distances (``models/codebook.py squared_distances``:
+takes out of autocast on purpose, above all PaCo-FR's code distances (``pacofr.models`` ``squared_distances``:
 ``|x|^2 - 2 x.g + |g|^2`` over 768-wide pixel patches and K codes, in float32 because the argmin / top-m choice of
 codes flips under bf16 rounding). TF32 rounds the inputs of that ``x @ g.t()`` to 10 mantissa bits (relative error
 ~5e-4, close to bf16's 8 bits), which would silently undo that choice: code assignments would differ from the CPU

@@ -1,10 +1,10 @@
 """AdamW state that must start afresh mid-run: a schedule group frozen until now, and re-seeded parameter rows.
 
-- A group frozen by its schedule (lr 0, zero gradients: PaCo-FR's backbone during the codebook-only incubation)
+- A group frozen by its schedule (lr 0, zero gradients: PaCo-FR's backbone during its incubation)
   keeps zero moments, but AdamW still counts its steps, so its bias correction is off when it starts: the first
   update is ~0.44x a fresh Adam's, then ~1.05-1.1x for tens of steps. Restarting the count when the group starts
   gives exactly a fresh Adam.
-- A re-seeded row (a dead codebook code and its Belief Predictor row) gets a new value; the moments its old
+- A re-seeded row (e.g. a dead code of PaCo-FR and its Belief Predictor row) gets a new value; the moments its old
   value gathered would move it by a history it never had.
 
 Both are device operations on the optimiser's state: no host read.

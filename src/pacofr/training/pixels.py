@@ -12,7 +12,7 @@ import torch
 
 from pacofr.data.transforms import IMAGENET_MEAN, IMAGENET_STD, mean_std_constants
 from pacofr.losses.reconstruction import psnr
-from pacofr.objectives.base import PretrainObjective
+from pacofr.objectives.interface import PretrainObjective
 
 
 def pixel_stats(datamodule: Any, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:

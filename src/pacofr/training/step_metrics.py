@@ -10,7 +10,7 @@ from typing import Any
 import torch
 
 from pacofr.data.batch import PretrainBatch
-from pacofr.objectives.base import PretrainObjective
+from pacofr.objectives.interface import PretrainObjective
 from pacofr.training.pixels import reconstruction_psnr
 
 # ``optim/incubating`` as host constants: logged every step, so built once here rather than once per step

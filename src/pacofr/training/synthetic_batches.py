@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from pacofr.data.batch import PretrainBatch
 from pacofr.data.format import NUM_LABELS, NUM_REGIONS
-from pacofr.objectives.base import PretrainObjective
+from pacofr.objectives.interface import PretrainObjective
 
 
 def synthetic_batches(
