@@ -4,12 +4,10 @@ layers)."""
 
 from __future__ import annotations
 
-import ast
 from pathlib import Path
 
 import pytest
-
-SRC = Path(__file__).resolve().parents[1] / "src"
+from source_imports import SRC, imported_modules, module_name
 
 # lowest first; a module belongs to the longest prefix that names it
 LAYERS: list[tuple[str, ...]] = [
@@ -37,36 +35,9 @@ def layer_of(module: str) -> int:
     return rank
 
 
-def module_name(path: Path) -> str:
-    parts = list(path.relative_to(SRC).with_suffix("").parts)
-    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
-
-
-def is_module(name: str) -> bool:
-    path = SRC / Path(*name.split("."))
-    return path.with_suffix(".py").exists() or (path / "__init__.py").exists()
-
-
 def imports_of(path: Path) -> set[str]:
-    """pacofr modules ``path`` imports anywhere in the file, top or function level (``from a.b import c``
-    counts a.b, and a.b.c when that is a module; relative imports resolved)."""
-    package = module_name(path) if path.name == "__init__.py" else module_name(path).rsplit(".", 1)[0]
-    found: set[str] = set()
-    for node in ast.walk(ast.parse(path.read_text())):
-        if isinstance(node, ast.Import):
-            found.update(a.name for a in node.names if a.name.startswith("pacofr"))
-        elif isinstance(node, ast.ImportFrom):
-            if node.level:
-                parts = package.split(".")
-                base = ".".join(parts[: len(parts) - (node.level - 1)])
-                target = f"{base}.{node.module}" if node.module else base
-            else:
-                target = node.module or ""
-            if not target.startswith("pacofr"):
-                continue
-            found.add(target)
-            found.update(f"{target}.{a.name}" for a in node.names if is_module(f"{target}.{a.name}"))
-    return found
+    """pacofr modules ``path`` imports anywhere in the file, top or function level."""
+    return {target for target, _ in imported_modules(path)}
 
 
 def graph() -> dict[str, set[str]]:

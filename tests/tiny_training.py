@@ -8,6 +8,7 @@ from typing import Any
 
 import lightning as L
 import torch
+from quiet_trainer import quiet_trainer
 
 from pacofr.objectives import FSFM, MAE, PaCoFR, PretrainObjective, StepOutput
 from pacofr.training.module import PretrainModule
@@ -72,16 +73,4 @@ def seeded(fn, *args: Any, seed: int = 0, **kwargs: Any):
 
 
 def trainer(tmp_path: Path, **kwargs) -> L.Trainer:
-    defaults = dict(
-        accelerator="cpu",
-        devices=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        default_root_dir=str(tmp_path),
-        check_val_every_n_epoch=None,
-        num_sanity_val_steps=0,
-    )
-    defaults.update(kwargs)
-    return L.Trainer(**defaults)
+    return quiet_trainer(tmp_path, **{"check_val_every_n_epoch": None, "num_sanity_val_steps": 0, **kwargs})

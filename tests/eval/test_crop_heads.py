@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import lightning as L
 import numpy as np
 import pytest
 import torch
 from PIL import Image
+from quiet_trainer import quiet_trainer
 
 from pacofr.eval.crop import crop_resize
 from pacofr.eval.data import EvalDataModule
@@ -73,15 +73,7 @@ def test_probe_learns_a_separable_task(tmp_path):
         weight_decay=0.0,
         results_dir=str(tmp_path / "results"),
     )
-    trainer = L.Trainer(
-        accelerator="cpu",
-        max_epochs=40,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        default_root_dir=str(tmp_path),
-    )
+    trainer = quiet_trainer(tmp_path, max_epochs=40)
     results = run_eval(trainer, model, data)
     assert results["metrics"]["test"]["accuracy"] == pytest.approx(1.0)
     assert results["checkpoint"] is None and results["epochs"] == 40

@@ -7,6 +7,7 @@ import lightning as L
 import pytest
 import torch
 from eval_layouts import write_pretraining_checkpoint, write_rafdb, write_synth
+from quiet_trainer import quiet_trainer
 
 from pacofr.eval.data import EvalDataModule, TaskDataset
 from pacofr.eval.feature_cache import FeatureDataset
@@ -30,17 +31,7 @@ def synth_root(tmp_path_factory):
 
 
 def trainer(tmp_path, **kwargs) -> L.Trainer:
-    opts = dict(
-        accelerator="cpu",
-        devices=1,
-        max_epochs=EPOCHS,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        default_root_dir=str(tmp_path),
-    )
-    return L.Trainer(**{**opts, **kwargs})
+    return quiet_trainer(tmp_path, **{"max_epochs": EPOCHS, **kwargs})
 
 
 def count_encoded_images(model: EvalModule) -> list[int]:

@@ -10,6 +10,7 @@ import pytest
 import torch
 from eval_layouts import WRITERS, write_pretraining_checkpoint, write_synth
 from lightning.pytorch.loggers import TensorBoardLogger
+from quiet_trainer import quiet_trainer
 
 from pacofr.eval.data import EvalDataModule
 from pacofr.eval.module import EvalModule, default_feature_layers, run_eval
@@ -46,17 +47,7 @@ def make_data(tmp_path, task: str, **kwargs) -> EvalDataModule:
 
 
 def quick_trainer(tmp_path, **kwargs) -> L.Trainer:
-    opts = dict(
-        accelerator="cpu",
-        devices=1,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        enable_checkpointing=False,
-        default_root_dir=str(tmp_path),
-        fast_dev_run=True,
-    )
-    opts.update(kwargs)
-    return L.Trainer(**opts)
+    return quiet_trainer(tmp_path, **{"fast_dev_run": True, "logger": None, **kwargs})
 
 
 @pytest.mark.parametrize("task,mode", CASES)

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import json
 
-import lightning as L
 import numpy as np
 import pytest
 from eval_layouts import write_pretraining_checkpoint
+from quiet_trainer import quiet_trainer
 
 from pacofr.eval.data import EvalDataModule
 from pacofr.eval.datasets import SynthFaces, SynthPairs
@@ -42,15 +42,7 @@ def test_synth_task_with_occlusion(tmp_path, synth_root, task):
     write_pretraining_checkpoint(ckpt, img_size=32)
     data = EvalDataModule(task, str(synth_root), img_size=32, batch_size=16, num_workers=0, occlusion_area=0.25)
     model = EvalModule(task, encoder_ckpt=str(ckpt), img_size=32, head_dim=16)
-    trainer = L.Trainer(
-        accelerator="cpu",
-        max_epochs=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        default_root_dir=str(tmp_path),
-    )
+    trainer = quiet_trainer(tmp_path, max_epochs=1)
     run_eval(trainer, model, data)
     out = json.loads((tmp_path / "results" / f"{task}.json").read_text())
     assert set(out["metrics"]) == {"val", "val+occluded"}

@@ -14,6 +14,7 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from quiet_trainer import quiet_trainer
 from tiny_training import PoisonedPaCoFR
 from tiny_training import tiny_module as build_tiny_module
 
@@ -49,18 +50,8 @@ def tiny_module(module_cls=PretrainModule, **overrides) -> PretrainModule:
 
 
 def fit(module: PretrainModule, steps: int, callbacks=(), **kwargs) -> L.Trainer:
-    trainer = L.Trainer(
-        accelerator="cpu",
-        devices=1,
-        max_steps=steps,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        limit_val_batches=0,
-        callbacks=list(callbacks),
-        **kwargs,
+    trainer = quiet_trainer(
+        max_steps=steps, num_sanity_val_steps=0, limit_val_batches=0, callbacks=list(callbacks), **kwargs
     )
     trainer.fit(
         module, datamodule=PremadeBatches(synthetic_batches(module.objective, batch=4, count=3, seed=1), steps + 2)

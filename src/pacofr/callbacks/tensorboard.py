@@ -19,7 +19,7 @@ from pacofr.data.batch import PretrainBatch
 from pacofr.data.format import NUM_REGIONS, REGION_NAMES, label_to_region_lut
 from pacofr.hparams_session import write_session_start
 from pacofr.models.patches import unpatchify
-from pacofr.objectives.interface import PretrainObjective
+from pacofr.objectives.interface import PretrainObjective, chart
 from pacofr.training.fsdp_access import call_unsharded, is_fsdp
 from pacofr.training.pixels import denormalise, predicted_pixels
 
@@ -176,28 +176,28 @@ class ScalarLayout(L.Callback):
     # the page around the method's own charts (``PretrainObjective.tensorboard_charts``): the total and validation
     # loss open the first category, the method's categories follow it, then these
     LOSSES = {
-        "total loss (train)": ["Multiline", [r"^loss/total$"]],
-        "validation loss": ["Multiline", [r"^val/loss$"]],
+        "total loss (train)": chart(r"^loss/total$"),
+        "validation loss": chart(r"^val/loss$"),
     }
     GENERAL = {
         "online probe": {
-            "pose MAE, degrees (lower is better)": ["Multiline", [r"^probe/pose_mae.*$"]],
-            "identity k-NN accuracy (higher is better)": ["Multiline", [r"^probe/knn_identity_acc$"]],
+            "pose MAE, degrees (lower is better)": chart(r"^probe/pose_mae.*$"),
+            "identity k-NN accuracy (higher is better)": chart(r"^probe/knn_identity_acc$"),
         },
         "optimisation": {
-            "learning rate": ["Multiline", [r"^optim/lr_.*$"]],
-            "gradient norm": ["Multiline", [r"^optim/grad_norm.*$"]],
-            "skipped non-finite steps": ["Multiline", [r"^loss/nonfinite_skipped$"]],
+            "learning rate": chart(r"^optim/lr_.*$"),
+            "gradient norm": chart(r"^optim/grad_norm.*$"),
+            "skipped non-finite steps": chart(r"^loss/nonfinite_skipped$"),
         },
         "throughput": {
-            "images/s": ["Multiline", [r"^perf/images_per_s$"]],
-            "step time, s": ["Multiline", [r"^perf/step_time_s$"]],
-            "TFLOP/s per device": ["Multiline", [r"^perf/tflops_per_device$"]],
-            "MFU": ["Multiline", [r"^perf/mfu$"]],
+            "images/s": chart(r"^perf/images_per_s$"),
+            "step time, s": chart(r"^perf/step_time_s$"),
+            "TFLOP/s per device": chart(r"^perf/tflops_per_device$"),
+            "MFU": chart(r"^perf/mfu$"),
         },
         "data": {
-            "problems (all 0 in a healthy run)": ["Multiline", [DATA_PROBLEMS]],
-            "samples read": ["Multiline", [r"^data/samples_read$"]],
+            "problems (all 0 in a healthy run)": chart(DATA_PROBLEMS),
+            "samples read": chart(r"^data/samples_read$"),
         },
     }
 

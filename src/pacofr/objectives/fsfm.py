@@ -33,7 +33,7 @@ from torch import nn
 from pacofr.losses.reconstruction import reconstruction_loss
 from pacofr.models.decoder import MAEDecoder
 from pacofr.models.init import mae_init_
-from pacofr.objectives.interface import Charts
+from pacofr.objectives.interface import Charts, chart
 from pacofr.objectives.masked_autoencoder import MaskedAutoencoder, StepOutput, blocks_flops
 
 IdLoss = Literal["simsiam", "byol"]
@@ -157,8 +157,8 @@ class FSFM(MaskedAutoencoder):
         if self.rep_decoder is not None:
             charts["losses"].update(
                 {
-                    "ID branch (train)": ["Multiline", [r"^loss/id$"]],
-                    "validation ID branch": ["Multiline", [r"^val/id$"]],
+                    "ID branch (train)": chart(r"^loss/id$"),
+                    "validation ID branch": chart(r"^val/id$"),
                 }
             )
         return charts

@@ -39,6 +39,12 @@ from pacofr.optim import param_groups
 Charts = dict[str, dict[str, list[Any]]]
 
 
+def chart(*patterns: str) -> list[Any]:
+    """One TensorBoard custom-scalar chart of every tag matching one of ``patterns`` (anchored regexes: TensorBoard
+    finds a pattern anywhere in a tag, so ``loss/rec`` would draw ``loss/rec_covered`` too)."""
+    return ["Multiline", list(patterns)]
+
+
 class StepOutput(NamedTuple):
     """What an objective returns for one batch."""
 

@@ -19,7 +19,7 @@ from pacofr.data.batch import num_masked_patches
 from pacofr.models.decoder import MAEDecoder
 from pacofr.models.patches import normalize_patches, patchify
 from pacofr.models.sizes import DECODER_DEFAULTS, SizeName, build_encoder
-from pacofr.objectives.interface import Charts, PretrainObjective, StepOutput
+from pacofr.objectives.interface import Charts, PretrainObjective, StepOutput, chart
 
 __all__ = ["MaskedAutoencoder", "StepOutput", "blocks_flops", "visible_indices"]
 
@@ -147,12 +147,12 @@ class MaskedAutoencoder(PretrainObjective):
     def tensorboard_charts(self) -> Charts:
         return {
             "losses": {
-                "reconstruction (train)": ["Multiline", [r"^loss/rec$", r"^loss/rec_covered$"]],
-                "validation reconstruction": ["Multiline", [r"^val/rec$", r"^val/rec_covered$"]],
+                "reconstruction (train)": chart(r"^loss/rec$", r"^loss/rec_covered$"),
+                "validation reconstruction": chart(r"^val/rec$", r"^val/rec_covered$"),
             },
             "reconstruction & masking": {
-                "PSNR, dB (train and validation)": ["Multiline", [r"^recon/psnr_db$", r"^val/psnr_db$"]],
-                "mask ratios (masked, replaced, covered share)": ["Multiline", [r"^mask/.*$"]],
+                "PSNR, dB (train and validation)": chart(r"^recon/psnr_db$", r"^val/psnr_db$"),
+                "mask ratios (masked, replaced, covered share)": chart(r"^mask/.*$"),
             },
         }
 

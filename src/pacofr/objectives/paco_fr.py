@@ -26,7 +26,7 @@ from pacofr.losses.spatial import affinity_consistency_loss
 from pacofr.models.codebook import CandidateCodebook, MixMode
 from pacofr.models.spatial_head import SpatialHead
 from pacofr.models.unwrap import original_param_name, unwrap_fsdp
-from pacofr.objectives.interface import Charts, ParamGroup
+from pacofr.objectives.interface import Charts, ParamGroup, chart
 from pacofr.objectives.masked_autoencoder import MaskedAutoencoder, StepOutput
 from pacofr.objectives.region_terms import SPATIAL_CHARTS, RegionSpatialTerms, RegionTargets
 
@@ -263,33 +263,20 @@ class PaCoFR(RegionSpatialTerms, MaskedAutoencoder):
         charts = super().tensorboard_charts()
         charts["losses"].update(
             {
-                "incubation: 1 = only codebook, pixel head and predictor train (the total jumps when it ends)": [
-                    "Multiline",
-                    [r"^optim/incubating$"],
-                ],
-                "codebook loss and its belief CE (train)": [
-                    "Multiline",
-                    [r"^loss/codebook$", r"^loss/codebook_belief_ce$"],
-                ],
-                "codebook alignment and commitment (train)": [
-                    "Multiline",
-                    [r"^loss/codebook_alignment$", r"^loss/codebook_commitment$"],
-                ],
-                "validation codebook loss and its belief CE": [
-                    "Multiline",
-                    [r"^val/codebook$", r"^val/codebook_belief_ce$"],
-                ],
-                "validation alignment and commitment": [
-                    "Multiline",
-                    [r"^val/codebook_alignment$", r"^val/codebook_commitment$"],
-                ],
+                "incubation (1: only the codebook trains; the total jumps at its end)": chart(r"^optim/incubating$"),
+                "codebook loss and its belief CE (train)": chart(r"^loss/codebook$", r"^loss/codebook_belief_ce$"),
+                "codebook alignment and commitment (train)": chart(
+                    r"^loss/codebook_alignment$", r"^loss/codebook_commitment$"
+                ),
+                "validation codebook loss and its belief CE": chart(r"^val/codebook$", r"^val/codebook_belief_ce$"),
+                "validation alignment and commitment": chart(r"^val/codebook_alignment$", r"^val/codebook_commitment$"),
                 **SPATIAL_CHARTS,
             }
         )
         charts["codebook health"] = {
-            "perplexity (codes in use, effective)": ["Multiline", [r"^codebook/perplexity$"]],
-            "share of codes used (assigned in the window)": ["Multiline", [r"^codebook/usage_fraction$"]],
-            "codes re-seeded so far": ["Multiline", [r"^codebook/reseeded_total$"]],
+            "perplexity (codes in use, effective)": chart(r"^codebook/perplexity$"),
+            "share of codes used (assigned in the window)": chart(r"^codebook/usage_fraction$"),
+            "codes re-seeded so far": chart(r"^codebook/reseeded_total$"),
         }
         return charts
 

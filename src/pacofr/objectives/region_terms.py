@@ -13,13 +13,14 @@ from typing import Any, Literal
 import torch
 
 from pacofr.losses.spatial import spatial_consistency_loss
+from pacofr.objectives.interface import chart
 
 RegionTargets = Literal["own", "rolled"]
 
 # the spatial loss's charts (TensorBoard custom scalars), for every method with a spatial term
 SPATIAL_CHARTS = {
-    "spatial terms (train)": ["Multiline", [r"^loss/spatial.*$"]],
-    "validation spatial terms": ["Multiline", [r"^val/spatial.*$"]],
+    "spatial terms (train)": chart(r"^loss/spatial.*$"),
+    "validation spatial terms": chart(r"^val/spatial.*$"),
 }
 
 
