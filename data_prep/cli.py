@@ -3,6 +3,10 @@
 Each subcommand lives in its own module exposing ``register(subparsers)``, which adds its parser
 and sets ``func`` (called with the parsed namespace, returns an exit code). Modules whose optional
 dependencies are missing still register, and fail with a clear message only when run.
+
+The parsers are pacofr's one family (``pacofr.cli_parser``): bad input is one line on stderr, exit code 2, with
+the nearest option of the subcommand when one is misspelt; a user error a command raises (a missing file, a
+``pacofr.errors.UserError``) is the same one line.
 """
 
 from __future__ import annotations
@@ -10,21 +14,12 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
-from typing import NoReturn
 
-from pacofr.errors import EXIT_USER_ERROR, option_strings, suggestion
+from pacofr.cli_parser import OneLineArgumentParser
+from pacofr.errors import TRACEBACK_FLAG, run_reporting_user_errors
 
 # Modules that provide subcommands, in the order ``--help`` lists them.
 COMMAND_MODULES = ("data_prep.synth.command", "data_prep.commands")
-
-
-class OneLineArgumentParser(argparse.ArgumentParser):
-    """A parse error is one line on stderr (with the nearest known option when one was misspelt), exit 2."""
-
-    def error(self, message: str) -> NoReturn:
-        known = option_strings(self)
-        sys.stderr.write(f"{self.prog}: error: {message}{suggestion(message, known)} ({self.prog} --help)\n")
-        sys.exit(EXIT_USER_ERROR)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -39,8 +34,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    return int(args.func(args) or 0)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args([a for a in argv if a != TRACEBACK_FLAG])
+    return run_reporting_user_errors(f"pacofr-prep {args.command}", lambda _: int(args.func(args) or 0), argv)
 
 
 if __name__ == "__main__":

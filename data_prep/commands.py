@@ -96,11 +96,7 @@ def _inspect(args: argparse.Namespace) -> int:
 
 
 def _weights(args: argparse.Namespace) -> int:
-    keys = tuple(args.models) if args.models else weights.DEFAULT_FETCH
-    unknown = [k for k in keys if k not in weights.WEIGHTS]
-    if unknown:
-        print(f"unknown model(s) {unknown}; known: {', '.join(weights.WEIGHTS)}", file=sys.stderr)
-        return 2
+    keys = tuple(args.models) if args.models else weights.DEFAULT_FETCH  # --models: the parser checks the names
     if args.action == "fetch":
         try:
             for path in weights.fetch(args.dir, keys):
@@ -185,6 +181,7 @@ def register(subparsers) -> None:
     p.add_argument(
         "--models",
         nargs="+",
+        choices=tuple(weights.WEIGHTS),
         default=None,
         help="default: all (retinaface_resnet50, retinaface_mobile0.25, bisenet, parsenet)",
     )

@@ -6,6 +6,8 @@ import argparse
 import sys
 import time
 
+from pacofr.errors import UserError
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
@@ -32,10 +34,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         from data_prep.synth.generate import SynthConfig, write_dataset
     except ImportError as err:  # opencv comes with the `prep` extra
-        print(
-            f"pacofr-prep synth: missing dependency ({err}); install with: pip install 'pacofr[prep]'", file=sys.stderr
-        )
-        return 2
+        raise UserError(f"missing dependency ({err}); install with: pip install 'pacofr[prep]'") from err
 
     try:
         cfg = SynthConfig(
@@ -48,9 +47,8 @@ def run(args: argparse.Namespace) -> int:
         )
         if args.shard_size < 1 or args.workers < 1:
             raise ValueError("--shard-size and --workers must be >= 1")
-    except ValueError as err:
-        print(f"pacofr-prep synth: {err}", file=sys.stderr)
-        return 2
+    except ValueError as err:  # pacofr-prep prints it as the one error line
+        raise UserError(str(err)) from err
     start = time.perf_counter()
     step = max(1, cfg.n // 20)
 
@@ -62,8 +60,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         manifest = write_dataset(args.out, cfg, shard_size=args.shard_size, workers=args.workers, progress=progress)
     except FileExistsError as err:
-        print(f"pacofr-prep synth: {err}", file=sys.stderr)
-        return 2
+        raise UserError(str(err)) from err
     counts = ", ".join(f"{name}={info.num_samples}" for name, info in manifest.splits.items())
     print(f"synth: wrote {counts} ({cfg.num_identities} identities) to {args.out}")
     return 0

@@ -19,9 +19,9 @@ from lightning.pytorch.plugins.environments import SLURMEnvironment
 
 from pacofr.callbacks.checkpoint import StepCheckpoint
 from pacofr.checkpointing.preemption import PreemptionHandler, catch_early_preemption_signal
-from pacofr.checkpointing.resolve import find_checkpoints, resolve_resume
+from pacofr.checkpointing.resolve import CheckpointUnreadable, checkpoint_global_step, find_checkpoints, resolve_resume
 from pacofr.checkpointing.rng import RNGState
-from pacofr.cli_parser import OneLineErrorParser
+from pacofr.cli_parser import OneLineErrorParser, exit_with_error, nearest_option, refuse_moved_keys
 from pacofr.data.format import read_manifest
 from pacofr.errors import UserError, run_reporting_user_errors
 from pacofr.logs import show_info_logs
@@ -29,6 +29,8 @@ from pacofr.run_folder import write_run_info
 from pacofr.training.numerics import DEFAULT_MATMUL_PRECISION, MatmulPrecision, apply_numerics
 
 LIGHTNING_COMMANDS = ("fit", "validate")
+# --ckpt_path values that name no local file (Lightning's own names, a model registry, a remote URL)
+LIGHTNING_CKPT_NAMES = ("last", "best", "hpc", "registry", "s3", "gs", "http", "https")
 # name -> "module:function" taking argv (list[str]) and returning an exit code
 EXTRA_COMMANDS: dict[str, str] = {
     "eval": "pacofr.eval.cli:main",
@@ -117,6 +119,10 @@ class PacofrCLI(LightningCLI):
         )
 
     def parse_arguments(self, parser: LightningArgumentParser, args) -> None:
+        argv = list(sys.argv[1:] if args is None else args)
+        # keys that moved (model.codebook_warmup_steps -> the objective's): one line naming the new place, from
+        # the command line or a --config file, before jsonargparse reads them
+        refuse_moved_keys(f"pacofr {argv[0]}" if argv and argv[0] in LIGHTNING_COMMANDS else "pacofr", argv)
         super().parse_arguments(parser, args)
         # checked before seeding, building or writing anything: a wrong --data.root is one line, no stray files
         subcommand = self.config.get("subcommand")
@@ -128,6 +134,18 @@ class PacofrCLI(LightningCLI):
         self._check_dataset(config)
         if config.get("resume") not in (None, "none", "auto"):
             resolve_resume(config.resume, config.run_dir)  # an explicit path: must be a readable checkpoint
+        ckpt_path = config.get("ckpt_path")
+        if ckpt_path is not None and config.get("resume", "none") != "none":
+            raise UserError(f"give either --resume ({config.resume}) or --ckpt_path ({ckpt_path}), not both")
+        if ckpt_path is not None and str(ckpt_path).split(":")[0] not in LIGHTNING_CKPT_NAMES:
+            # an explicit file, read now (Lightning would read its hyper-parameters next, and a damaged file
+            # would end the command in a traceback)
+            if not Path(ckpt_path).exists():
+                raise FileNotFoundError(f"--ckpt_path {ckpt_path}: no such checkpoint")
+            try:
+                checkpoint_global_step(ckpt_path)
+            except CheckpointUnreadable as exc:
+                raise UserError(f"--ckpt_path {exc}") from exc
         if self.config.get("subcommand") == "fit" and config.get("resume", "none") == "none" and not config.ckpt_path:
             self._refuse_used_run_folder(config)
 
@@ -260,8 +278,10 @@ def main(argv: list[str] | None = None) -> int:
             print(HELP)
             return 0
         return run_reporting_user_errors(f"pacofr {argv[0]}", run_lightning, argv)
-    print(f"pacofr: unknown subcommand {argv[0]!r}; use one of {', '.join([*LIGHTNING_COMMANDS, *EXTRA_COMMANDS])}")
-    return 2
+    commands = [*LIGHTNING_COMMANDS, *EXTRA_COMMANDS]
+    close = nearest_option(argv[0], commands)
+    hint = f"did you mean {close}? " if close else ""
+    exit_with_error("pacofr", f"unknown command {argv[0]!r} ({hint}commands: {', '.join(commands)}; pacofr --help)")
 
 
 if __name__ == "__main__":

@@ -1,17 +1,16 @@
 """User errors: what a user can fix (a wrong path, a damaged file, a misspelt option) ends a pacofr command
 with one line on stderr saying what is wrong and what to do, and exit code 2. ``--traceback`` (anywhere on
-the command line) or ``PACOFR_TRACEBACK=1`` shows the full traceback instead.
+the command line) or ``PACOFR_TRACEBACK=1`` shows the full traceback instead. Bad command-line input is the
+parsers' to refuse, in the same one line (``pacofr.cli_parser``).
 """
 
 from __future__ import annotations
 
-import difflib
 import os
 import pickle
 import re
 import sys
 from collections.abc import Callable, Sequence
-from typing import Any
 
 TRACEBACK_FLAG = "--traceback"
 TRACEBACK_ENV = "PACOFR_TRACEBACK"
@@ -81,26 +80,3 @@ def run_reporting_user_errors(prog: str, command: Callable[[list[str]], int], ar
             raise
         print(f"{prog}: error: {one_line(err)} (add {TRACEBACK_FLAG} for the full traceback)", file=sys.stderr)
         return EXIT_USER_ERROR
-
-
-def option_strings(parser: Any) -> list[str]:
-    """Every ``--long.option`` an argparse or jsonargparse parser knows, its subcommands' too (jsonargparse
-    flattens nested class groups into dotted options)."""
-    found = []
-    for action in parser._actions:
-        found += [s for s in action.option_strings if s.startswith("--")]
-        for sub in getattr(action, "_name_parser_map", {}).values():  # subcommands
-            found += option_strings(sub)
-    return sorted(set(found))
-
-
-def suggestion(message: str, known: list[str]) -> str:
-    """`` (did you mean --model.mask_ratio?)`` for the first unknown ``--option`` in ``message``."""
-    for word in re.findall(r"--[\w.\-]+", message):
-        name = word.split("=", 1)[0]
-        if name in known:
-            continue
-        close = difflib.get_close_matches(name, known, n=1, cutoff=0.75)
-        if close:
-            return f" (did you mean {close[0]}?)"
-    return ""

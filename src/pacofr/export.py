@@ -13,16 +13,16 @@ Command line: ``pacofr export --ckpt CKPT --out encoder.safetensors [--format ti
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from pacofr.cli_parser import OneLineArgumentParser
+from pacofr.errors import run_reporting_user_errors
 from pacofr.eval.backbone import (
     SIDECAR_SUFFIX,
-    CheckpointError,
     encoder_from_checkpoint,
     file_sha256,
     load_checkpoint,
@@ -63,7 +63,7 @@ def export_encoder(
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``pacofr export``: write the encoder, print where it went and how timm loads it."""
-    parser = argparse.ArgumentParser(prog="pacofr export", description="Export the encoder of a pacofr checkpoint.")
+    parser = OneLineArgumentParser(prog="pacofr export", description="Export the encoder of a pacofr checkpoint.")
     parser.add_argument("--ckpt", required=True, help="pretraining checkpoint (.ckpt)")
     parser.add_argument("--out", required=True, help="output .safetensors path, or a folder (encoder.safetensors)")
     parser.add_argument("--format", default="timm", choices=EXPORT_FORMATS, help="export format")
@@ -71,11 +71,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--trust_checkpoint", action="store_true", help="allow a checkpoint that weights-only loading refuses"
     )
     args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
-    try:
-        target = export_encoder(args.ckpt, args.out, args.format, args.trust_checkpoint)
-    except (CheckpointError, FileNotFoundError) as err:
-        print(f"pacofr export: error: {err}", file=sys.stderr)
-        return 2
+    # a missing, damaged or refused checkpoint raises a user error: pacofr.cli prints its one line
+    target = export_encoder(args.ckpt, args.out, args.format, args.trust_checkpoint)
     meta = json.loads(target.with_suffix(SIDECAR_SUFFIX).read_text())
     print(f"wrote {target} and {target.with_suffix(SIDECAR_SUFFIX).name}")
     print(
@@ -87,4 +84,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_reporting_user_errors("pacofr export", main, sys.argv[1:]))

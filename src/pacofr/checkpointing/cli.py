@@ -6,16 +6,17 @@
 
 from __future__ import annotations
 
-import argparse
 import logging
 import sys
+from pathlib import Path
 
 from pacofr.checkpointing.consolidate import consolidate
 from pacofr.checkpointing.resolve import find_checkpoints, resolve_resume
+from pacofr.cli_parser import OneLineArgumentParser
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="pacofr checkpoint", description=__doc__.split("\n\n")[0])
+    parser = OneLineArgumentParser(prog="pacofr checkpoint", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     cons = sub.add_parser("consolidate", help="sharded (FSDP) checkpoint folder -> one checkpoint file")
     cons.add_argument("sharded_dir")
@@ -35,6 +36,8 @@ def main(argv: list[str] | None = None) -> int:
         out = consolidate(args.sharded_dir, args.out, args.weights_only, args.optimizer_keys)
         print(f"consolidated {args.sharded_dir} -> {out}")
         return 0
+    if not Path(args.checkpoint_dir).is_dir():  # a typo, not a run that has not saved yet
+        raise NotADirectoryError(f"no checkpoint folder at {args.checkpoint_dir}")
     found, problems = find_checkpoints(args.checkpoint_dir)
     for info in found:
         print(f"{info.global_step:>10d}  {info.kind:<8s}  {info.path}")

@@ -11,12 +11,12 @@
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from pacofr.cli_parser import OneLineArgumentParser
 from pacofr.logs import show_info_logs
 
 from .report import aggregate
@@ -26,8 +26,8 @@ from .spec import DEFAULT_ROOT, StudyConfigError, StudySpec, load_study
 USER_ERRORS = (StudyConfigError, CellError, FileNotFoundError)
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="pacofr study", description=__doc__.split("\n\n")[0])
+def _parser() -> OneLineArgumentParser:
+    parser = OneLineArgumentParser(prog="pacofr study", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     for name, text in (
         ("run", "run every cell (skipping finished ones), then write the table"),
