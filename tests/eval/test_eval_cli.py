@@ -79,15 +79,29 @@ def test_synth_suite_end_to_end(tmp_path, run_dir, capsys):
     assert "chance" in next(line for line in out.splitlines() if line.startswith("task "))
 
 
-def test_suite_errors_are_one_line(tmp_path, run_dir, capsys):
+def test_suite_errors_are_one_line(tmp_path, run_dir, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    ckpt = str(run_dir / "last.ckpt")
+    before = sorted(run_dir.parent.rglob("*"))  # the module's run folder: other tests write results there
     missing = tmp_path / "nothing"
-    args = ["eval", "--suite", "synth", "--model.encoder_ckpt", str(run_dir / "last.ckpt"), "--data.root", str(missing)]
-    assert pacofr(args) == 2
-    assert "make data-demo" in capsys.readouterr().err
-    with pytest.raises(SystemExit, match="encoder_ckpt"):
-        pacofr(["eval", "--suite", "synth"])
-    with pytest.raises(SystemExit, match="unknown suite"):
-        pacofr(["eval", "--suite", "imagenet", "--model.encoder_ckpt", str(run_dir / "last.ckpt")])
+    cases = [
+        (["--model.encoder_ckpt", ckpt, "--data.root", str(missing)], "make data-demo"),
+        ([], "--suite needs --model.encoder_ckpt"),
+        (["--model.encoder_ckpt", ckpt, "--model.task", "synth_pose"], "drop --model.task"),
+        # checked before the first task starts (and writes its log): not inside that log
+        (["--model.encoder_ckpt", ckpt, "--model.head_dimm", "8"], "did you mean --model.head_dim?"),
+    ]
+    for args, message in cases:
+        try:
+            code = pacofr(["eval", "--suite", "synth", *args])
+        except SystemExit as exit_info:  # the parser's own exit
+            code = exit_info.code
+        err = capsys.readouterr().err.strip()
+        assert code == 2 and len(err.splitlines()) == 1 and message in err, (args, err)
+    with pytest.raises(SystemExit) as exit_info:
+        pacofr(["eval", "--suite", "imagenet", "--model.encoder_ckpt", ckpt])
+    assert exit_info.value.code == 2 and "invalid choice: 'imagenet'" in capsys.readouterr().err
+    assert not list(tmp_path.iterdir()) and sorted(run_dir.parent.rglob("*")) == before  # nothing written
 
 
 class ParseOnlyEvalCLI(EvalCLI):

@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import datetime as dt
 import logging
@@ -28,18 +29,14 @@ import lightning as L
 import torch
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
-from pacofr.cli_parser import OneLineErrorParser
-from pacofr.data.format import ManifestError
+from pacofr.cli_parser import OneLineArgumentParser, OneLineErrorParser
+from pacofr.errors import UserError, run_reporting_user_errors
 
-from .backbone import CheckpointError, file_sha256, spec_of
+from .backbone import file_sha256, spec_of
 from .data import OCCLUDED_SUFFIX, EvalDataModule
-from .datasets import DatasetLayoutError
 from .feature_probe import synth_chance
 from .module import EvalModule, run_eval, write_json_atomic
 from .tasks import get_task
-
-# Mistakes a user can fix (wrong path, wrong layout, wrong file): one line, exit code 2, no traceback.
-USER_ERRORS = (CheckpointError, DatasetLayoutError, ManifestError, FileNotFoundError)
 
 log = logging.getLogger("pacofr.eval")
 LIGHTNING_LOGGERS = ("lightning.pytorch", "lightning.fabric")
@@ -162,34 +159,6 @@ SUITES: dict[str, Suite] = {
 }
 
 
-def option_value(args: Sequence[str], name: str) -> str | None:
-    """The last value of ``--name VALUE`` / ``--name=VALUE`` in ``args`` (None when absent)."""
-    value = None
-    for i, arg in enumerate(args):
-        if arg == name and i + 1 < len(args):
-            value = args[i + 1]
-        elif arg.startswith(name + "="):
-            value = arg.split("=", 1)[1]
-    return value
-
-
-def pop_option(args: Sequence[str], name: str) -> tuple[str | None, list[str]]:
-    """``(value of --name, args without it)``."""
-    value, rest, skip = None, [], False
-    for i, arg in enumerate(args):
-        if skip:
-            skip = False
-        elif arg == name:
-            if i + 1 >= len(args):
-                raise SystemExit(f"pacofr eval: {name} needs a value")
-            value, skip = args[i + 1], True
-        elif arg.startswith(name + "="):
-            value = arg.split("=", 1)[1]
-        else:
-            rest.append(arg)
-    return value, rest
-
-
 def defaults_as_args(defaults: dict[str, Any]) -> list[str]:
     args = []
     for key, value in defaults.items():
@@ -215,42 +184,68 @@ def output_to(path: Path) -> Iterator[None]:
                 logger.handlers = handlers
 
 
+def suite_parser() -> OneLineArgumentParser:
+    """The options ``pacofr eval`` reads itself (the rest are the task's, parsed by :class:`EvalCLI`)."""
+    parser = OneLineArgumentParser(prog="pacofr eval", add_help=False, allow_abbrev=False)
+    parser.add_argument("--suite", choices=sorted(SUITES), default=None, help="run every task of this suite")
+    parser.add_argument("--model.task", dest="task", default=None, help=argparse.SUPPRESS)
+    return parser
+
+
+class ParseOnlyEvalCLI(EvalCLI):
+    """Parses and checks the arguments like a task run, and builds nothing."""
+
+    def before_instantiate_classes(self) -> None:
+        pass
+
+    def instantiate_classes(self) -> None:
+        pass
+
+
+def parse_config(args: Sequence[str]) -> Any:
+    """The resolved config of ``args`` (configs, defaults, command line) as a task run would see it; a bad
+    option is the one-line error, before anything is built or written."""
+    return make_cli(args, ParseOnlyEvalCLI).config
+
+
 def run_suite(name: str, user_args: Sequence[str], out: TextIO | None = None) -> dict[str, Any]:
     """Every task of suite ``name`` on the checkpoint in ``user_args``; prints one table and writes
     ``<results>/<name>_suite.json``. Returns that summary."""
     out = out or sys.stdout  # looked up now: the caller may have redirected it
     if name not in SUITES:
-        raise SystemExit(f"pacofr eval: unknown suite {name!r}; choose one of {sorted(SUITES)}")
+        raise UserError(f"unknown suite {name!r}; choose one of {sorted(SUITES)}")
     suite = SUITES[name]
-    if option_value(user_args, "--model.task") is not None:
-        raise SystemExit("pacofr eval: --suite chooses the tasks itself; drop --model.task")
-    ckpt = option_value(user_args, "--model.encoder_ckpt")
+    # the user's arguments parsed once, as the tasks will see them, before any task runs or writes: a misspelt
+    # option is one line here rather than inside the first task's log
+    unset_size = defaults_as_args({**suite.defaults, "model.img_size": 0})  # 0: the user gave none
+    config = parse_config([*unset_size, *user_args, "--model.task", suite.tasks[0]])
+    ckpt = config.model.encoder_ckpt
     if not ckpt:
-        raise SystemExit("pacofr eval: --suite needs --model.encoder_ckpt CKPT (a pretraining .ckpt or export)")
+        raise UserError("--suite needs --model.encoder_ckpt CKPT (a pretraining .ckpt or export)")
     if not Path(ckpt).is_file():
         raise FileNotFoundError(f"checkpoint not found: {ckpt}")
-    encoder = spec_of(ckpt, trust_checkpoint=option_value(user_args, "--model.trust_checkpoint") == "true")
-    root = option_value(user_args, "--data.root") or suite.defaults.get("data.root")
-    from_config = option_value(user_args, "--config") is not None  # may set data.root: the reader checks it
-    if root and not from_config and not (Path(root) / "_info.json").is_file():
+    encoder = spec_of(ckpt, trust_checkpoint=bool(config.model.trust_checkpoint))
+    root = config.data.root
+    if root and not (Path(root) / "_info.json").is_file():
         raise FileNotFoundError(f"no synthetic dataset at {root} (missing _info.json): run {suite.data_hint}")
-    img_size = int(option_value(user_args, "--model.img_size") or encoder.img_size)
+    img_size = int(config.model.img_size or encoder.img_size)
 
     base = defaults_as_args({**suite.defaults, "model.img_size": img_size})
-    results_folder = results_dir(option_value(user_args, "--model.results_dir"), ckpt)
+    results_folder = results_dir(config.model.results_dir, ckpt)
     rows, tasks, started = [], {}, time.perf_counter()
     for i, task in enumerate(suite.tasks, 1):
         print(f"[{i}/{len(suite.tasks)}] {task} ...", file=sys.stderr, flush=True)
         t0 = time.perf_counter()
         with output_to(results_folder / "logs" / f"{task}.log"):
-            results, path = run_task(["--model.task", task, *base, *user_args])
+            # the suite's task last: it wins over a --config that names one
+            results, path = run_task([*base, *user_args, "--model.task", task])
         seconds = time.perf_counter() - t0
         tasks[task] = {**summarise(results), "results_file": str(path), "seconds": round(seconds, 1)}
         rows.append(tasks[task])
     if name == "synth" and root:
         # no features at all: the training labels' mean / majority (every table carries its chance row)
-        max_train = option_value(user_args, "--data.max_train_samples") or suite.defaults.get("data.max_train_samples")
-        chance = synth_chance(root, img_size, int(max_train) if max_train not in (None, "null") else None)
+        max_train = config.data.max_train_samples
+        chance = synth_chance(root, img_size, int(max_train) if max_train is not None else None)
         for row in rows:
             row["chance"] = chance.get(row["task"])
     total = time.perf_counter() - started
@@ -267,7 +262,7 @@ def run_suite(name: str, user_args: Sequence[str], out: TextIO | None = None) ->
     }
     suite_json = Path(rows[0]["results_file"]).parent / f"{name}_suite.json"
     write_json_atomic(suite_json, summary)
-    mode = option_value(user_args, "--model.mode") or suite.defaults.get("model.mode", "probe")
+    mode = config.model.mode
     print(f"\n{name} suite: {ckpt} ({encoder.model_name} at {img_size} px, {mode})", file=out)
     print(suite_table(rows), file=out)
     print(f"total {total:.0f} s; results: {suite_json} (+ one <task>.json each)", file=out)
@@ -345,16 +340,16 @@ def format_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """``pacofr eval``; user errors (a bad option, a missing or refused file) raise, and ``pacofr.cli`` turns
+    them into the one line."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    suite, rest = pop_option(argv, "--suite")
-    try:
-        if suite is not None:
-            run_suite(suite, rest)
-            return 0
-        results, path = run_task(rest)
-    except USER_ERRORS as err:
-        print(f"pacofr eval: error: {err}", file=sys.stderr)
-        return 2
+    known, rest = suite_parser().parse_known_args(argv)
+    if known.suite is not None:
+        if known.task is not None:
+            suite_parser().error("--suite chooses the tasks itself; drop --model.task")
+        run_suite(known.suite, rest)
+        return 0
+    results, path = run_task(argv)
     print(f"\n{results['task']} ({results['mode']}): {results['checkpoint']}")
     print(task_table(results))
     print(f"results: {path}")
@@ -362,4 +357,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_reporting_user_errors("pacofr eval", main, sys.argv[1:]))
