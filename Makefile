@@ -53,13 +53,15 @@ prep-demo: setup
 
 # The main job: tiny PaCo-FR on the synthetic faces, on CPU (override PRETRAIN_ARGS to change anything,
 # e.g. PRETRAIN_ARGS="--trainer.max_steps 1000").
-PRETRAIN_CONFIG ?= configs/pretrain/demo_tiny.yaml
+# The demo's config files, composed in order (`pacofr fit --config A --config B ...`): the size, the method, and
+# PaCo-FR's codebook at that size.
+PRETRAIN_CONFIG ?= configs/pretrain/tiny.yaml configs/pretrain/method/pacofr.yaml configs/pretrain/demo.yaml
 PRETRAIN_ARGS ?=
 # Run twice, it continues the same run (--resume auto: from its newest checkpoint; a finished run stays finished).
 # Start afresh with `rm -r $(RUNS)/demo_tiny` or another RUNS.
 pretrain: data-demo
 	@if [ -d $(RUNS)/demo_tiny/checkpoints ]; then echo "make pretrain: continuing $(RUNS)/demo_tiny from its newest checkpoint (--resume auto); rm -r $(RUNS)/demo_tiny to start afresh"; fi
-	$(BIN)/pacofr fit --config $(PRETRAIN_CONFIG) --data.root $(DATA_DEMO) --run_dir $(RUNS)/demo_tiny --resume auto $(PRETRAIN_ARGS)
+	$(BIN)/pacofr fit $(addprefix --config ,$(PRETRAIN_CONFIG)) --data.root $(DATA_DEMO) --run_dir $(RUNS)/demo_tiny --resume auto $(PRETRAIN_ARGS)
 	@echo
 	@echo "checkpoints: $(RUNS)/demo_tiny/checkpoints (last.ckpt = newest)"
 	@echo "TensorBoard: make tensorboard   (or: $(BIN)/tensorboard --logdir $(RUNS))"

@@ -8,7 +8,44 @@ import os
 import platform
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+
+# The pretraining runs configs/pretrain composes: each run's name (that of the single file it once was) -> its
+# config files in `pacofr fit --config` order (the model size, the method, and for the demo PaCo-FR's codebook at
+# the demo's size), relative to the repository.
+PRETRAIN_RUNS: dict[str, tuple[str, ...]] = {
+    "demo_tiny": ("configs/pretrain/tiny.yaml", "configs/pretrain/method/pacofr.yaml", "configs/pretrain/demo.yaml"),
+    "fsfm_vit_b16": ("configs/pretrain/vit_b16.yaml", "configs/pretrain/method/fsfm.yaml"),
+    "mae_vit_b16": ("configs/pretrain/vit_b16.yaml", "configs/pretrain/method/mae.yaml"),
+    "pacofr_full_vit_b16": ("configs/pretrain/vit_b16.yaml", "configs/pretrain/method/pacofr_full.yaml"),
+    "pacofr_vit_b16": ("configs/pretrain/vit_b16.yaml", "configs/pretrain/method/pacofr.yaml"),
+}
+
+
+def merge_config(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    """``update`` merged into a copy of ``base``: nested mappings key by key, anything else (lists too) replaced."""
+    out = dict(base)
+    for key, value in update.items():
+        nested = isinstance(value, dict) and isinstance(out.get(key), dict)
+        out[key] = merge_config(out[key], value) if nested else value
+    return out
+
+
+def load_pretrain_config(paths: Sequence[str | Path]) -> dict[str, Any]:
+    """The YAML of pretraining config files merged in order, as ``pacofr fit --config A --config B`` merges them
+    (a relative path not found from the working directory is taken from the repository). A method file's
+    ``class_path`` replaces the size file's and keeps its ``init_args``; the CLI then drops those the new class does
+    not accept, this merge keeps them."""
+    import yaml
+
+    config: dict[str, Any] = {}
+    for path in paths:
+        path = Path(path)
+        config = merge_config(config, yaml.safe_load((path if path.exists() else REPO / path).read_text()) or {})
+    return config
 
 
 def available_cores() -> int:

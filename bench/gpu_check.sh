@@ -20,7 +20,7 @@
 #   data         pacofr-prep synth (python -m data_prep.cli synth): 512 faces at 256 px                -> setup.log
 #   numerics     the codebook's float32 distances under highest vs high (TF32): time, changed choices -> checks.log
 #   nvjpeg       pacofr.data.device_images.nvjpeg_ordering_check: decode vs the training stream        -> checks.log
-#   fit          pacofr fit, demo_tiny in bf16-mixed, compiled, device image path, checkpoints, 40 steps -> fit.log
+#   fit          pacofr fit, the demo in bf16-mixed, compiled, device image path, checkpoints, 40 steps -> fit.log
 #   fit_resume   the same command again with --resume auto and 80 steps: it must continue from step 40  -> fit.log
 #   fsdp         pacofr fit with configs/trainer/fsdp.yaml on 1 GPU, sharded checkpoints, 20 steps      -> fsdp.log
 #   fsdp_resume  again to 40 steps: a sharded resume                                                     -> fsdp.log
@@ -232,7 +232,8 @@ step_nvjpeg() {
 # pacofr fit as a user runs it: the demo config with the GPU settings as overrides (small and quick: what is
 # checked is the path, bf16 + compile + the device image path + checkpoints + --resume auto, not the model)
 fit_args() {  # RUN_DIR MAX_STEPS EVERY
-    local common=(--config configs/pretrain/demo_tiny.yaml --data.root "$WORK/faces" --run_dir "$1" --resume auto
+    local common=(--config configs/pretrain/tiny.yaml --config configs/pretrain/method/pacofr.yaml
+        --config configs/pretrain/demo.yaml --data.root "$WORK/faces" --run_dir "$1" --resume auto
         --data.images_on_device true --trainer.max_steps "$2" --checkpoint.every_n_train_steps "$3"
         --trainer.val_check_interval "$3" --trainer.limit_val_batches 2 --trainer.enable_progress_bar false)
     if [ "$MODE" = dry ]; then

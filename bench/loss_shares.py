@@ -1,6 +1,8 @@
 """Each loss term's share of the encoder's gradient, on real batches: does the spatial (or any) term matter?
 
-    .venv/bin/python bench/loss_shares.py --config configs/pretrain/demo_tiny.yaml --data data/study-faces
+    .venv/bin/python bench/loss_shares.py --data data/study-faces   # the demo's configs (bench.common.PRETRAIN_RUNS)
+    .venv/bin/python bench/loss_shares.py --config configs/pretrain/tiny.yaml configs/pretrain/method/pacofr.yaml \
+        configs/pretrain/demo.yaml --data data/study-faces                # the same, named
     .venv/bin/python bench/loss_shares.py --config ... --ckpt runs/study/default/pacofr/seed0/run/checkpoints/last.ckpt
 
 For each term the objective logs (after incubation: reconstruction, codebook, spatial region and geometry), the
@@ -18,10 +20,11 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # bench.common
 
 import torch  # noqa: E402
-import yaml  # noqa: E402
 
+from bench.common import PRETRAIN_RUNS, load_pretrain_config  # noqa: E402
 from pacofr.checkpointing.legacy_keys import upgrade_checkpoint  # noqa: E402
 from pacofr.data.datamodule import PretrainDataModule  # noqa: E402
 from pacofr.losses.spatial import spatial_consistency_loss  # noqa: E402
@@ -77,14 +80,16 @@ def encoder_grad_norm(loss: torch.Tensor, params: list[torch.Tensor]) -> float:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--config", default="configs/pretrain/demo_tiny.yaml")
+    p.add_argument(
+        "--config", nargs="+", default=list(PRETRAIN_RUNS["demo_tiny"]), help="config files, composed in order"
+    )
     p.add_argument("--data", default="data/study-faces")
     p.add_argument("--ckpt", default=None)
     p.add_argument("--batches", type=int, default=4)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--spatial-as-before", action="store_true", help="all patches, mean over pairs, sides merged")
     args = p.parse_args()
-    config = yaml.safe_load(Path(args.config).read_text())
+    config = load_pretrain_config(args.config)
     objective = build(config, args.ckpt, args.spatial_as_before).train()
     masker = StructuredMasker(**config["data"]["masker"]["init_args"])
     data = PretrainDataModule(

@@ -65,10 +65,18 @@ import lightning as L  # noqa: E402
 import torch  # noqa: E402
 import torch.distributed as dist  # noqa: E402
 import yaml  # noqa: E402
-from common import environment, markdown_table, peak_rss_bytes, reset_peak_rss, rss_bytes  # noqa: E402
+from common import (  # noqa: E402
+    PRETRAIN_RUNS,
+    environment,
+    load_pretrain_config,
+    markdown_table,
+    peak_rss_bytes,
+    reset_peak_rss,
+    rss_bytes,
+)
 
 PATCH = {"tiny": 16, "small": 16, "base": 16, "large": 16, "huge": 14}  # ViT-L/16, ViT-H/14
-CONFIGS = {"pacofr": "pacofr_vit_b16.yaml", "mae": "mae_vit_b16.yaml"}
+CONFIGS = {"pacofr": PRETRAIN_RUNS["pacofr_vit_b16"], "mae": PRETRAIN_RUNS["mae_vit_b16"]}  # config files, in order
 WRAPPERS = ("_fsdp_wrapped_module.", "_checkpoint_wrapped_module.", "_orig_mod.")
 MOMENTS = ("exp_avg", "exp_avg_sq")
 CHECK_RTOL = 1e-6  # float64 sums of the same fp32 values, added up in another order
@@ -225,7 +233,7 @@ def compare_sums(expected: dict[str, list[float]], got: dict[str, list[float]]) 
 
 def objective_settings(objective: str, size: str, patch: int, image: int) -> tuple[dict[str, Any], dict[str, Any]]:
     """(the objective's pretraining config, its objective kwargs at this size and geometry, incubation off)."""
-    config = yaml.safe_load((REPO / "configs" / "pretrain" / CONFIGS[objective]).read_text())
+    config = load_pretrain_config(CONFIGS[objective])
     kwargs = dict(config["model"]["objective"]["init_args"])
     kwargs.update(encoder_size=size, decoder_depth=None, decoder_dim=None, img_size=image, patch_size=patch)
     kwargs["mask_ratio"] = config["data"]["masker"]["init_args"]["mask_ratio"]

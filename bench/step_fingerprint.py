@@ -4,10 +4,12 @@ must not change behaviour (``docs/architecture.md``: "Changing the training laye
     .venv/bin/python bench/step_fingerprint.py record /tmp/before.pt     # before the change
     .venv/bin/python bench/step_fingerprint.py compare /tmp/before.pt    # after it: bitwise, or each difference
 
-Cases: every pretraining config in ``configs/pretrain`` (composed as ``pacofr fit`` composes them) and every
-pretrained arm of ``configs/study/default.yaml`` (its base config with the arm's overrides), each shrunk to a tiny
-ViT on 64-px synthetic batches (``pacofr.training.synthetic_batches``) with 2 incubation steps where the method has
-incubation and a codebook small enough to re-seed dead codes within the run. Each case runs ``STEPS`` optimiser
+Cases: every pretraining run the configs in ``configs/pretrain`` compose (``COMPOSED``: a size file, a method
+file and, for the demo, ``demo.yaml``, merged in order as ``pacofr fit`` merges its ``--config`` files; a case keeps
+the name of the single file it replaced) and every pretrained arm of ``configs/study/default.yaml`` (its base
+configs with the arm's overrides), each shrunk to a tiny ViT on 64-px synthetic batches
+(``pacofr.training.synthetic_batches``) with 2 incubation steps where the method has incubation and a codebook
+small enough to re-seed dead codes within the run. Each case runs ``STEPS`` optimiser
 steps through ``PretrainModule`` and ``Trainer.fit`` at the config's precision and gradient clipping, and records
 per step every loss term and every parameter's gradient (before clipping), the learning rate of every optimiser
 group, and at the end every parameter, buffer and optimiser moment. Same machine, same torch, same threads:
@@ -29,13 +31,14 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # bench.common
 
 import lightning as L  # noqa: E402
 import torch  # noqa: E402
-import yaml  # noqa: E402
 
+from bench.common import PRETRAIN_RUNS, load_pretrain_config  # noqa: E402
 from pacofr.models.unwrap import original_param_name  # noqa: E402
-from pacofr.study.runner import cell_config, deep_merge  # noqa: E402
+from pacofr.study.runner import cell_config  # noqa: E402
 from pacofr.study.spec import load_study  # noqa: E402
 from pacofr.training.module import PretrainModule  # noqa: E402
 from pacofr.training.synthetic_batches import PremadeBatches, synthetic_batches  # noqa: E402
@@ -57,20 +60,16 @@ TINY = {
     "id_proj_dim": 32,
 }
 TINY_CODEBOOK = {"proto_hidden": 32, "belief_hidden": 32, "dead_after": 2, "reseed_every": 2}
-# pretraining configs that are parts of a composition rather than a run: the files each run config is built from
-COMPOSED: dict[str, list[str]] = {}
+# every pretraining run of configs/pretrain: its name (that of the single file it once was) -> the files that make
+# it, in `pacofr fit --config` order (bench/common.py: the table the other benches read too)
+COMPOSED: dict[str, tuple[str, ...]] = dict(PRETRAIN_RUNS)
 
 
 def pretrain_cases() -> dict[str, dict[str, Any]]:
-    """name -> the merged config of every run config in configs/pretrain and every pretrained default-study arm."""
+    """name -> the merged config of every composed run in COMPOSED and every pretrained default-study arm."""
     cases = {}
-    for path in sorted((REPO / "configs/pretrain").glob("*.yaml")):
-        files = COMPOSED.get(path.stem, [str(path)])
-        config: dict[str, Any] = {}
-        for f in files:
-            config = deep_merge(config, yaml.safe_load(Path(f).read_text()) or {})
-        if "model" in config and "objective" in config["model"]:
-            cases[f"config/{path.stem}"] = config
+    for name, files in COMPOSED.items():
+        cases[f"config/{name}"] = load_pretrain_config(files)
     spec = load_study(REPO / "configs/study/default.yaml", root=Path(tempfile.gettempdir()) / "fingerprint-study")
     for cell in spec.cells():
         if cell.seed == spec.seeds[0] and cell.arm.pretrain:

@@ -1,6 +1,6 @@
 """Training-step speed of PaCo-FR next to a plain MAE step built from the same code, in one run.
 
-    .venv/bin/python bench/train_step.py                       # CPU: tiny (configs/pretrain/demo_tiny.yaml)
+    .venv/bin/python bench/train_step.py                       # CPU: tiny (the demo: configs/pretrain/tiny.yaml + ...)
     .venv/bin/python bench/train_step.py --size base --batch 256 --peak 790     # one H100/H200, < 5 min
 
 Rows (each: images/s, step time, achieved TFLOP/s, MFU against ``--peak``, peak memory and memory per image):
@@ -52,13 +52,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import lightning as L  # noqa: E402
 import torch  # noqa: E402
-import yaml  # noqa: E402
 from torch.optim.lr_scheduler import LambdaLR  # noqa: E402
 
 from bench.common import (  # noqa: E402
+    PRETRAIN_RUNS,
     device_name,
     emit_json,
     environment,
+    load_pretrain_config,
     markdown_table,
     peak_rss_bytes,
     reset_peak_rss,
@@ -73,14 +74,15 @@ from pacofr.training.step import build_optimizer, train_step  # noqa: E402
 from pacofr.training.synthetic_batches import PremadeBatches, synthetic_batches  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
-CONFIGS = {"tiny": REPO / "configs/pretrain/demo_tiny.yaml", "other": REPO / "configs/pretrain/pacofr_vit_b16.yaml"}
+# the config files (`pacofr fit --config` order) benchmarked by default: the demo at tiny, else PaCo-FR at ViT-B/16
+CONFIGS = {"tiny": PRETRAIN_RUNS["demo_tiny"], "other": PRETRAIN_RUNS["pacofr_vit_b16"]}
 GOALS = {"pacofr_over_mae": 0.95, "mfu": 0.40, "lightning_overhead_pct": 3.0}
 
 
 # --- configuration ------------------------------------------------------------------------------------
-def load_config(path: Path) -> dict[str, Any]:
-    with open(path) as fh:
-        return yaml.safe_load(fh)
+def load_config(paths: list[Path]) -> dict[str, Any]:
+    """The config files merged in order, as `pacofr fit --config A --config B` merges them."""
+    return load_pretrain_config(paths)
 
 
 def build_module(config: dict[str, Any], args: argparse.Namespace, method: str) -> PretrainModule:
@@ -469,7 +471,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--mae-mask-ratio", type=float, default=0.75, help="the MAE row's mask ratio (MAE's 0.75)")
     p.add_argument("--size", choices=["tiny", "small", "base", "large", "huge"], default="base" if cuda else "tiny")
-    p.add_argument("--config", type=Path, default=None, help="pretrain config (default: demo_tiny for tiny, else b16)")
+    p.add_argument(
+        "--config",
+        type=Path,
+        nargs="+",
+        default=None,
+        help="pretrain config files, composed in order as `pacofr fit --config A --config B` (default: the demo's "
+        "for tiny, else vit_b16.yaml + method/pacofr.yaml)",
+    )
     p.add_argument("--img-size", type=int, default=None, help="default: the config's data.image_size")
     p.add_argument("--decoder-depth", type=int, default=None)
     p.add_argument("--decoder-dim", type=int, default=None)
@@ -509,7 +518,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
-    args.config = args.config or CONFIGS["tiny" if args.size == "tiny" else "other"]
+    args.config = args.config or [REPO / f for f in CONFIGS["tiny" if args.size == "tiny" else "other"]]
     on_cuda = args.device.startswith("cuda")
     args.steps = args.steps or (20 if on_cuda else 8)
     args.warmup = max(1, args.warmup if args.warmup is not None else (5 if on_cuda else 2))
@@ -698,7 +707,9 @@ def report(rows, flops, args, device, clip, syncs, max_batch, sentinel=None) -> 
         summary["find_max_batch"] = max_batch
     summary["gradient_clip_val"] = clip
     summary["numerics"] = args.numerics
-    summary["config"] = str(args.config.relative_to(REPO) if args.config.is_relative_to(REPO) else args.config)
+    summary["config"] = [
+        str(c.resolve().relative_to(REPO) if c.resolve().is_relative_to(REPO) else c) for c in args.config
+    ]
     summary["command"] = " ".join([Path(sys.argv[0]).name, *sys.argv[1:]])
     summary["env"] = env
 

@@ -7,9 +7,9 @@
 #
 # Environment: INPUT, OUT (the merged dataset; the pretraining reads it as PACOFR_DATA_ROOT), CHUNKS (prep
 # array size) [64], WEIGHTS_DIR (facexlib weights, see prep_array.sbatch), PACOFR_DATA_ROOT (with SKIP_PREP=1),
-# PACOFR_CONFIG / PACOFR_TRAINER_CONFIG / PACOFR_RUN_DIR (pretrain.sbatch), SKIP_PREP=1 (data already
-# prepared: start at pretraining), PREP_ARGS / PRETRAIN_ARGS / EVAL_ARGS (sbatch flags for one stage only, e.g.
-# PRETRAIN_ARGS="--nodes=4"; the CPU variant: PACOFR_DEVICE=cpu PRETRAIN_ARGS="--gpus-per-node=0
+# PACOFR_METHOD / PACOFR_SIZE_CONFIG / PACOFR_CONFIG / PACOFR_TRAINER_CONFIG / PACOFR_RUN_DIR (pretrain.sbatch),
+# SKIP_PREP=1 (data already prepared: start at pretraining), PREP_ARGS / PRETRAIN_ARGS / EVAL_ARGS (sbatch
+# flags for one stage only, e.g. PRETRAIN_ARGS="--nodes=4"; the CPU variant: PACOFR_DEVICE=cpu PRETRAIN_ARGS="--gpus-per-node=0
 # --ntasks-per-node=2 --cpus-per-task=1" EVAL_ARGS="--gpus=0"). The run folder is fixed here, so eval finds
 # the checkpoint pretraining wrote.
 set -euo pipefail

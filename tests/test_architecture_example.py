@@ -14,7 +14,7 @@ from pacofr.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
 PAGE = REPO / "docs" / "architecture.md"
-DEMO = REPO / "configs" / "pretrain" / "demo_tiny.yaml"
+TINY = REPO / "configs" / "pretrain" / "tiny.yaml"  # the size file the page composes the method on
 
 
 def page_files() -> dict[str, str]:
@@ -45,7 +45,7 @@ def test_the_example_method_trains_from_the_page(tmp_path, make_shards, monkeypa
         "checkpoint": {"every_n_train_steps": 3},
     }
     (tmp_path / "small.yaml").write_text(yaml.safe_dump(small))
-    args = ["fit", "--config", str(DEMO), "--config", str(tmp_path / "my_methods/mae_l1.yaml")]
+    args = ["fit", "--config", str(TINY), "--config", str(tmp_path / "my_methods/mae_l1.yaml")]
     assert main([*args, "--config", str(tmp_path / "small.yaml")]) == 0
     ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     assert ckpt["global_step"] == 3 and ckpt["hyper_parameters"]["objective"]["class_path"] == "my_methods.mae_l1.MAEL1"

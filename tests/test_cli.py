@@ -12,14 +12,14 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from config_files import DEMO, config_args
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 REPO = Path(__file__).resolve().parents[1]
-DEMO = REPO / "configs" / "pretrain" / "demo_tiny.yaml"
 
 
 def small_overrides(tmp_path: Path, root: Path, run_dir: Path, **trainer) -> Path:
-    """A second --config that shrinks demo_tiny to a few seconds on tiny shards."""
+    """A last --config that shrinks the demo to a few seconds on tiny shards."""
     cfg = {
         "run_dir": str(run_dir),
         "model": {"objective": {"init_args": {"num_codes": 32, "incubation_steps": 2}}, "warmup_steps": 2},
@@ -56,7 +56,7 @@ def run_pacofr(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
 def test_fit_writes_a_complete_run_folder(tmp_path, make_shards):
     root = make_shards(tmp_path / "faces", {"train": [20, 20], "val": [8]}, size=72)
     run_dir = tmp_path / "run"
-    run_pacofr("fit", "--config", str(DEMO), "--config", str(small_overrides(tmp_path, root, run_dir)))
+    run_pacofr("fit", *config_args(DEMO), "--config", str(small_overrides(tmp_path, root, run_dir)))
 
     ckpts = sorted(p.name for p in (run_dir / "checkpoints").iterdir())
     assert "last.ckpt" in ckpts and "step00000003.ckpt" in ckpts and "step00000006.ckpt" in ckpts, ckpts
@@ -107,7 +107,7 @@ def test_two_process_cpu_ddp(tmp_path, make_shards):
     root = make_shards(tmp_path / "faces", {"train": [20, 20, 10], "val": [8]}, size=72)
     run_dir = tmp_path / "run"
     overrides = small_overrides(tmp_path, root, run_dir, devices=2, strategy="ddp", max_steps=4, val_check_interval=2)
-    proc = run_pacofr("fit", "--config", str(DEMO), "--config", str(overrides))
+    proc = run_pacofr("fit", *config_args(DEMO), "--config", str(overrides))
     assert "distributed_backend=gloo" in proc.stderr + proc.stdout
     last = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
     assert last["global_step"] == 4

@@ -315,7 +315,9 @@ def test_the_methods_the_readme_names_are_objectives():
     for names in lists:
         named = {span.removeprefix("pacofr.objectives.") for span in code_spans(names)} - {"model.objective.class_path"}
         assert named and named <= objective_methods(), names
-    for config in re.findall(r"^\| `(\w+\.yaml)` \|", pretraining, flags=re.M):
+    configs = re.findall(r"^\| `(method/\w+\.yaml)` \|", pretraining, flags=re.M)
+    assert len(configs) >= 4, "README's method table names the method files"
+    for config in configs:
         assert (REPO / "configs" / "pretrain" / config).is_file(), f"README's method table: configs/pretrain/{config}"
 
 

@@ -11,11 +11,13 @@ import sys
 from pathlib import Path
 
 import pytest
+from config_files import DEMO, config_args, eval_files
 
 from pacofr.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
-DEMO = str(REPO / "configs" / "pretrain" / "demo_tiny.yaml")
+LFW = eval_files("lfw")  # the verification protocol (configs/eval/base/verification.yaml), then lfw.yaml
+LFW_ARGS = config_args(LFW)
 sys.path.insert(0, str(REPO / "tests" / "eval"))
 from eval_layouts import write_pretraining_checkpoint, write_verification_bin  # noqa: E402
 
@@ -33,7 +35,7 @@ def faces(tmp_path, make_shards) -> Path:
 
 
 def fit_args(root: Path, run_dir: Path, *extra: str) -> list[str]:
-    return ["fit", "--config", DEMO, "--data.root", str(root), "--run_dir", str(run_dir), *extra]
+    return ["fit", *config_args(DEMO), "--data.root", str(root), "--run_dir", str(run_dir), *extra]
 
 
 def test_missing_dataset_is_one_line_and_writes_nothing(tmp_path, capsys):
@@ -99,7 +101,7 @@ def test_eval_refuses_a_malicious_bin_in_one_line_and_writes_nothing(tmp_path, c
     write_pretraining_checkpoint(ckpt, img_size=32)
     (tmp_path / "data").mkdir()
     (tmp_path / "data" / "lfw.bin").write_bytes(pickle.dumps(([_RunsShell()], [True]), protocol=2))
-    argv = ["eval", "--config", str(REPO / "configs" / "eval" / "lfw.yaml"), "--model.encoder_ckpt", str(ckpt)]
+    argv = ["eval", *LFW_ARGS, "--model.encoder_ckpt", str(ckpt)]
     argv += ["--data.root", str(tmp_path / "data"), "--trainer.accelerator", "cpu", "--data.num_workers", "0"]
     err = one_line_error(capsys, argv)
     assert "system" in err
@@ -136,7 +138,7 @@ def test_eval_on_an_empty_data_root_prints_only_its_one_line(tmp_path):
     ckpt.parent.mkdir()
     write_pretraining_checkpoint(ckpt, img_size=32)
     (tmp_path / "empty").mkdir()
-    cmd = [sys.executable, "-m", "pacofr.cli", "eval", "--config", str(REPO / "configs" / "eval" / "lfw.yaml")]
+    cmd = [sys.executable, "-m", "pacofr.cli", "eval", *LFW_ARGS]
     cmd += ["--model.encoder_ckpt", str(ckpt), "--data.root", str(tmp_path / "empty")]
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
@@ -179,9 +181,9 @@ def test_eval_precision_follows_the_device(tmp_path):
     ckpt = tmp_path / "last.ckpt"
     write_pretraining_checkpoint(ckpt, img_size=32)
     write_verification_bin(tmp_path / "lfw.bin", n_pairs=2)  # the data is checked before the trainer is built
-    args = ["--config", str(REPO / "configs" / "eval" / "lfw.yaml"), "--model.encoder_ckpt", str(ckpt)]
+    args = [*LFW_ARGS, "--model.encoder_ckpt", str(ckpt)]
     args += ["--data.root", str(tmp_path), "--trainer.accelerator", "cpu", "--model.results_dir", str(tmp_path / "r")]
-    assert "bf16" in (REPO / "configs" / "eval" / "lfw.yaml").read_text()
+    assert "bf16" in LFW[0].read_text()  # the protocol asks for bf16-mixed; on a CPU it becomes 32-true
     cli = make_cli(args)
     assert cli.trainer.precision == "32-true"
 

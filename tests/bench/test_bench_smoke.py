@@ -83,7 +83,7 @@ def test_make_bench_tiny_cpu(tmp_path):
             assert positive_finite(row[key]), (row["row"], key, row[key])
         assert math.isclose(row["img_per_s"], row["batch"] * 1000 / row["step_ms"], rel_tol=2e-3)
         assert row["mfu"] is None  # no peak on CPU unless --peak is given
-        assert row["img_size"] == 112  # demo_tiny's data.image_size: read from the config, not passed
+        assert row["img_size"] == 112  # tiny.yaml's data.image_size: read from the config, not passed
         assert row["float32_matmul_precision"] == "highest"
     # the codebook, replaced patches and spatial head cost FLOPs that plain MAE does not have
     assert rows[("pacofr", "bare")]["gflop_per_img"] > rows[("mae", "bare")]["gflop_per_img"]
@@ -92,8 +92,10 @@ def test_make_bench_tiny_cpu(tmp_path):
     assert math.isclose(summary["pacofr_over_mae_eager"], expected, rel_tol=1e-3)
     overhead = 100 * (rows[("pacofr", "lightning")]["step_ms"] / rows[("pacofr", "bare")]["step_ms"] - 1)
     assert math.isclose(summary["lightning_overhead_pct"], overhead, abs_tol=0.02)
-    assert summary["env"]["torch"] and summary["config"].endswith("demo_tiny.yaml")
-    # the numeric policy `pacofr fit` would apply to this config (demo_tiny: highest = no TF32)
+    # the demo's config files, composed in order (the size, the method, the codebook at that size)
+    demo = ["configs/pretrain/tiny.yaml", "configs/pretrain/method/pacofr.yaml", "configs/pretrain/demo.yaml"]
+    assert summary["env"]["torch"] and summary["config"] == demo
+    # the numeric policy `pacofr fit` would apply to this config (tiny.yaml: highest = no TF32)
     assert summary["numerics"] == {
         "float32_matmul_precision": "highest", "cuda_matmul_allow_tf32": False, "cudnn_allow_tf32": False,
     }  # fmt: skip

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from config_files import DEMO, config_args
 from jsonargparse import Namespace
 
 from pacofr.checkpointing.preemption import EXIT_PREEMPTED
@@ -21,11 +22,10 @@ from pacofr.checkpointing.rng import capture_rng_state, restore_rng_state
 from pacofr.cli import PacofrCLI
 
 REPO = Path(__file__).resolve().parents[2]
-DEMO = REPO / "configs" / "pretrain" / "demo_tiny.yaml"
 
 
 def tiny_config(tmp_path: Path, root: Path, run_dir: Path, name: str, callbacks: list | None = None) -> Path:
-    """demo_tiny shrunk to seconds; re-seeding every 2 updates so a resume at an odd step checks its phase."""
+    """The demo shrunk to seconds; re-seeding every 2 updates so a resume at an odd step checks its phase."""
     cfg = {
         "run_dir": str(run_dir),
         "model": {
@@ -59,7 +59,7 @@ def start_fit(*args: str) -> subprocess.Popen:
     env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}  # not a SLURM job here
     env.update(OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
     return subprocess.Popen(
-        [sys.executable, "-m", "pacofr.cli", "fit", "--config", str(DEMO), *args],
+        [sys.executable, "-m", "pacofr.cli", "fit", *config_args(DEMO), *args],
         cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip
 

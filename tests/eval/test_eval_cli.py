@@ -12,13 +12,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from config_files import config_args, eval_files
 from eval_layouts import write_300w, write_pretraining_checkpoint, write_synth
 
 from pacofr.cli import main as pacofr
 from pacofr.eval.cli import SUITES, EvalCLI, make_cli
 
 REPO = Path(__file__).resolve().parents[2]
-CONFIGS = REPO / "configs" / "eval"
 QUICK = ["--trainer.max_epochs", "1", "--trainer.precision", "32-true", "--data.num_workers", "0"]
 
 
@@ -35,7 +35,7 @@ def test_public_task_from_its_config(tmp_path, run_dir, capsys):
     root = tmp_path / "300W"
     write_300w(root)
     ckpt = run_dir / "last.ckpt"
-    args = ["eval", "--config", str(CONFIGS / "300w.yaml"), "--model.encoder_ckpt", str(ckpt)]
+    args = ["eval", *config_args(eval_files("300w")), "--model.encoder_ckpt", str(ckpt)]
     args += ["--data.root", str(root), "--model.img_size", "32", "--model.head_dim", "16", *QUICK]
     args += ["--trainer.enable_progress_bar", "false"]
     assert pacofr(args) == 0
@@ -112,7 +112,7 @@ class ParseOnlyEvalCLI(EvalCLI):
 @pytest.mark.parametrize("task", SUITES["synth"].tasks)
 def test_synth_configs_hold_the_suite_settings(task):
     """configs/eval/synth_<kind>.yaml run one task exactly as `--suite synth` does (given the image size)."""
-    args = ["--config", str(CONFIGS / f"{task}.yaml"), "--model.encoder_ckpt", "x.ckpt"]
+    args = [*config_args(eval_files(task)), "--model.encoder_ckpt", "x.ckpt"]
     config = make_cli(args, ParseOnlyEvalCLI).config
     for key, value in SUITES["synth"].defaults.items():
         assert config[key] == value, key
@@ -135,7 +135,7 @@ def test_export_round_trip(tmp_path, capsys, load_exported):
     write_synth(root, list(range(6)) * 2)
     scores = {}
     for name, source in (("ckpt", ckpt), ("export", target)):
-        args = ["eval", "--config", str(CONFIGS / "synth_verification.yaml"), "--model.encoder_ckpt", str(source)]
+        args = ["eval", *config_args(eval_files("synth_verification")), "--model.encoder_ckpt", str(source)]
         args += ["--data.root", str(root), "--model.img_size", "32", "--model.results_dir", str(tmp_path / name)]
         assert pacofr([*args, "--data.num_workers", "0"]) == 0
         scores[name] = json.loads((tmp_path / name / "synth_verification.json").read_text())["metrics"]
@@ -167,3 +167,5 @@ def test_eval_sbatch_runs_each_task_and_names_the_failures(tmp_path, run_dir):
     assert "FAILED tasks: no_such_task" in proc.stdout and "--- synth_pose: end" in proc.stdout
     results = json.loads((tmp_path / "scores" / "synth_pose.json").read_text())
     assert results["config"]["data"]["root"] == str(root) and results["epochs"] == 1
+    # the protocol base the task's file names (configs/eval/base/synth.yaml) came first
+    assert results["config"]["data"]["occlusion_area"] == 0.25 and results["config"]["model"]["mode"] == "probe"

@@ -6,11 +6,10 @@ the loss is SimSiam's ``-cos / 2`` (default) or BYOL's ``2 - 2 cos``, one direct
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import pytest
 import torch
-import yaml
+from config_files import RUNS, merged_yaml
 from torch import nn
 
 from pacofr.objectives import FSFM
@@ -18,7 +17,7 @@ from pacofr.objectives.fsfm import RepresentationDecoder, byol_loss, simsiam_los
 
 IMG = 64  # 4 x 4 patches of 16 px
 SMALL = dict(encoder_size="tiny", img_size=IMG, patch_size=16, decoder_depth=1, decoder_dim=64)
-CONFIG = Path(__file__).resolve().parents[2] / "configs" / "pretrain" / "fsfm_vit_b16.yaml"
+CONFIG = RUNS["fsfm_vit_b16"]  # configs/pretrain/vit_b16.yaml + method/fsfm.yaml
 
 
 def fsfm(seed: int = 0, **kwargs) -> FSFM:
@@ -213,9 +212,13 @@ def test_a_tiny_run_keeps_the_loss_finite_and_the_target_trailing():
 
 
 def test_the_fsfm_config_follows_the_reference():
-    config = yaml.safe_load(CONFIG.read_text())
+    config = merged_yaml(CONFIG)
     args = config["model"]["objective"]["init_args"]
     assert args["id_loss"] == "simsiam" and args["id_weight"] == 0.1 and args["covered_weight"] == 0.007
     assert (args["id_hidden_dim"], args["id_proj_dim"], args["id_decoder_depth"]) == (4096, 256, 2)
     assert args["id_decoder_heads"] == 16 and args["id_momentum"] == 0.996
     assert config["trainer"]["gradient_clip_val"] == 1.0
+    # from the size file (its header names the reference for each): fsfm_vit_base_patch16_dec512d8b, MAE's recipe
+    assert (args["encoder_size"], args["decoder_depth"], args["decoder_dim"]) == ("base", 8, 512)
+    model = config["model"]
+    assert (model["base_lr"], model["min_lr_ratio"], model["weight_decay"]) == (1.5e-4, 0.0, 0.05)

@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from config_files import DEMO, merged_yaml
 from slurm_harness import SlurmCluster, read_lines
 
 from pacofr.checkpointing.resolve import checkpoint_global_step, find_checkpoints
@@ -29,7 +30,6 @@ from pacofr.study.runner import deep_merge
 
 REPO = Path(__file__).resolve().parents[2]
 SBATCH = REPO / "slurm" / "pretrain.sbatch"
-DEMO = REPO / "configs" / "pretrain" / "demo_tiny.yaml"
 MAX_STEPS = 8
 BATCH = 4
 JOB_TIMEOUT_S = 300  # one start costs ~15-50 s of imports and process-group set-up on 2 busy cores
@@ -90,7 +90,7 @@ def submit_pretrain(cluster: SlurmCluster, workdir: Path, run_dir: Path, config:
             "PACOFR_DEVICE=cpu",
             f"PACOFR_REPO={REPO}",
             f"PACOFR_PYTHON={sys.executable}",
-            f"PACOFR_CONFIG={DEMO}",
+            f"PACOFR_CONFIG={' '.join(map(str, DEMO))}",  # the demo's config files, in order
             f"PACOFR_RUN_DIR={run_dir}",
         ]  # fmt: skip
     )
@@ -340,7 +340,7 @@ def test_chained_pretraining_reads_the_dataset_the_chain_wrote(
 ) -> None:
     """submit.sh hands OUT (the merged dataset) to pretrain.sbatch, whose --data.root beats the config's."""
     run_dir = tmp_path / "run"
-    config = yaml.safe_load(DEMO.read_text())
+    config = merged_yaml(DEMO)
     tiny = yaml.safe_load(job_config(tmp_path / "tiny.yaml", faces, run_dir).read_text())
     config = deep_merge(config, {k: tiny[k] for k in ("model", "data", "trainer", "checkpoint")})
     config["trainer"]["callbacks"] = []

@@ -191,3 +191,43 @@ def test_extends_errors_are_one_line(tmp_path):
     child.write_text(f"extends: {DEFAULT_STUDY}\nname: c\narms: [mae, pacofr]\n")  # the parent's references: absent
     with pytest.raises(StudyConfigError, match="not among the arms"):
         load_study(child)
+
+
+def test_base_config_is_one_file_or_a_composition(tmp_path, monkeypatch):
+    """``base_config`` names one pretraining config or a list composed in order, as ``pacofr fit --config A --config
+    B`` composes them: the cell's config merges them, its command passes each, and its key reads every file."""
+    from pacofr.study.runner import cell_config, fit_command
+
+    monkeypatch.chdir(DEFAULT_STUDY.parents[2])  # the study names its base configs from the repository root
+    spec = load_study(DEFAULT_STUDY, root=tmp_path)
+    parts = ("configs/pretrain/tiny.yaml", "configs/pretrain/method/pacofr.yaml", "configs/pretrain/demo.yaml")
+    assert spec.base_config == parts
+    cell = next(c for c in spec.cells() if c.arm.name == "mae")
+    config = cell_config(spec, cell)
+    args = config["model"]["objective"]["init_args"]
+    assert config["model"]["objective"]["class_path"] == "pacofr.objectives.MAE"  # the arm's switch, last
+    assert (args["encoder_size"], args["num_codes"]) == ("tiny", 256)  # the size's, and demo.yaml's over the method's
+    command = fit_command(spec, cell)
+    given = [command[i + 1] for i, a in enumerate(command) if a == "--config"]
+    assert given[:3] == list(parts) and given[3].endswith("overrides_common.yaml")
+    # a change to any of the files makes every result stale
+    one = tmp_path / "one.yaml"
+    one.write_text(Path(parts[0]).read_text())
+    study = tmp_path / "study.yaml"
+    text = DEFAULT_STUDY.read_text()
+    study.write_text(text)
+    key = load_study(study, root=tmp_path).cell_key(cell)
+    assert key == spec.cell_key(cell)
+    edited = tmp_path / "demo.yaml"
+    edited.write_text(Path(parts[2]).read_text() + "# edited\n")
+    study.write_text(text.replace("configs/pretrain/demo.yaml", str(edited)))
+    assert load_study(study, root=tmp_path).cell_key(cell) != key
+    # one file: a plain path, read as a one-item composition
+    study.write_text(f"name: one\nbase_config: {one}\ndata_root: d\narms: {{mae: {{}}}}\n")
+    single = load_study(study, root=tmp_path)
+    assert single.base_config == (str(one),)
+    assert cell_config(single, single.cells()[0])["model"]["objective"]["init_args"]["encoder_size"] == "tiny"
+    for bad in ("[]", "[configs/pretrain/tiny.yaml, 3]"):
+        study.write_text(f"name: bad\nbase_config: {bad}\ndata_root: d\narms: {{mae: {{}}}}\n")
+        with pytest.raises(StudyConfigError, match="base_config must be"):
+            load_study(study)

@@ -1,7 +1,7 @@
-"""Every method config trains in ``bf16-mixed`` (CPU autocast: the GPU runs' numeric regime, emulated), writes its
-checkpoints and continues with ``--resume auto``: a real ``pacofr fit`` per config (its compile setting included),
-shrunk to a tiny ViT. The losses stay finite and the objective's fp32 modules keep fp32 parameters and buffers in
-the checkpoint."""
+"""Every shipped pretraining run (size file + method file) trains in ``bf16-mixed`` (CPU autocast: the GPU runs'
+numeric regime, emulated), writes its checkpoints and continues with ``--resume auto``: a real ``pacofr fit`` per
+run (its compile setting included), shrunk to a tiny ViT. The losses stay finite and the objective's fp32 modules
+keep fp32 parameters and buffers in the checkpoint."""
 
 from __future__ import annotations
 
@@ -10,22 +10,19 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from config_files import RUNS, config_args, merged_yaml
 
 from pacofr.cli import main
 
-REPO = Path(__file__).resolve().parents[2]
 # CI fits the shipped recipe (codebook, incubation, spatial loss, compile); the other method configs run in
 # `make test-extended` (the same code path with other objectives, whose steps test_recorded_step and the objective
 # tests check)
-IN_CI = {"pacofr_vit_b16.yaml"}
-CONFIGS = [
-    name if name in IN_CI else pytest.param(name, marks=pytest.mark.extended)
-    for name in sorted(p.name for p in (REPO / "configs" / "pretrain").glob("*.yaml"))
-]
+IN_CI = {"pacofr_vit_b16"}
+CONFIGS = [name if name in IN_CI else pytest.param(name, marks=pytest.mark.extended) for name in sorted(RUNS)]
 
 
 def shrunk(config: str, tmp_path: Path, faces: Path, steps: int) -> Path:
-    base = yaml.safe_load((REPO / "configs" / "pretrain" / config).read_text())
+    base = merged_yaml(RUNS[config])
     init = base["model"]["objective"].get("init_args", {})
     objective = {"encoder_size": "tiny", "decoder_depth": 1, "decoder_dim": 64}
     if "num_codes" in init:
@@ -56,11 +53,11 @@ def shrunk(config: str, tmp_path: Path, faces: Path, steps: int) -> Path:
 @pytest.mark.parametrize("config", CONFIGS)
 def test_method_config_trains_and_resumes_in_bf16(config, fit_faces, tmp_path):
     faces = fit_faces
-    cfg = str(REPO / "configs" / "pretrain" / config)
-    assert main(["fit", "--config", cfg, "--config", str(shrunk(config, tmp_path, faces, 4))]) == 0
+    cfg = config_args(RUNS[config])
+    assert main(["fit", *cfg, "--config", str(shrunk(config, tmp_path, faces, 4))]) == 0
     checkpoints = tmp_path / "run" / "checkpoints"
     assert torch.load(checkpoints / "last.ckpt", map_location="cpu", weights_only=True)["global_step"] == 4
-    args = ["fit", "--config", cfg, "--config", str(shrunk(config, tmp_path, faces, 6)), "--resume", "auto"]
+    args = ["fit", *cfg, "--config", str(shrunk(config, tmp_path, faces, 6)), "--resume", "auto"]
     assert main(args) == 0
     ckpt = torch.load(checkpoints / "last.ckpt", map_location="cpu", weights_only=True)
     assert ckpt["global_step"] == 6, "resumed at step 4 and ran to 6"

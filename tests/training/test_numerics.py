@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from config_files import DEMO, RUNS, SIZE_FILES, config_args, merged_yaml
 
 from pacofr.cli import PacofrCLI
 from pacofr.data.datamodule import PretrainDataModule
@@ -18,7 +19,6 @@ from pacofr.training.module import PretrainModule
 from pacofr.training.numerics import apply_numerics, numerics_state
 
 REPO = Path(__file__).resolve().parents[2]
-DEMO = REPO / "configs" / "pretrain" / "demo_tiny.yaml"
 
 
 @pytest.fixture(autouse=True)
@@ -57,7 +57,7 @@ class RecordingCLI(PacofrCLI):
 
 
 def build_cli(root: Path, *extra: str) -> PacofrCLI:
-    args = ["--config", str(DEMO), "--data.root", str(root), "--data.num_workers", "0", *extra]
+    args = [*config_args(DEMO), "--data.root", str(root), "--data.num_workers", "0", *extra]
     return RecordingCLI(PretrainModule, PretrainDataModule, run=False, args=args)
 
 
@@ -68,17 +68,19 @@ def test_fit_applies_the_policy_before_the_model_is_built(tmp_path, make_shards)
     cli = build_cli(root, "--run_dir", str(tmp_path / "a"))
     assert RecordingCLI.seen[-1]["float32_matmul_precision"] == "highest"
     assert RecordingCLI.seen[-1]["cudnn_allow_tf32"] is False
-    assert cli.config.float32_matmul_precision == "highest"  # demo_tiny's key, saved into the run's config.yaml
+    assert cli.config.float32_matmul_precision == "highest"  # tiny.yaml's key, saved into the run's config.yaml
 
     cli = build_cli(root, "--run_dir", str(tmp_path / "b"), "--float32_matmul_precision", "medium")
     assert RecordingCLI.seen[-1]["float32_matmul_precision"] == "medium"
     assert torch.get_float32_matmul_precision() == "medium" and isinstance(cli.model, PretrainModule)
 
 
-def test_every_pretrain_config_names_the_policy():
-    for path in sorted((REPO / "configs" / "pretrain").glob("*.yaml")):
+def test_every_pretrain_run_names_the_policy():
+    for path in SIZE_FILES:  # the size files hold it for every run composed on them
         value = yaml.safe_load(path.read_text()).get("float32_matmul_precision")
         assert value in numerics.PRECISIONS, (path.name, value)
+    for name, files in RUNS.items():
+        assert merged_yaml(files).get("float32_matmul_precision") in numerics.PRECISIONS, name
 
 
 class Applied(Exception):
@@ -97,13 +99,13 @@ def test_bench_applies_the_configs_policy_through_the_same_function(tmp_path, mo
         raise Applied  # the bench stops here: what it would time is decided
 
     monkeypatch.setattr(train_step, "apply_numerics", record)
-    config = yaml.safe_load(DEMO.read_text())
+    config = merged_yaml(DEMO)
     config["float32_matmul_precision"] = "medium"
     path = tmp_path / "medium.yaml"
     path.write_text(yaml.safe_dump(config))
     monkeypatch.setattr(sys, "argv", ["train_step.py"])
     for argv, expected in [
-        (["--config", str(DEMO)], "highest"),
+        (["--config", *map(str, DEMO)], "highest"),
         (["--config", str(path)], "medium"),
         (["--config", str(path), "--float32-matmul-precision", "high"], "high"),  # the same key, as a flag
     ]:

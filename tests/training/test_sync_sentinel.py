@@ -30,6 +30,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from config_files import RUNS, config_args, merged_yaml
 from tiny_training import tiny_module, trainer
 
 from pacofr.cli import main
@@ -50,12 +51,11 @@ from pacofr.training.sync_sentinel import (
 )
 from pacofr.training.synthetic_batches import PremadeBatches, synthetic_batches
 
-REPO = Path(__file__).resolve().parents[2]
 LOG_EVERY = 4  # the logger writes after steps 3, 7, ... ((step + 1) % 4 == 0, Lightning's should_update_logs)
 VAL_EVERY = 4
-CASES = {  # method -> (config, incubation steps, training steps)
-    "pacofr": ("pacofr_vit_b16.yaml", 2, 7),
-    "mae": ("mae_vit_b16.yaml", 0, 5),
+CASES = {  # method -> (the run's config files, incubation steps, training steps)
+    "pacofr": (RUNS["pacofr_vit_b16"], 2, 7),
+    "mae": (RUNS["mae_vit_b16"], 0, 5),
 }
 
 
@@ -151,7 +151,7 @@ def allowances(incubation: int, warm_up_validation: set[int]) -> list[Allowance]
 
 def run_fit(tmp_path: Path, faces: Path, method: str) -> SyncSentinel:
     config, incubation, steps = CASES[method]
-    base = yaml.safe_load((REPO / "configs" / "pretrain" / config).read_text())
+    base = merged_yaml(config)
     callbacks = base["trainer"]["callbacks"]
     for callback in callbacks:  # the throughput window ends inside the run (its figures go straight to the logger)
         if callback["class_path"].endswith("ThroughputMonitor"):
@@ -179,7 +179,7 @@ def run_fit(tmp_path: Path, faces: Path, method: str) -> SyncSentinel:
     }
     path = tmp_path / "small.yaml"
     path.write_text(yaml.safe_dump(overrides))
-    assert main(["fit", "--config", str(REPO / "configs" / "pretrain" / config), "--config", str(path)]) == 0
+    assert main(["fit", *config_args(config), "--config", str(path)]) == 0
     return SyncSentinel.load(report)
 
 

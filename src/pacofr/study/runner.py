@@ -88,12 +88,14 @@ def deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
 
 
 def cell_config(spec: StudySpec, cell: Cell) -> dict[str, Any]:
-    """The cell's pretraining config as YAML data: the base config with its override layers merged (what the
-    study reads from it: the encoder's size and geometry, the steps)."""
-    try:
-        config = yaml.safe_load(Path(spec.base_config).read_text()) or {}
-    except OSError as err:
-        raise StudyConfigError(f"cannot read base_config {spec.base_config}: {err.strerror}") from err
+    """The cell's pretraining config as YAML data: the base configs merged in order, then its override layers
+    (what the study reads from it: the encoder's size and geometry, the steps)."""
+    config: dict[str, Any] = {}
+    for path in spec.base_config:
+        try:
+            config = deep_merge(config, yaml.safe_load(Path(path).read_text()) or {})
+        except OSError as err:
+            raise StudyConfigError(f"cannot read base_config {path}: {err.strerror}") from err
     for layer in spec.fit_override_layers(cell):
         config = deep_merge(config, nested(layer))
     return config
@@ -119,7 +121,9 @@ def max_steps(config: dict[str, Any]) -> int:
 
 
 def fit_command(spec: StudySpec, cell: Cell) -> list[str]:
-    command = [sys.executable, "-m", "pacofr.cli", "fit", "--config", spec.base_config]
+    command = [sys.executable, "-m", "pacofr.cli", "fit"]
+    for path in spec.base_config:
+        command += ["--config", path]
     for name, layer in zip(("common", "arm"), spec.fit_override_layers(cell)):
         path = cell.folder / f"overrides_{name}.yaml"
         atomic_write_text(path, yaml.safe_dump(nested(layer), sort_keys=False))

@@ -1,9 +1,10 @@
 """A method study as data: arms x seeds, read from one commented YAML (``configs/study/<name>.yaml``).
 
 A *cell* is one (arm, seed): one pretraining run (``pacofr fit``) and one probe of its encoder, written to
-``<root>/<study>/<arm>/seed<k>/`` (see docs/study.md). Every arm starts from the same ``base_config`` and the
-same ``common`` overrides (steps, batch, schedule), so compute and data are equal; only the arm's own
-``overrides`` differ.
+``<root>/<study>/<arm>/seed<k>/`` (see docs/study.md). Every arm starts from the same ``base_config`` (one
+pretraining config, or a list of them composed in order as ``pacofr fit --config A --config B`` composes them:
+``[configs/pretrain/tiny.yaml, configs/pretrain/method/pacofr.yaml, ...]``) and the same ``common`` overrides
+(steps, batch, schedule), so compute and data are equal; only the arm's own ``overrides`` differ.
 """
 
 from __future__ import annotations
@@ -62,7 +63,7 @@ class Cell:
 @dataclass(frozen=True)
 class StudySpec:
     name: str
-    base_config: str
+    base_config: tuple[str, ...]  # the pretraining config files every arm starts from, in `--config` order
     data_root: str
     seeds: tuple[int, ...]
     common: dict[str, Any]
@@ -116,9 +117,11 @@ class StudySpec:
 
     def cell_key(self, cell: Cell) -> str:
         """A digest of everything that decides a cell's result: a result with another key is stale."""
+        # one file: the key a single-file base_config always had; several: their paths and texts in order
+        one = len(self.base_config) == 1
         payload = {
-            "base_config": self.base_config,
-            "base_config_text": _read_text(self.base_config),
+            "base_config": self.base_config[0] if one else list(self.base_config),
+            "base_config_text": _read_text(self.base_config[0]) if one else [_read_text(p) for p in self.base_config],
             "pretrain": cell.arm.pretrain,
             "overrides": self.fit_overrides(cell) if cell.arm.pretrain else {"seed": cell.seed},
             "probe": self.probe.__dict__,
@@ -208,7 +211,7 @@ def load_study(
         raise StudyConfigError(f"reference_arm(s) {stray} not among the arms {[a.name for a in arms]}")
     return StudySpec(
         name=name,
-        base_config=str(raw["base_config"]),
+        base_config=_base_config(raw["base_config"], path),
         data_root=str(data_root or raw["data_root"]),
         seeds=tuple(seeds),
         common=common,
@@ -219,6 +222,14 @@ def load_study(
         source=str(path),
         reference_arms=tuple(references),
     )
+
+
+def _base_config(raw: Any, path: Path) -> tuple[str, ...]:
+    """``base_config``: one path, or a non-empty list of paths composed in order (later files win key by key)."""
+    paths = raw if isinstance(raw, list) else [raw]
+    if not paths or not all(isinstance(p, str) and p for p in paths):
+        raise StudyConfigError(f"{path}: base_config must be a config path or a non-empty list of them, got {raw!r}")
+    return tuple(paths)
 
 
 def _read_study(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
