@@ -20,6 +20,7 @@ PRETRAIN_RUNS: dict[str, tuple[str, ...]] = {
     "demo_tiny": ("configs/pretrain/tiny.yaml", "configs/pretrain/method/pacofr.yaml", "configs/pretrain/demo.yaml"),
     "fsfm_vit_b16": ("configs/pretrain/vit_b16.yaml", "configs/pretrain/method/fsfm.yaml"),
     "mae_vit_b16": ("configs/pretrain/vit_b16.yaml", "configs/pretrain/method/mae.yaml"),
+    "mae_spatial_vit_b16": ("configs/pretrain/vit_b16.yaml", "configs/pretrain/method/mae_spatial.yaml"),
     "pacofr_full_vit_b16": ("configs/pretrain/vit_b16.yaml", "configs/pretrain/method/pacofr_full.yaml"),
     "pacofr_vit_b16": ("configs/pretrain/vit_b16.yaml", "configs/pretrain/method/pacofr.yaml"),
 }

@@ -13,7 +13,7 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 PRETRAIN = REPO / "configs" / "pretrain"
-METHODS = ("mae", "fsfm", "pacofr", "pacofr_full")
+METHODS = ("mae", "mae_spatial", "fsfm", "pacofr", "pacofr_full")
 SIZE_FILES = (PRETRAIN / "vit_b16.yaml", PRETRAIN / "tiny.yaml")
 METHOD_FILES = tuple(PRETRAIN / "method" / f"{m}.yaml" for m in METHODS)
 # `make pretrain`: ViT-Ti on CPU, PaCo-FR, its codebook at that size

@@ -116,6 +116,18 @@ EXPECTED: dict[str, dict[str, object]] = {
         "trainer.precision": "bf16-mixed",
         "trainer.gradient_clip_val": 3.0,
     },
+    "mae_spatial_vit_b16": {
+        "run_dir": "runs/mae_spatial_vit_b16",
+        "model.objective.class_path": "pacofr.objectives.MAEParse",
+        "model.objective.init_args.encoder_size": "base",
+        "model.objective.init_args.spatial_weight": 0.1,
+        "model.objective.init_args.spatial_centroid_weight": 1.0,
+        "model.objective.init_args.prior_warmup_steps": 50,
+        "data.masker.class_path": "pacofr.masking.random_masker.RandomMasker",
+        "data.masker.init_args.mask_ratio": 0.75,
+        "trainer.precision": "bf16-mixed",
+        "trainer.gradient_clip_val": 3.0,
+    },
     "fsfm_vit_b16": {
         "run_dir": "runs/fsfm_vit_b16",
         "model.objective.class_path": "pacofr.objectives.FSFM",

@@ -1,7 +1,8 @@
 """``pacofr``: one entry for every job.
 
-- ``pacofr fit|validate --config configs/pretrain/<method>.yaml [--run_dir DIR] [--ckpt_path ...]``:
-  pretraining through LightningCLI (typed signatures of PretrainModule, its objective and PretrainDataModule).
+- ``pacofr fit|validate --config configs/pretrain/<size>.yaml --config configs/pretrain/method/<method>.yaml``
+  ``[--run_dir DIR]``: pretraining through LightningCLI (typed signatures of PretrainModule, its objective and
+  PretrainDataModule).
 - further subcommands (eval, export, ...) are added by their modules in ``EXTRA_COMMANDS``.
 """
 
@@ -42,7 +43,8 @@ EXTRA_COMMANDS: dict[str, str] = {
 
 HELP = """usage: pacofr COMMAND [options]   (pacofr COMMAND --help for its options)
 
-  fit          pretrain (PaCo-FR, MAE, FSFM-style) from a config: pacofr fit --config configs/pretrain/<method>.yaml
+  fit          pretrain from a size and a method config: pacofr fit --config configs/pretrain/vit_b16.yaml
+               --config configs/pretrain/method/<method>.yaml
   validate     the validation loss of a checkpoint on a dataset
   eval         score an encoder on a benchmark task, or the synthetic suite (--suite synth)
   export       write a checkpoint's encoder as timm-loadable safetensors

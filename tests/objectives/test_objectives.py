@@ -233,3 +233,12 @@ def test_the_affinity_teacher_follows_the_encoder_only_after_incubation_and_when
     model.after_step(None, step=2)
     for old, new, student in zip(before, model.teacher.parameters(), model.encoder.parameters()):
         torch.testing.assert_close(new, old + 0.1 * (student - old))
+
+
+def test_the_core_alone_is_refused_with_one_line():
+    """A size file without a method file names the MAE core, which defines no loss: refused when built."""
+    from pacofr.errors import UserError
+    from pacofr.objectives import MaskedAutoencoder
+
+    with pytest.raises(UserError, match="defines no loss: it is a core, not a method"):
+        MaskedAutoencoder(encoder_size="tiny", img_size=32, patch_size=8, decoder_depth=1, decoder_dim=32)

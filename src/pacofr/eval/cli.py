@@ -1,6 +1,7 @@
 """``pacofr eval``: score a pretrained encoder on one benchmark task, or on a whole suite.
 
-- ``pacofr eval --config configs/eval/<task>.yaml --model.encoder_ckpt CKPT --data.root DIR``:
+- ``pacofr eval --config configs/eval/base/<protocol>.yaml --config configs/eval/<task>.yaml --model.encoder_ckpt CKPT``
+  ``--data.root DIR``:
   LightningCLI over :class:`EvalModule` and :class:`EvalDataModule` (``data.task`` and ``data.img_size``
   follow ``model.task`` and ``model.img_size``), then :func:`run_eval` (train the head, test). Writes
   ``results/<task>.json`` beside the checkpoint, TensorBoard scalars under ``results/tb/<task>``, and
@@ -134,7 +135,8 @@ class Suite:
 
 SUITES: dict[str, Suite] = {
     # Sized for a CPU demo: a frozen encoder (probe), 256 training faces, 4 epochs; every test split also
-    # scored with occluders (the occlusion drop). configs/eval/synth_*.yaml hold the same settings.
+    # scored with occluders (the occlusion drop). configs/eval/base/synth.yaml with configs/eval/synth_*.yaml hold
+    # the same settings.
     "synth": Suite(
         tasks=("synth_parsing", "synth_landmarks", "synth_pose", "synth_verification"),
         defaults={

@@ -32,6 +32,7 @@ import torch
 from torch import nn
 
 from pacofr.data.batch import PretrainBatch, require
+from pacofr.errors import UserError
 from pacofr.models.unwrap import original_param_name
 from pacofr.optim import param_groups
 
@@ -102,6 +103,12 @@ class PretrainObjective(nn.Module):
 
         @functools.wraps(init)
         def init_then_finish(self: PretrainObjective, *args: Any, **kw: Any) -> None:
+            if type(self) is cls and type(self).losses is PretrainObjective.losses:
+                # e.g. a size file's MaskedAutoencoder used without a method file: refused now, not at step 1
+                raise UserError(
+                    f"{cls.__module__}.{cls.__name__} defines no loss: it is a core, not a method; compose a method "
+                    "config after the size file (--config configs/pretrain/method/<method>.yaml)"
+                )
             init(self, *args, **kw)
             if type(self) is cls:  # the outermost __init__ has returned: every part exists
                 self.finish_init()
