@@ -21,8 +21,8 @@ $(VENV)/.installed: pyproject.toml
 
 setup: $(VENV)/.installed
 
-# CI's command: every test but the `extended` ones (larger-scale repeats of what a CI test covers), ~15 min on
-# 2 cores. `make test-extended` runs those (~15 min more); run both before a release.
+# CI's command: every test but the `extended` ones (larger-scale repeats of what a CI test covers), ~20 min on
+# 2 cores. `make test-extended` runs those (~20 min more); run both before a release.
 test: setup
 	$(BIN)/python -m pytest -q -m "not extended" --durations=30 tests
 

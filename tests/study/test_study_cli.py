@@ -36,6 +36,14 @@ def test_random_init_cell_is_probed_and_then_skipped(tmp_path, study_faces, caps
     assert "random_init/seed0" in listing and "done" in listing.splitlines()[0]
     assert study("list", *common, "--count") == 0
     assert capsys.readouterr().out.strip() == str(CELLS)
+
+
+@pytest.mark.extended  # four more probes of the random-init encoder (~1 min on 2 cores); the probe is CI's already
+def test_probe_check_reads_every_measure_with_two_seeds_and_budgets(tmp_path, study_faces, capsys):
+    common = ["--config", str(DEFAULT_STUDY), "--root", str(tmp_path), "--data-root", str(study_faces)]
+    assert study("cell", *common, "--index", "0") == 0
+    result_path = tmp_path / "default" / "random_init" / "seed0" / "result.json"
+    capsys.readouterr()
     # probe strength: the same encoder, two probe seeds x two budgets
     assert study("probe-check", *common, "--arm", "random_init", "--seed", "0", "--budgets", "20", "40") == 0
     check = json.loads((result_path.parent / "probe_check.json").read_text())
