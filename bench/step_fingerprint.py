@@ -104,16 +104,12 @@ def build(config: dict[str, Any]) -> tuple[PretrainModule, dict[str, Any]]:
     masker = ((config.get("data") or {}).get("masker") or {}).get("init_args") or {}
     kwargs = dict(spec.get("init_args") or {})
     kwargs.update(patch_size=masker.get("patch_size", 16), mask_ratio=masker.get("mask_ratio", 0.75))
-    kwargs.update({k: v for k, v in TINY.items() if k in kwargs or k in ("encoder_size", "img_size")})
-    if "codebook_options" in kwargs or "num_codes" in kwargs:
-        kwargs["codebook_options"] = {**(kwargs.get("codebook_options") or {}), **TINY_CODEBOOK}
-    if kwargs.get("incubation_steps") is not None and "incubation_steps" in kwargs:
-        kwargs["incubation_epochs"] = None
     accepted = accepted_args(cls)
+    # the tiny sizes wherever the class takes them (incubation_steps wins over incubation_epochs)
+    kwargs.update({k: v for k, v in TINY.items() if k in accepted})
+    if "codebook_options" in accepted:
+        kwargs["codebook_options"] = {**(kwargs.get("codebook_options") or {}), **TINY_CODEBOOK}
     kwargs = {k: v for k, v in kwargs.items() if k in accepted}
-    for k, v in TINY.items():
-        if k in accepted and k not in kwargs and k not in ("incubation_epochs",):
-            kwargs[k] = v
     objective = cls(**kwargs)
     module_accepts = accepted_args(PretrainModule)
     settings = {k: v for k, v in model.items() if k in module_accepts}
