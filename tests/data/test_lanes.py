@@ -1,13 +1,15 @@
-"""Lane planning: the epoch's shard order, each lane's equal share of the samples, and the bisecting plan."""
+"""Lane planning: the epoch's shard order, each lane's equal share of the samples, the bisecting plan, and the
+lane's shuffle windows."""
 
 from __future__ import annotations
 
+import itertools
 from collections import Counter
 
 import numpy as np
 import pytest
 
-from pacofr.data.lanes import Piece, plan_epoch, shard_order
+from pacofr.data.lanes import Piece, plan_epoch, shard_order, shuffle_windows, window_order
 
 
 def _shard_sequence(plan: list) -> list[int]:
@@ -69,3 +71,31 @@ def test_plan_equals_the_scanning_plan(case):
     lengths[int(rng.integers(shards))] += 1  # never all empty
     slots = int(rng.choice([1, 2, 3, 7, 16, 64, 97, 500]))
     assert plan_epoch(lengths, slots, seed=case, epoch=case % 3) == _plan_by_scanning(lengths, slots, case, case % 3)
+
+
+@pytest.mark.parametrize(
+    ("size", "window", "stripes"), [(0, 4, 8), (5, 8, 8), (8, 8, 8), (9, 8, 8), (240, 16, 8), (1000, 64, 3), (7, 2, 16)]
+)
+def test_shuffle_windows_partition_the_lane_and_mix_its_segments(size: int, window: int, stripes: int) -> None:
+    windows = shuffle_windows(size, window, stripes)
+    slots = [q for w in windows for lo, hi in w for q in range(lo, hi)]
+    assert sorted(slots) == list(range(size)), "every slot of the lane in exactly one window"
+    n = max(1, -(-size // window))
+    assert len(windows) == n
+    if n == 1:
+        assert windows == [[(0, size)]], "a lane within one window is read as one run"
+        return
+    k = min(stripes, size)
+    assert all(len(w) == k for w in windows) and max(sum(hi - lo for lo, hi in w) for w in windows) <= window + k - 1
+    for segment in range(k):  # a segment's chunks follow each other: one sequential cursor reads them
+        chunks = [w[segment] for w in windows]
+        assert all(a[1] == b[0] for a, b in itertools.pairwise(chunks))
+    if size >= k * n:  # every window draws from every segment: k places of the lane, not one run
+        assert all(hi > lo for w in windows for lo, hi in w)
+
+
+def test_window_order_is_a_seeded_permutation() -> None:
+    assert sorted(window_order(50, 0, 1, 2)) == list(range(50))
+    assert window_order(50, 0, 1, 2) == window_order(50, 0, 1, 2)
+    assert window_order(50, 0, 1, 2) != window_order(50, 0, 1, 3)
+    assert window_order(0, 1) == []

@@ -11,8 +11,10 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
+from pacofr.data import shard_reader
 from pacofr.data.batch import NO_COVERED_GROUP, MaskResult
 from pacofr.data.format import NUM_REGIONS, read_manifest
+from pacofr.data.lanes import shuffle_windows
 from pacofr.data.stream_stats import StreamStats
 from pacofr.data.streams import STATS_KEY, TrainShardStream, ValShardStream
 from pacofr.data.transforms import AugmentConfig, JointTransform
@@ -117,6 +119,65 @@ def test_resume_continues_with_exactly_the_same_samples(tmp_path: Path, make_sha
     total = 2 * bpe + 3  # crosses two epoch boundaries
     reference = _take(stream, total)
     for start in (1, bpe - 1, bpe + 2):
+        resumed = _take(_stream(root, 3, num_workers=workers, start_batch=start), total - start)
+        assert [b["key"] for b in resumed] == [b["key"] for b in reference[start:]], f"start={start}"
+        for a, b in zip(resumed, reference[start:]):
+            assert torch.equal(a["image"], b["image"]) and torch.equal(a["seg"], b["seg"])
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("indexed", [True, False], ids=["sample-index", "no-index"])
+def test_resume_reads_one_window_whatever_the_position(tmp_path: Path, make_shards, monkeypatch, indexed) -> None:
+    """A resumed worker seeks to the window holding its position and reads that window (and the next when its
+    first batch runs into it): the same cost near the start of the epoch and near its end. Without sample
+    indexes each segment's cursor reads its shard from the start to reach the window (at most a shard each)."""
+    root = make_shards(tmp_path, {"train": [20] * 12}, size=SIZE)  # 240 samples: one lane, 60 batches of 4
+    if not indexed:
+        for index in root.glob("*.idx"):
+            index.unlink()
+    grouped = []  # every sample the tar reader grouped, checked or not (the read cost in samples)
+    real = shard_reader.group_by_keys
+    monkeypatch.setattr(
+        shard_reader, "group_by_keys", lambda *a, **kw: (grouped.append(1) or s for s in real(*a, **kw))
+    )
+    window, stripes, bs = 16, 2, 4
+    windows = shuffle_windows(240, window, stripes)
+    starts = list(itertools.accumulate((sum(hi - lo for lo, hi in w) for w in windows), initial=0))
+    for start_batch in (2, 55):  # lane positions 8 and 220 of 240
+        grouped.clear()
+        stream = _stream(root, bs, start_batch=start_batch)
+        stream.shuffle_buffer, stream.stripes = window, stripes
+        next(iter(stream))
+        position = start_batch * bs
+        held = {w for w in range(len(windows)) if starts[w] < position + bs and position < starts[w + 1]}
+        window_samples = sum(starts[w + 1] - starts[w] for w in held)
+        assert stream.stats.samples_read <= window_samples, f"start_batch={start_batch}: checked beyond its windows"
+        # each cursor groups one sample past a piece's end before stopping; without an index, plus its prefix
+        bound = window_samples + 2 * stripes + (0 if indexed else stripes * 20)
+        assert len(grouped) <= bound, f"start_batch={start_batch}: read {len(grouped)} samples, bound {bound}"
+        assert len(grouped) < 220 // 2, "far less than replaying the lane up to the position"
+
+
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize("workers", [0, 2])
+def test_resume_is_exact_over_bad_samples(tmp_path: Path, make_shards, corrupt_shard, workers: int) -> None:
+    """Bad samples keep their slot (positions never shift) and are stood in for by the lane's spares, chosen by
+    position: a resumed stream yields the same batches over damaged data too, and never a bad sample."""
+    root = make_shards(tmp_path, {"train": [9, 8, 9, 7]}, size=SIZE)
+    names = read_manifest(root).split("train").filenames
+    bad = {
+        corrupt_shard(root / names[0], "garbage", index=1),
+        corrupt_shard(root / names[1], "missing_key", index=4),
+        corrupt_shard(root / names[2], "bad_jpeg_body", index=3),
+    }
+    corrupt_shard(root / names[3], "truncate")
+    good = _all_keys(root) - bad
+    stream = _stream(root, 3, num_workers=workers)
+    bpe = stream.batches_per_epoch
+    total = 2 * bpe + 2
+    reference = _take(stream, total)
+    assert set(_keys(reference)) <= good
+    for start in (1, bpe - 2, bpe + 3):
         resumed = _take(_stream(root, 3, num_workers=workers, start_batch=start), total - start)
         assert [b["key"] for b in resumed] == [b["key"] for b in reference[start:]], f"start={start}"
         for a, b in zip(resumed, reference[start:]):

@@ -8,6 +8,10 @@ the concatenated sample sequence is cut into contiguous *lanes*: by :func:`plan_
 sizes (the training stream's: a whole number of batches each), or by :func:`plan_epoch` into ``num_slots``
 lanes of ``N // num_slots`` or one more samples. Shards are split across lanes where needed, so any shard
 count works, fewer shards than lanes too; a lane is a list of :class:`Piece` (a range of one shard).
+
+Within a lane, :func:`shuffle_windows` cuts the lane's sample slots into shuffle windows (each drawing from
+several places of the lane) and :func:`window_order` permutes each: the training stream's shuffle, whose state
+is the window index alone, so a resumed worker reads one window instead of its whole lane up to its position.
 """
 
 from __future__ import annotations
@@ -122,3 +126,31 @@ def epoch_lane_sizes(epoch: int, batches_per_epoch: int, num_lanes: int, world_s
         first, stop = lane_batch_range(epoch, lane, batches_per_epoch, num_lanes)
         per_rank.append((stop - first) * batch)
     return per_rank * world_size
+
+
+def shuffle_windows(size: int, window: int, stripes: int) -> list[list[tuple[int, int]]]:
+    """A lane's shuffle windows: for each, the slot ranges ``[lo, hi)`` (lane positions) it holds, in order.
+
+    The lane's ``size`` slots are cut into ``k = min(stripes, size)`` near-equal contiguous segments and into
+    ``n = ceil(size / window)`` windows; window ``w`` holds the ``w``-th of ``n`` near-equal consecutive chunks
+    of every segment (one range per segment, possibly empty), so it mixes samples from ``k`` places of the lane
+    (``k`` shards or more when the lane spans them) instead of one run. The windows partition the slots, each
+    holds at most ``window + k - 1`` of them, and their chunks of a segment follow each other: a reader keeps one
+    sequential cursor per segment. With a single window the lane is one range (``k`` is moot: same content).
+    """
+    if size < 0 or window < 1 or stripes < 1:
+        raise ValueError(f"bad shuffle windows: size={size} window={window} stripes={stripes}")
+    n = max(1, -(-size // window))
+    k = 1 if n == 1 else min(stripes, size)
+    bounds = list(itertools.accumulate(even_sizes(size, k), initial=0))
+    return [
+        [(lo + (hi - lo) * w // n, lo + (hi - lo) * (w + 1) // n) for lo, hi in itertools.pairwise(bounds)]
+        for w in range(n)
+    ]
+
+
+def window_order(length: int, *seed_parts: object) -> list[int]:
+    """The order in which a window of ``length`` slots is emitted: a permutation seeded by ``seed_parts`` only."""
+    order = list(range(length))
+    random.Random(derive_seed("window", *seed_parts)).shuffle(order)
+    return order

@@ -16,15 +16,30 @@ rank-local *global batch index* ``g``:
   ``N < world_size * batch_size``, or when shards turn out shorter than the manifest says (corrupt data), do
   samples repeat within an epoch rather than run dry. A stream started at ``start_batch = b0`` makes
   worker ``w`` play lane ``(b0 + w) % W``, so the loader's first batch is exactly ``g = b0``.
-  To reach its position a worker replays its lane's seeded shard read and shuffle buffer
-  without decoding images (cheap), then decodes from there on.
+- The shuffle is by windows over the lane's sample *slots* (its pieces in plan order, one slot per sample of
+  the manifest): :func:`~pacofr.data.lanes.shuffle_windows` cuts the lane into windows of ``shuffle_buffer``
+  slots, each made of one chunk from each of ``stripes`` (8) contiguous segments of the lane, so a window
+  mixes 8 places of the lane (8 shards or more where the lane spans them) rather than one run; each window
+  is emitted in an order seeded by (seed, epoch, rank, lane, window) (:func:`~pacofr.data.lanes.window_order`).
+  Its state is the lane position alone: a worker resuming at position ``p`` opens one sequential cursor per
+  segment at the window holding ``p`` (a seek through the shard's sample index), reads that window (headers
+  only) and skips ``p`` minus the window's start places of its order: the read cost of a resume is one
+  window (at most ``shuffle_buffer + stripes - 1`` samples), wherever the position. A shard without a sample
+  index is read from its start to reach the window (at most one shard per cursor, and at every epoch start
+  where a segment begins mid-shard). The window is held in memory while it is emitted, as the buffer of
+  ``shuffle_buffer`` samples was before (webdataset's shuffle buffer, whose order depends on every sample
+  before the position: a resumed worker replayed its whole lane up to it; ``bench/scale.py`` compares both).
 - Per-sample randomness (augmentation, masker) is seeded from (seed, epoch, sample key): the
   same after a resume and independent of the worker count.
 
-Bad samples are skipped when read (:func:`~pacofr.data.shard_reader.iter_shard`), before the shuffle, so
-they replay identically on resume; a lane that comes up short simply wraps. A sample whose pixels fail to
-decode is replaced within its batch (:class:`~pacofr.data.batch_builder.BatchBuilder`). Each batch carries
-its worker's problem counts under ``STATS_KEY``.
+A bad sample (:func:`~pacofr.data.shard_reader.iter_shard` finds it unreadable, or a short or unreadable shard
+lacks it) keeps its slot, so positions never shift and a resume needs no knowledge of what came before; it
+is stood in for by one of the lane's *spares*, its first ``batch_size`` good samples in its shuffled order
+(read once per epoch, when a bad slot is first met: its first window, in the usual case), chosen by the slot's
+position. A lane with no good sample borrows the first of the epoch's whole sequence (all lanes), and a split
+with none raises: nothing waits forever. A sample whose pixels fail to decode is replaced by a copy of another
+sample of its batch (:class:`~pacofr.data.batch_builder.BatchBuilder`). Each batch carries its worker's
+problem counts under ``STATS_KEY``.
 
 Validation (:class:`ValShardStream`) is finite: rank ``r`` gets the samples with global index
 ``i % world_size == r``, padded to ``ceil(N / world_size)`` with copies flagged
@@ -34,25 +49,33 @@ each real sample is scored exactly once across ranks (count metrics over ``valid
 
 from __future__ import annotations
 
+import bisect
 import itertools
 import math
-import random
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 from torch.utils.data import IterableDataset, get_worker_info
-from webdataset.filters import _shuffle as wds_shuffle
 
 from pacofr.data.batch import Masker
 from pacofr.data.batch_builder import BatchBuilder
 from pacofr.data.format import read_manifest
-from pacofr.data.lanes import Piece, derive_seed, epoch_lane_sizes, lane_batch_range, plan_lanes
+from pacofr.data.lanes import (
+    Piece,
+    epoch_lane_sizes,
+    lane_batch_range,
+    plan_lanes,
+    shuffle_windows,
+    window_order,
+)
 from pacofr.data.shard_reader import RawSample, iter_shard
 from pacofr.data.stream_stats import RateLimitedWarner, StreamStats
 from pacofr.data.transforms import JointTransform
 
 STATS_KEY = "data_stats"  # batch entry carrying the producing worker's StreamStats (strip before the model)
+SHUFFLE = "windows"  # the shuffle a checkpoint's data state names (before it: the buffer, unnamed)
+STRIPES = 8  # places of a lane (contiguous segments) every shuffle window draws from (lanes.shuffle_windows)
 
 
 def _worker() -> tuple[int, int]:
@@ -95,6 +118,7 @@ class TrainShardStream(IterableDataset):
         seed: int = 0,
         masker: Masker | None = None,
         shuffle_buffer: int = 1000,
+        stripes: int = STRIPES,
         start_batch: int = 0,
         include_stats: bool = True,
         images_on_device: bool = False,
@@ -107,6 +131,7 @@ class TrainShardStream(IterableDataset):
         self.reader = _SplitReader(root, split)
         self.batch_size, self.rank, self.world_size = batch_size, rank, world_size
         self.num_workers, self.seed, self.shuffle_buffer = num_workers, seed, shuffle_buffer
+        self.stripes = stripes
         self.transform, self.masker, self.include_stats = transform, masker, include_stats
         self.images_on_device = images_on_device  # batches carry JPEG bytes + draws (pacofr.data.device_images)
         self.start_batch = start_batch
@@ -132,42 +157,66 @@ class TrainShardStream(IterableDataset):
         """Samples of every lane of every rank in ``epoch`` (rank-major), a whole number of batches each."""
         return epoch_lane_sizes(epoch, self.batches_per_epoch, self.num_lanes, self.world_size, self.batch_size)
 
-    def lane_raw_samples(self, epoch: int, lane: int, stats: StreamStats, warn: Callable[[str], None]) -> Iterator:
-        """The lane's shuffled, endless (wrapping) stream of good raw samples for one epoch."""
-        plan = plan_lanes(self.reader.lengths, self.lane_sizes(epoch), self.seed, epoch)
-        mine = plan[self.rank * self.num_lanes + lane]
-        everything = [p for lane_pieces in plan for p in lane_pieces]
+    def _plan(self, epoch: int) -> list[list[Piece]]:
+        return plan_lanes(self.reader.lengths, self.lane_sizes(epoch), self.seed, epoch)
 
-        def read(piece: Piece) -> Iterator[RawSample]:
+    def _read_slots(
+        self, pieces: list[Piece], lo: int, hi: int, stats: StreamStats, warn: Callable[[str], None]
+    ) -> Iterator[RawSample | None]:
+        """Slots ``lo <= q < hi`` of the sequence ``pieces`` (concatenated): the raw sample, or None where it is
+        bad or missing (a short or unreadable shard), so positions never shift. Seeks to ``lo`` through the
+        shard's sample index; without one, :func:`iter_shard` reads the shard from its start."""
+        offsets = list(itertools.accumulate((p.length for p in pieces), initial=0))
+        i = bisect.bisect_right(offsets, lo) - 1
+        while lo < hi and i < len(pieces):
+            piece = pieces[i]
+            a, b = piece.start + lo - offsets[i], piece.start + min(hi, offsets[i + 1]) - offsets[i]
             path, expected = self.reader.paths[piece.shard], self.reader.lengths[piece.shard]
-            for _, raw in iter_shard(path, expected, stats, warn, piece.start, piece.stop):
-                if raw is not None:
-                    yield raw
+            got = 0
+            for _, raw in iter_shard(path, expected, stats, warn, a, b):
+                got += 1
+                yield raw
+            yield from itertools.repeat(None, b - a - got)
+            lo, i = offsets[i + 1], i + 1
 
-        def one_pass(pieces: list[Piece], n: int) -> Iterator[RawSample]:
-            # Each pass is shuffled on its own so a wrapping lane sees all of its samples once
-            # before any repeats (a buffer spanning passes would mix copies into one epoch).
-            rng = random.Random(derive_seed("shuffle", self.seed, epoch, self.rank, lane, n))
-            samples = (raw for piece in pieces for raw in read(piece))
-            return wds_shuffle(samples, bufsize=bufsize, initial=bufsize, rng=rng)
+    def lane_raw_samples(
+        self, epoch: int, lane: int, position: int, stats: StreamStats, warn: Callable[[str], None]
+    ) -> Iterator[RawSample | None]:
+        """The lane's slots in the epoch's shuffled order from lane position ``position`` to its end: a raw
+        sample, or None for a bad one. Reads only from the window holding ``position`` on."""
+        pieces = self._plan(epoch)[self.rank * self.num_lanes + lane]
+        size = sum(p.length for p in pieces)
+        windows = shuffle_windows(size, max(1, self.shuffle_buffer), self.stripes)
+        starts = list(itertools.accumulate((sum(hi - lo for lo, hi in w) for w in windows), initial=0))
+        first = bisect.bisect_right(starts, position) - 1
+        if position >= size:
+            return
+        # one sequential cursor per segment, from the first window's chunk of it to the segment's end
+        cursors = [self._read_slots(pieces, lo, windows[-1][k][1], stats, warn) for k, (lo, _) in
+                   enumerate(windows[first])]  # fmt: skip
+        for w in range(first, len(windows)):
+            items = [raw for k, (lo, hi) in enumerate(windows[w]) for raw in itertools.islice(cursors[k], hi - lo)]
+            order = window_order(len(items), self.seed, epoch, self.rank, lane, w)
+            for j in order[max(0, position - starts[w]) :]:
+                yield items[j]
 
-        def passes() -> Iterator[RawSample]:
-            pieces = list(mine)
-            for n in itertools.count():
-                if n > 0:  # a lane short of samples re-reads its pieces in a new order
-                    random.Random(derive_seed("pass", self.seed, epoch, self.rank, lane, n)).shuffle(pieces)
-                got = 0
-                for raw in one_pass(pieces, n):
-                    got += 1
-                    yield raw
-                if got == 0:
-                    if set(pieces) == set(everything):
-                        raise RuntimeError(f"no readable sample in split {self.reader.split!r} of {self.reader.root}")
-                    warn(f"lane {lane} of rank {self.rank} read no sample in epoch {epoch}: borrowing all shards")
-                    pieces = list(everything)
-
-        bufsize = max(1, self.shuffle_buffer)
-        return passes()
+    def spares(self, epoch: int, lane: int, stats: StreamStats, warn: Callable[[str], None]) -> list[RawSample]:
+        """Good samples that stand in for the lane's bad slots in ``epoch``: its first ``batch_size`` good ones in
+        its shuffled order; a lane with none borrows the first of the epoch's whole sequence (all lanes' pieces);
+        a split with none raises (never an endless search)."""
+        found = list(itertools.islice(
+            (raw for raw in self.lane_raw_samples(epoch, lane, 0, stats, warn) if raw is not None), self.batch_size
+        ))  # fmt: skip
+        if found:
+            return found
+        warn(f"lane {lane} of rank {self.rank} read no sample in epoch {epoch}: borrowing all shards")
+        everything = [p for lane_pieces in self._plan(epoch) for p in lane_pieces]
+        size = sum(p.length for p in everything)
+        raws = self._read_slots(everything, 0, size, stats, warn)
+        found = list(itertools.islice((raw for raw in raws if raw is not None), self.batch_size))
+        if not found:
+            raise RuntimeError(f"no readable sample in split {self.reader.split!r} of {self.reader.root}")
+        return found
 
     def lane_batches(self, lane: int, first_local: int, stats: StreamStats) -> Iterator[dict[str, Any]]:
         """Lane batches from local index ``first_local`` on (rank batch ``g = local * W + lane``)."""
@@ -179,14 +228,20 @@ class TrainShardStream(IterableDataset):
         while True:
             first, stop = self.lane_range(epoch, lane)
             if local < stop:  # else no batch of this epoch falls to the lane (more workers than batches)
-                raws = self.lane_raw_samples(epoch, lane, stats, warn)
-                for _ in range((local - first) * bs):  # fast-forward without decoding
-                    next(raws)
+                position = (local - first) * bs  # the lane's next slot: a seek, not a replay
+                raws = self.lane_raw_samples(epoch, lane, position, stats, warn)
+                spares: list[RawSample] = []
                 for _ in range(local, stop):
-                    batch = build([next(raws) for _ in range(bs)], epoch, stats)
+                    batch_raws = list(itertools.islice(raws, bs))
+                    for i, raw in enumerate(batch_raws):
+                        if raw is None:  # a bad slot: a spare, chosen by its position alone
+                            spares = spares or self.spares(epoch, lane, stats, warn)
+                            batch_raws[i] = spares[(position + i) % len(spares)]
+                    batch = build(batch_raws, epoch, stats)
                     if self.include_stats:
                         batch[STATS_KEY] = {"rank": self.rank, "lane": lane, **stats.as_dict()}
                     yield batch
+                    position += bs
                 local = stop
             epoch += 1
 
