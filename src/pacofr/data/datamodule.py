@@ -24,7 +24,7 @@ from pacofr.data.batch import Masker
 from pacofr.data.device_images import images_from_plan
 from pacofr.data.format import read_manifest
 from pacofr.data.stream_stats import StreamStats
-from pacofr.data.streams import STATS_KEY, TrainShardStream, ValShardStream
+from pacofr.data.streams import SHUFFLE, STATS_KEY, TrainShardStream, ValShardStream
 from pacofr.data.transforms import AugmentConfig, JointTransform, normalize_images
 from pacofr.data.worker_loader import WorkerLoader
 
@@ -52,11 +52,12 @@ class PretrainDataModule(L.LightningDataModule):
         batch_size: per-rank batch size (train and, unless ``val_batch_size``, val).
         num_workers: DataLoader workers; keep it fixed across a resume (it defines the lanes).
         image_size: output side S.
-        seed: seeds shard order, shuffle buffers, augmentation and masks.
+        seed: seeds shard order, shuffle windows, augmentation and masks.
         masker: a :class:`~pacofr.data.batch.Masker` (any ``class_path`` subclass), or None.
         augment: training augmentation settings (eval uses its normalisation and crop fraction).
         train_split / val_split: split names in the manifest; ``val_split=None`` disables validation.
-        shuffle_buffer: samples held by each worker's shuffle buffer.
+        shuffle_buffer: samples per shuffle window of a worker (about as many held in memory at once; a
+            resumed worker reads one window to reach its position, :mod:`pacofr.data.streams`).
         prefetch_factor: batches prefetched per worker.
         images_on_device: the device image path (:mod:`pacofr.data.device_images`): workers ship JPEG bytes and
             the augmentation's draws, and the training device decodes (nvJPEG on CUDA) and augments the batch;
@@ -119,6 +120,8 @@ class PretrainDataModule(L.LightningDataModule):
             "world_size": world,
             "num_workers": self.num_workers,
             "batch_size": self.batch_size,
+            "shuffle": SHUFFLE,
+            "shuffle_buffer": self.shuffle_buffer,
         }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -129,8 +132,16 @@ class PretrainDataModule(L.LightningDataModule):
         saved = self._loaded_state
         if not saved:
             return
-        now = {"seed": self.seed, "world_size": world, "num_workers": self.num_workers, "batch_size": self.batch_size}
+        now = {
+            "seed": self.seed,
+            "world_size": world,
+            "num_workers": self.num_workers,
+            "batch_size": self.batch_size,
+            "shuffle_buffer": self.shuffle_buffer,
+        }
         changed = {k: (saved.get(k), v) for k, v in now.items() if k in saved and saved[k] != v}
+        if saved.get("shuffle", "buffer") != SHUFFLE:  # checkpoints before the windows say nothing: a buffer
+            changed["shuffle"] = (saved.get("shuffle", "buffer"), SHUFFLE)
         if changed:
             log.warning(
                 "data stream config changed since the checkpoint (%s): the resumed run will not see exactly the "
