@@ -55,6 +55,38 @@ def test_device_path_matches_the_cpu_path(tmp_path: Path, make_shards) -> None:
         assert levels.mean() < 1.0
 
 
+def test_masks_are_built_on_the_device_from_the_workers_draws(tmp_path: Path, make_shards) -> None:
+    """The workers ship the masker's draws, not masks; the device builds the masks from them and the label maps:
+    exact counts, region histograms of the very label map the batch carries (so aligned with it after crop and
+    flip), and the same masks for a sample key whatever the worker count (a function of seed, epoch, key)."""
+    from pacofr.masking import num_masked_patches
+    from pacofr.masking.histograms import patch_region_histograms
+
+    root = make_shards(tmp_path / "d", {"train": [9, 8, 7]}, size=64)
+    by_key: list[dict[str, tuple]] = []
+    for workers in (0, 2):
+        dm = datamodule(root, True, image_size=64, num_workers=workers)
+        loader = iter(dm.train_dataloader())
+        seen: dict[str, tuple] = {}
+        for _ in range(2):
+            raw = next(loader)
+            assert {"mask_draw_cover", "mask_draw_fallback"} <= set(raw) and "mask" not in raw
+            assert "region_hist" not in raw
+            batch = dm.to_model_input(raw)
+            assert not any(key.startswith("mask_draw_") for key in batch)
+            assert (batch["mask"].sum(1) == num_masked_patches(16, 0.75)).all()
+            assert (batch["covered_patches"] <= batch["mask"]).all()
+            assert torch.equal(batch["region_hist"], patch_region_histograms(batch["seg"], 16))
+            for i, key in enumerate(batch["key"]):
+                seen[key] = (batch["mask"][i], batch["covered"][i], batch["seg"][i])
+        by_key.append(seen)
+    common = set(by_key[0]) & set(by_key[1])
+    assert len(common) >= 4
+    for key in common:
+        for a, b in zip(by_key[0][key], by_key[1][key]):
+            assert torch.equal(a, b), key
+
+
 def test_flip_keeps_pixels_and_labels_aligned() -> None:
     """A two-colour image whose label map marks the left half: after a forced flip the bright half of the
     device-augmented image is where the flipped label map puts it."""

@@ -17,13 +17,14 @@ import torch
 
 from pacofr.data.batch import MASK_KEYS, Masker
 from pacofr.data.decode import check_labels, decode_arrays, decode_labels
-from pacofr.data.device_images import pack_jpegs
+from pacofr.data.device_images import MASK_DRAW_PREFIX, pack_jpegs
 from pacofr.data.format import KEY_IMAGE
 from pacofr.data.lanes import derive_seed
 from pacofr.data.shard_reader import RawSample
 from pacofr.data.stream_stats import StreamStats
 from pacofr.data.transforms import JointTransform
 from pacofr.data.worker_loader import one_opencv_thread_in_worker
+from pacofr.masking.histograms import patch_grid
 
 
 def masker_labels(masker: Masker, seg: np.ndarray) -> torch.Tensor:
@@ -45,8 +46,12 @@ class BatchBuilder:
     ``PretrainDataModule.on_after_batch_transfer`` turns them into the network's float input.
 
     ``images_on_device``: the device image path (:mod:`pacofr.data.device_images`): the image stays JPEG bytes
-    and only its draws (crop box, flip, colour factors) are made here; the label map and the masks are built
-    here as on the CPU path, from the same draws.
+    and only its draws (crop box, flip, colour factors) are made here; the label map is built here as on the CPU
+    path, from the same draws. The masks too, unless the masker can build them on the device
+    (``draws`` + ``batch_from_draws``, :mod:`pacofr.masking.on_device`: the random and structured maskers): then
+    each sample's mask generator gives only the numbers the masker would draw, shipped as
+    ``mask_draw_<name>`` entries (:data:`~pacofr.data.device_images.MASK_DRAW_PREFIX`), and the device builds
+    the masks and region histograms from them and the label maps (:func:`~pacofr.data.device_images.masks_from_draws`).
     """
 
     def __init__(
@@ -59,6 +64,7 @@ class BatchBuilder:
     ):
         self.transform, self.masker, self.seed, self.warn = transform, masker, seed, warn
         self.images_on_device = images_on_device
+        self.masks_on_device = images_on_device and callable(getattr(masker, "batch_from_draws", None))
         # one DataLoader worker = one core: OpenCV's own pool would oversubscribe (a no-op in a worker forked by
         # WorkerLoader, which must not touch a pool inherited through fork)
         one_opencv_thread_in_worker()
@@ -86,9 +92,13 @@ class BatchBuilder:
         return {"image": image, "seg": seg, "key": key}
 
     def _masks(self, batch: dict[str, Any], epoch: int | str) -> dict[str, torch.Tensor]:
-        """The masker's entries (``MASK_KEYS``) for the collated batch; sample ``b``'s draws come from its own
-        seeded generator."""
+        """The masker's entries (``MASK_KEYS``) for the collated batch, or with masks on the device the draws they
+        are built from; sample ``b``'s draws come from its own seeded generator."""
         gens = [torch.Generator().manual_seed(derive_seed("mask", self.seed, epoch, key)) for key in batch["key"]]
+        if self.masks_on_device:  # the masker's own draws, the device builds the masks (pacofr.masking.on_device)
+            rows, cols = patch_grid(batch["seg"], self.masker.patch_size)  # type: ignore[union-attr]
+            draws = [self.masker.draws(gen, rows * cols) for gen in gens]  # type: ignore[union-attr]
+            return {MASK_DRAW_PREFIX + name: torch.stack([d[name] for d in draws]) for name in draws[0]}
         labels = masker_labels(self.masker, batch["seg"].numpy())
         batched = getattr(self.masker, "batch", None)
         if callable(batched):

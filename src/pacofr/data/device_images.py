@@ -29,6 +29,11 @@ end to end, one tensor so the DataLoader shares it rather than pickling it), ``j
 ``crop_box`` int64 [B,4] (top, left, height, width in source pixels), ``flip`` bool [B], ``jitter`` float32 [B,4]
 (brightness, contrast and saturation factors, 1 meaning unchanged, and the hue shift). After it, ``image`` is
 float32 [B,3,S,S], as :func:`~pacofr.data.transforms.normalize_images` gives on the CPU path.
+
+Masks: with a masker that can (the random and structured maskers), the workers ship its per-sample draws
+(``mask_draw_*`` entries) instead of the masks, and :func:`masks_from_draws` builds the masks and region
+histograms on the device from them and the label maps: the same values as the workers'
+(:mod:`pacofr.masking.on_device`).
 """
 
 from __future__ import annotations
@@ -54,6 +59,8 @@ from pacofr.data.transforms import (
 )
 
 PLAN_KEYS = ("jpeg", "jpeg_offsets", "crop_box", "flip", "jitter")
+# the entries of a batch whose masks the device builds: the masker's draws (pacofr.masking.on_device)
+MASK_DRAW_PREFIX = "mask_draw_"
 # per-sample entries a replaced (undecodable) image takes from its donor, so pixels, labels and masks agree
 PER_SAMPLE_KEYS = ("seg", "mask", "covered", "covered_patches", "region_hist", "crop_box", "flip", "jitter")
 
@@ -346,6 +353,28 @@ def images_from_plan(
         images, batch.pop("crop_box"), batch.pop("flip"), batch.pop("jitter"), size, mean, std
     )
     return failures
+
+
+def has_mask_draws(batch: Any) -> bool:
+    """Whether ``batch`` carries mask draws for the device (:func:`masks_from_draws`) instead of masks."""
+    return isinstance(batch, dict) and any(str(key).startswith(MASK_DRAW_PREFIX) for key in batch)
+
+
+def masks_from_draws(batch: dict[str, Any], masker: Any, device: torch.device | str) -> None:
+    """Replace the ``mask_draw_*`` entries of a batch by the masker's entries (``mask``, ``covered``,
+    ``region_hist``, ``covered_patches``) built on ``device`` from them and the label maps (``seg`` moves to
+    ``device``, non-blocking from pinned memory), in place: ``masker.batch_from_draws``, the same values as the
+    workers' ``masker.batch`` (:mod:`pacofr.masking.on_device`), and no value read back. Run it before
+    :func:`images_from_plan`, whose replacement of an undecodable image copies the masks of its donor."""
+    if masker is None or not callable(getattr(masker, "batch_from_draws", None)):
+        raise ValueError(f"the batch carries mask draws but the masker {masker!r} cannot build masks from them")
+    device = torch.device(device)
+    draws = {
+        key[len(MASK_DRAW_PREFIX) :]: batch.pop(key).to(device, non_blocking=True)
+        for key in [k for k in batch if str(k).startswith(MASK_DRAW_PREFIX)]
+    }
+    batch["seg"] = batch["seg"].to(device, non_blocking=True)
+    batch.update(masker.batch_from_draws(batch["seg"], draws))
 
 
 def nvjpeg_ordering_check(

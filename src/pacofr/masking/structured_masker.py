@@ -35,6 +35,8 @@ from pacofr.data.batch import NO_COVERED_GROUP, Masker, MaskResult, check_mask_r
 from pacofr.data.format import MASKABLE_COMPONENTS, NUM_REGIONS, REGION_IDS
 from pacofr.masking.common import mask_random_extra, sample_histograms
 from pacofr.masking.histograms import patch_grid, patch_region_histograms
+from pacofr.masking.on_device import proportional_fill_rows as proportional_fill_rows_torch
+from pacofr.masking.on_device import ranks, region_histograms, sequential_cumsum
 
 FACE_BOUNDARY = "face_boundary"
 _SKIN = REGION_IDS["skin"]
@@ -92,6 +94,25 @@ def component_patches(
         hair_or_background = near.reshape(hair_or_background.shape)
     out[..., _BOUNDARY_INDEX] = touches[..., _SKIN] & hair_or_background
     return out
+
+
+def component_patches_torch(
+    region_hist: torch.Tensor, grid: tuple[int, int], touch_threshold: float = 0.0, boundary_neighbours: bool = False
+) -> torch.Tensor:
+    """:func:`component_patches` of a torch ``(B, N, NUM_REGIONS)`` batch, on its device."""
+    touches = region_hist > touch_threshold
+    columns: list[torch.Tensor] = [touches[..., group] for group in _LABEL_COMPONENT_GROUPS]
+    hair_or_background = touches[..., _HAIR] | touches[..., _BACKGROUND]
+    if boundary_neighbours:
+        grid_map = hair_or_background.reshape(*hair_or_background.shape[:-1], *grid)
+        near = grid_map.clone()
+        near[..., 1:, :] |= grid_map[..., :-1, :]
+        near[..., :-1, :] |= grid_map[..., 1:, :]
+        near[..., :, 1:] |= grid_map[..., :, :-1]
+        near[..., :, :-1] |= grid_map[..., :, 1:]
+        hair_or_background = near.reshape(hair_or_background.shape)
+    columns.insert(_BOUNDARY_INDEX, touches[..., _SKIN] & hair_or_background)
+    return torch.stack(columns, dim=-1)
 
 
 def proportional_quotas(sizes: np.ndarray, budget: int, offset: int) -> np.ndarray:
@@ -285,6 +306,54 @@ class StructuredMasker(Masker):
         for b in np.flatnonzero(~has_cover).tolist():  # no component fits: random masking, drawn as __call__ does
             out["mask"][b] = mask_random_extra(torch.zeros(num_patches, dtype=torch.bool), budget, generators[b])
         return out
+
+    # --- masks on the device (pacofr.masking.on_device) ------------------------------------------------------
+    def draws(self, generator: torch.Generator, num_patches: int) -> dict[str, torch.Tensor]:
+        """The random numbers :meth:`batch` would draw for one sample from its fresh ``generator``: ``cover``
+        float64 ``(N + 2,)`` (the component and the proportional fill), and ``fallback`` float32 ``(N,)`` (the
+        random masking of a sample where no component fits), both from the generator's starting state, since
+        which one the sample uses is known only from its map."""
+        state = generator.get_state()
+        cover = torch.rand(num_patches + 2, generator=generator, dtype=torch.float64)
+        generator.set_state(state)
+        return {"cover": cover, "fallback": torch.rand(num_patches, generator=generator)}
+
+    def batch_from_draws(self, segs: torch.Tensor, draws: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """:meth:`batch`'s entries from checked maps ``(B, H, W)`` and the stacked :meth:`draws` ``(B, ...)``, on
+        the maps' device, without a host sync (so without :meth:`batch`'s count guard: the count is exact by
+        construction, and tested)."""
+        if segs.dim() != 3:
+            raise ValueError(f"need (B, H, W) maps, got {tuple(segs.shape)}")
+        hist = region_histograms(segs, self.patch_size)  # (B, N, NUM_REGIONS)
+        grid = patch_grid(segs, self.patch_size)
+        count, num_patches = hist.shape[0], hist.shape[1]
+        budget = num_masked_patches(num_patches, self.mask_ratio)
+        device = segs.device
+        uniforms, fallback = draws["cover"].to(device), draws["fallback"].to(device)
+        components = component_patches_torch(hist, grid, self.touch_threshold, self.boundary_neighbours)
+        sizes = components.sum(dim=1)  # (B, C)
+        probs = self.component_probs.to(device)
+        eligible = (sizes > 0) & (sizes <= budget) & (probs > 0)
+        has_cover = eligible.any(dim=1)
+        cdf = sequential_cumsum(torch.where(eligible, probs, 0.0))
+        last = cdf.shape[1] - 1
+        chosen = (cdf <= (uniforms[:, 0] * cdf[:, -1]).unsqueeze(1)).sum(dim=1).clamp(max=last)
+        if self.per_batch_component:  # the first coverable sample's draw over the probabilities alone
+            first = torch.argmax(has_cover.to(torch.uint8))  # first True (any row when none: then unused)
+            batch_cdf = sequential_cumsum(probs.unsqueeze(0))[0]
+            shared = (batch_cdf <= uniforms[first, 0] * batch_cdf[-1]).sum().clamp(max=last)
+            chosen = torch.where(eligible.gather(1, shared.expand(count, 1)).squeeze(1), shared, chosen)
+        cover = components.gather(2, chosen.view(count, 1, 1).expand(count, num_patches, 1)).squeeze(2)
+        remaining = budget - sizes.gather(1, chosen.unsqueeze(1)).squeeze(1)
+        fill = proportional_fill_rows_torch(~cover, hist.argmax(dim=2), remaining, uniforms[:, 1:])
+        random = ranks(fallback) < budget  # mask_random_extra's draw: the budget smallest keys
+        keep = has_cover.unsqueeze(1)
+        return {
+            "mask": torch.where(keep, cover | fill, random),
+            "covered": torch.where(has_cover, chosen, NO_COVERED_GROUP),
+            "region_hist": hist,
+            "covered_patches": cover & keep,
+        }
 
     def __repr__(self) -> str:
         probs = {name: round(float(p), 4) for name, p in zip(MASKABLE_COMPONENTS, self.component_probs)}
