@@ -33,7 +33,7 @@ from torch import nn
 
 from pacofr.data.batch import PretrainBatch, require
 from pacofr.errors import UserError
-from pacofr.models.unwrap import original_param_name
+from pacofr.models.unwrap import local_shard, original_param_name
 from pacofr.optim import param_groups
 
 # TensorBoard custom-scalar charts: {category: {chart title: ["Multiline", [anchored tag regexes]]}}
@@ -168,7 +168,8 @@ class PretrainObjective(nn.Module):
         for online_name, target_name in pairs:
             online, target = self.get_submodule(online_name), self.get_submodule(target_name)
             for t, s in zip(target.parameters(), online.parameters()):
-                t.lerp_(s.detach(), weight)
+                # FSDP2: both are DTensors sharded alike; their local shards line up element for element
+                local_shard(t).lerp_(local_shard(s).detach(), weight)
 
     def state_for_after_step(self, out: dict[str, torch.Tensor]) -> dict[str, torch.Tensor] | None:
         """The outputs ``after_step`` needs (kept by the training module until the optimiser step), or None."""

@@ -25,7 +25,7 @@ from pacofr.losses.reconstruction import reconstruction_loss
 from pacofr.losses.spatial import affinity_consistency_loss
 from pacofr.models.codebook import CandidateCodebook, MixMode
 from pacofr.models.spatial_head import SpatialHead
-from pacofr.models.unwrap import original_param_name, unwrap_fsdp
+from pacofr.models.unwrap import local_shard, original_param_name, unwrap_fsdp
 from pacofr.objectives.interface import Charts, ParamGroup, chart
 from pacofr.objectives.masked_autoencoder import MaskedAutoencoder, StepOutput
 from pacofr.objectives.region_terms import SPATIAL_CHARTS, RegionSpatialTerms, RegionTargets
@@ -164,9 +164,10 @@ class PaCoFR(RegionSpatialTerms, MaskedAutoencoder):
         out = {"target": target, **self.codebook(target)}
         cb = codebook_loss(out, beta=self.codebook_beta)
         # every other parameter joins the graph with a zero gradient, so DDP (no unused-parameter search) sees all
-        # of them; their learning rate is 0 during incubation, so they do not move at all
+        # of them; their learning rate is 0 during incubation, so they do not move at all. Under FSDP2 the blocks,
+        # whose forward does not run, hold sharded DTensors: their local shards join (the same zero gradients)
         idle = sum(
-            p.sum()
+            local_shard(p).sum()
             for n, p in self.named_parameters()
             if p.requires_grad and original_param_name(n) not in self._incubation_names
         )

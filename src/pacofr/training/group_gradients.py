@@ -10,7 +10,7 @@ world like FSDP1's (``bench/fsdp2_probe.py``).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 
 import torch
 import torch.distributed as dist
@@ -70,3 +70,31 @@ def clip_groups(
             # torch's clip_grads_with_norm_ arithmetic, on the local tensors (FSDP2's DTensors refuse a plain factor)
             factor = (limit / (norm + 1e-6)).clamp(max=1.0)
             torch._foreach_mul_(grads, factor.to(grads[0].device))
+
+
+@torch.no_grad()
+def reduce_replicated_grads(params: Sequence[torch.Tensor], world_size: int) -> None:
+    """Average the gradients of parameters kept whole on every rank over all ranks, in fp32 (DDP's all-reduce, done
+    once per optimiser step). A parameter without a gradient on some rank counts zero there; one without a gradient
+    on every rank keeps none (the optimiser skips it, as under DDP). One collective, same order on every rank."""
+    if not params or world_size == 1 or not dist.is_initialized():
+        return
+    device = params[0].device
+    flat = [
+        (p.grad.detach().float().reshape(-1) if p.grad is not None else torch.zeros(p.numel(), device=device))
+        for p in params
+    ]
+    present = torch.tensor([float(p.grad is not None) for p in params], device=device)
+    buffer = torch.cat([*flat, present])
+    dist.all_reduce(buffer)  # gloo has no AVG: sum, then divide
+    sums, counts = buffer[: -len(params)], buffer[-len(params) :]
+    offset = 0
+    for p, count in zip(params, counts.tolist()):
+        n = p.numel()
+        if count > 0:
+            mean = (sums[offset : offset + n] / world_size).view_as(p).to(p.dtype)
+            if p.grad is None:
+                p.grad = mean
+            else:
+                p.grad.copy_(mean)
+        offset += n

@@ -15,6 +15,7 @@ from typing import Any
 import lightning as L
 import torch
 from lightning.pytorch.utilities import rank_zero_info
+from torch.distributed.tensor import DTensor
 
 from pacofr.checkpointing.training_state import load_training_state, save_training_state
 from pacofr.data.batch import PretrainBatch
@@ -23,8 +24,8 @@ from pacofr.models.unwrap import original_param_name
 from pacofr.objectives.interface import PretrainObjective
 from pacofr.optim import scaled_lr
 from pacofr.training.fp32_modules import keep_declared_fp32
-from pacofr.training.fsdp_access import fsdp_replicates_all, is_fsdp, momentum_params_whole
-from pacofr.training.group_gradients import clip_groups, group_grad_norms
+from pacofr.training.fsdp_access import fsdp_replicates_all, is_fsdp, is_fsdp2, momentum_params_whole
+from pacofr.training.group_gradients import clip_groups, group_grad_norms, reduce_replicated_grads
 from pacofr.training.host_copies import LaggedHostReader
 from pacofr.training.nonfinite import NonFiniteGuard, all_ranks_finite_flag, skips_on_device
 from pacofr.training.pixels import reconstruction_psnr
@@ -98,8 +99,9 @@ class PretrainModule(L.LightningModule):
             # shards in Python hooks around its forward, which dynamo does not trace, so the step would split into
             # a graph per block rather than the one graph compile is for. Refused, not dropped: the user asked.
             raise UserError(
-                "model.compile: true is not supported under the FSDP preset (FSDP1 units break the graph at every "
-                "block); use the DDP preset for a compiled step, or set --model.compile false"
+                "model.compile: true is not supported under the FSDP presets (the units' gathers break the graph at "
+                "every block); under FSDP2 set --trainer.strategy.init_args.compile_blocks true (each block compiled "
+                "inside its unit), or use the DDP preset for one compiled step, or set --model.compile false"
             )
         self.objective.compile_losses(self.compile_backend)
 
@@ -188,6 +190,8 @@ class PretrainModule(L.LightningModule):
     def on_before_optimizer_step(self, optimizer) -> None:
         """Before clipping and the step: each schedule group's gradient norm (logged, and what clipping uses),
         and the step's decision: loss and gradients finite on every rank."""
+        if is_fsdp2(self.trainer):  # parameters kept whole on every rank: DDP's gradient average, by hand
+            reduce_replicated_grads(self.trainer.strategy.replicated_parameters(), self.trainer.world_size)
         restart_after_incubation(self.objective, optimizer, self.global_step)
         norms = self._group_grad_norms(optimizer)
         self._grad_norms = norms
@@ -208,6 +212,10 @@ class PretrainModule(L.LightningModule):
             self.log("optim/grad_norm", total, on_step=True, on_epoch=False)
 
     def _group_grad_norms(self, optimizer) -> dict[str, torch.Tensor]:
+        if is_fsdp2(self.trainer):  # DTensor gradients: local shards summed over the shard group; the rest counts once
+            if self._replicated_ids is None:
+                self._replicated_ids = {id(p) for p in self.parameters() if not isinstance(p, DTensor)}
+            return group_grad_norms(optimizer, self._replicated_ids, self.trainer.strategy.shard_group, True)
         sharded = is_fsdp(self.trainer)
         if self._replicated_ids is None:  # once per optimiser, not every step: the parameters stay the same
             # parameters FSDP keeps whole on every rank: the objective's replicated (NO_SHARD) units

@@ -41,7 +41,7 @@ from torch.distributed.fsdp import MixedPrecision, ShardingStrategy
 from torch.distributed.fsdp.wrap import CustomPolicy
 
 from pacofr.checkpointing import legacy_keys, optim_keys
-from pacofr.checkpointing.prune import remove_checkpoint
+from pacofr.strategies.atomic_save import save_folder_atomically
 
 FP32_POLICY = MixedPrecision(param_dtype=torch.float32, reduce_dtype=torch.float32, buffer_dtype=torch.float32)
 
@@ -160,30 +160,12 @@ class BlockFSDPStrategy(FSDPStrategy):
         return wrapped
 
     def save_checkpoint(self, checkpoint: dict[str, Any], filepath: Any, storage_options: Any = None) -> None:
-        """Sharded checkpoints are written to a hidden sibling folder and renamed into place once complete.
-
-        torch.distributed.checkpoint writes its ``.metadata`` last, but rewriting an existing folder (the
-        preemption checkpoint, ``last.ckpt``) would leave old metadata beside half-new shards if the job died
-        mid-write. A hidden name is never a resume candidate, so a crash at any point leaves either the old
-        checkpoint or the new one, never a mix.
-        """
+        """Sharded checkpoints are written to a hidden sibling folder and renamed into place once complete
+        (:mod:`pacofr.strategies.atomic_save`)."""
         if self._state_dict_type != "sharded":
             return super().save_checkpoint(checkpoint, filepath, storage_options)
-        final = Path(self.broadcast(str(filepath)))
-        partial = final.parent / f".{final.name}.partial"
-        if self.global_rank == 0:
-            remove_checkpoint(partial)  # left by a job that died mid-write
-        self.barrier("pacofr-sharded-save-start")
-        super().save_checkpoint(checkpoint, partial, storage_options)
-        self.barrier("pacofr-sharded-save-written")  # every shard and meta.pt are on disk
-        if self.global_rank == 0:
-            old = final.parent / f".{final.name}.old"
-            if final.exists():
-                remove_checkpoint(old)
-                final.rename(old)
-            partial.rename(final)
-            remove_checkpoint(old)
-        self.barrier("pacofr-sharded-save-renamed")
+        save_folder_atomically(self, filepath, lambda partial: super(BlockFSDPStrategy, self).save_checkpoint(
+            checkpoint, partial, storage_options))  # fmt: skip
 
     def load_checkpoint(self, checkpoint_path: Any, weights_only: bool | None = None) -> dict[str, Any]:
         """Also resumes from a single-file checkpoint written by DDP or by ``pacofr checkpoint consolidate``.
