@@ -95,3 +95,28 @@ def test_opencv_threads_restores_the_setting():
     with opencv_threads(1):
         assert cv2.getNumThreads() == 1
     assert cv2.getNumThreads() == before
+
+
+class _FreezeCounts(__import__("torch").utils.data.IterableDataset):
+    """Yields the process's frozen-object count before and after what a batch builder does at start."""
+
+    def __iter__(self):
+        import gc
+
+        from pacofr.data.worker_loader import freeze_inherited_heap
+
+        before = gc.get_freeze_count()
+        froze = freeze_inherited_heap()
+        yield {"before": before, "after": gc.get_freeze_count(), "froze": froze, "again": freeze_inherited_heap()}
+
+
+def test_workers_freeze_the_heap_they_inherit_and_the_main_process_does_not():
+    """A worker's full collections would walk the parent's whole heap: each worker freezes it once, at start;
+    a loop run in the main process (num_workers=0) leaves the main process's collector alone."""
+    from pacofr.data.worker_loader import WorkerLoader
+
+    (in_main,) = list(WorkerLoader(_FreezeCounts(), batch_size=None, num_workers=0))
+    assert not in_main["froze"] and in_main["after"] == in_main["before"]
+    (in_worker,) = list(WorkerLoader(_FreezeCounts(), batch_size=None, num_workers=1))
+    assert in_worker["froze"] and not in_worker["again"]
+    assert int(in_worker["after"]) > int(in_worker["before"]) + 10_000  # the inherited heap: torch and the rest

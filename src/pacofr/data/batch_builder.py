@@ -23,7 +23,7 @@ from pacofr.data.lanes import derive_seed
 from pacofr.data.shard_reader import RawSample
 from pacofr.data.stream_stats import StreamStats
 from pacofr.data.transforms import JointTransform
-from pacofr.data.worker_loader import one_opencv_thread_in_worker
+from pacofr.data.worker_loader import freeze_inherited_heap, one_opencv_thread_in_worker
 from pacofr.masking.histograms import patch_grid
 
 
@@ -68,6 +68,7 @@ class BatchBuilder:
         # one DataLoader worker = one core: OpenCV's own pool would oversubscribe (a no-op in a worker forked by
         # WorkerLoader, which must not touch a pool inherited through fork)
         one_opencv_thread_in_worker()
+        freeze_inherited_heap()  # a worker's full collections would walk the parent's heap (worker_loader)
 
     def _one(self, raw: RawSample, epoch: int | str) -> dict[str, Any]:
         if self.images_on_device:
