@@ -1,15 +1,16 @@
 """Lane planning: the epoch's shard order, each lane's equal share of the samples, the bisecting plan, and the
-lane's shuffle windows."""
+shuffle buffer's order on slot numbers."""
 
 from __future__ import annotations
 
-import itertools
+import random
 from collections import Counter
 
 import numpy as np
 import pytest
+from webdataset.filters import _shuffle as wds_shuffle
 
-from pacofr.data.lanes import Piece, plan_epoch, shard_order, shuffle_windows, window_order
+from pacofr.data.lanes import BufferOrder, Piece, coalesce, plan_epoch, shard_order
 
 
 def _shard_sequence(plan: list) -> list[int]:
@@ -73,29 +74,25 @@ def test_plan_equals_the_scanning_plan(case):
     assert plan_epoch(lengths, slots, seed=case, epoch=case % 3) == _plan_by_scanning(lengths, slots, case, case % 3)
 
 
-@pytest.mark.parametrize(
-    ("size", "window", "stripes"), [(0, 4, 8), (5, 8, 8), (8, 8, 8), (9, 8, 8), (240, 16, 8), (1000, 64, 3), (7, 2, 16)]
-)
-def test_shuffle_windows_partition_the_lane_and_mix_its_segments(size: int, window: int, stripes: int) -> None:
-    windows = shuffle_windows(size, window, stripes)
-    slots = [q for w in windows for lo, hi in w for q in range(lo, hi)]
-    assert sorted(slots) == list(range(size)), "every slot of the lane in exactly one window"
-    n = max(1, -(-size // window))
-    assert len(windows) == n
-    if n == 1:
-        assert windows == [[(0, size)]], "a lane within one window is read as one run"
-        return
-    k = min(stripes, size)
-    assert all(len(w) == k for w in windows) and max(sum(hi - lo for lo, hi in w) for w in windows) <= window + k - 1
-    for segment in range(k):  # a segment's chunks follow each other: one sequential cursor reads them
-        chunks = [w[segment] for w in windows]
-        assert all(a[1] == b[0] for a, b in itertools.pairwise(chunks))
-    if size >= k * n:  # every window draws from every segment: k places of the lane, not one run
-        assert all(hi > lo for w in windows for lo, hi in w)
+@pytest.mark.parametrize(("size", "bufsize"), [(0, 4), (1, 1), (7, 1), (9, 4), (10, 4), (300, 16), (50, 100)])
+def test_buffer_order_is_webdatasets_shuffle_draw_for_draw(size: int, bufsize: int) -> None:
+    """The stream used webdataset's buffer on samples; BufferOrder replays its draws on slot numbers alone."""
+    expected = list(wds_shuffle(iter(range(size)), bufsize=bufsize, initial=bufsize, rng=random.Random(size)))
+    order = BufferOrder(size, bufsize, random.Random(size))
+    assert list(iter(order.step, None)) == expected and sorted(expected) == list(range(size))
+    for position in range(size + 1):  # the state after any number of draws: what is held, and what follows
+        order = BufferOrder(size, bufsize, random.Random(size))
+        order.advance(position)
+        assert len(order.buffer) <= bufsize and all(slot < order.next_slot for slot in order.buffer)
+        assert sorted(order.buffer) == sorted(set(range(order.next_slot)) - set(expected[:position]))
+        assert list(iter(order.step, None)) == expected[position:]
 
 
-def test_window_order_is_a_seeded_permutation() -> None:
-    assert sorted(window_order(50, 0, 1, 2)) == list(range(50))
-    assert window_order(50, 0, 1, 2) == window_order(50, 0, 1, 2)
-    assert window_order(50, 0, 1, 2) != window_order(50, 0, 1, 3)
-    assert window_order(0, 1) == []
+def test_coalesce_bridges_short_gaps_only() -> None:
+    assert coalesce([9, 1, 2, 4, 30], gap=3) == [(1, 5), (9, 10), (30, 31)]
+    assert coalesce([], gap=3) == [] and coalesce([5, 6, 7], gap=1) == [(5, 8)]
+    slots = random.Random(0).sample(range(10_000), 300)
+    for gap in (1, 4, 16):
+        ranges = coalesce(slots, gap)
+        assert sorted(q for lo, hi in ranges for q in range(lo, hi) if q in set(slots)) == sorted(slots)
+        assert sum(hi - lo for lo, hi in ranges) <= len(slots) * gap

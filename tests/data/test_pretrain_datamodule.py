@@ -96,16 +96,16 @@ def test_state_dict_round_trip_sets_the_start(tmp_path: Path, make_shards) -> No
         dm.set_start_batch(-1)
 
 
-def test_resume_warns_when_the_checkpoint_shuffled_otherwise(tmp_path: Path, make_shards, caplog) -> None:
-    """The data state names its shuffle and window size: a checkpoint from the buffer shuffle (no name) or with
-    another window resumes with a warning that the samples differ; the same config resumes silently."""
+def test_resume_warns_when_the_shuffle_buffer_changed(tmp_path: Path, make_shards, caplog) -> None:
+    """The data state holds the shuffle buffer's size: resuming with another warns that the samples differ (as for
+    a changed seed or world size); the same config, or a checkpoint that predates the entry, resumes silently."""
     root = make_shards(tmp_path, {"train": [5, 4]}, size=SIZE)
     state = _module(root).state_dict()
-    assert state["shuffle"] == "windows" and state["shuffle_buffer"] == 4
-    older = {k: v for k, v in state.items() if k not in ("shuffle", "shuffle_buffer")}
-    for saved, expected in ((state, None), (older, "shuffle: buffer -> windows"), (state, "shuffle_buffer: 4 -> 8")):
+    assert state["shuffle_buffer"] == 4
+    older = {k: v for k, v in state.items() if k != "shuffle_buffer"}
+    for saved, buffer, expected in ((state, 4, None), (older, 8, None), (state, 8, "shuffle_buffer: 4 -> 8")):
         caplog.clear()
-        dm = _module(root, shuffle_buffer=8 if expected and "4 -> 8" in expected else 4)
+        dm = _module(root, shuffle_buffer=buffer)
         dm.load_state_dict(saved)
         with caplog.at_level("WARNING", logger="pacofr.data.datamodule"):
             dm.train_dataloader()

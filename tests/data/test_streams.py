@@ -14,9 +14,8 @@ from torch.utils.data import DataLoader
 from pacofr.data import shard_reader
 from pacofr.data.batch import NO_COVERED_GROUP, MaskResult
 from pacofr.data.format import NUM_REGIONS, read_manifest
-from pacofr.data.lanes import shuffle_windows
 from pacofr.data.stream_stats import StreamStats
-from pacofr.data.streams import STATS_KEY, TrainShardStream, ValShardStream
+from pacofr.data.streams import SEEK_GAP, STATS_KEY, TrainShardStream, ValShardStream
 from pacofr.data.transforms import AugmentConfig, JointTransform
 
 SIZE = 16  # source images are 16 px: decoding stays negligible
@@ -127,35 +126,36 @@ def test_resume_continues_with_exactly_the_same_samples(tmp_path: Path, make_sha
 
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize("indexed", [True, False], ids=["sample-index", "no-index"])
-def test_resume_reads_one_window_whatever_the_position(tmp_path: Path, make_shards, monkeypatch, indexed) -> None:
-    """A resumed worker seeks to the window holding its position and reads that window (and the next when its
-    first batch runs into it): the same cost near the start of the epoch and near its end. Without sample
-    indexes each segment's cursor reads its shard from the start to reach the window (at most a shard each)."""
-    root = make_shards(tmp_path, {"train": [20] * 12}, size=SIZE)  # 240 samples: one lane, 60 batches of 4
+def test_resume_reads_one_buffer_whatever_the_position(tmp_path: Path, make_shards, monkeypatch, indexed) -> None:
+    """A resumed worker replays the buffer's draws on slot numbers and reads only the slots its buffer then holds
+    (in ranges bridging gaps under SEEK_GAP: at most buffer x SEEK_GAP samples), then its first batch: the same
+    bound near the start of the epoch and near its end. Without sample indexes each range is read from its
+    shard's start (at most a shard per range)."""
+    root = make_shards(tmp_path, {"train": [40] * 24}, size=SIZE)  # 960 samples: one lane, 240 batches of 4
     if not indexed:
         for index in root.glob("*.idx"):
             index.unlink()
     grouped = []  # every sample the tar reader grouped, checked or not (the read cost in samples)
     real = shard_reader.group_by_keys
-    monkeypatch.setattr(
-        shard_reader, "group_by_keys", lambda *a, **kw: (grouped.append(1) or s for s in real(*a, **kw))
-    )
-    window, stripes, bs = 16, 2, 4
-    windows = shuffle_windows(240, window, stripes)
-    starts = list(itertools.accumulate((sum(hi - lo for lo, hi in w) for w in windows), initial=0))
-    for start_batch in (2, 55):  # lane positions 8 and 220 of 240
+
+    def counting(*args, **kw):
+        for sample in real(*args, **kw):
+            grouped.append(1)
+            yield sample
+
+    monkeypatch.setattr(shard_reader, "group_by_keys", counting)
+    buffer, bs = 8, 4
+    for start_batch in (2, 230):  # lane positions 8 and 920 of 960
         grouped.clear()
         stream = _stream(root, bs, start_batch=start_batch)
-        stream.shuffle_buffer, stream.stripes = window, stripes
+        stream.shuffle_buffer = buffer
         next(iter(stream))
-        position = start_batch * bs
-        held = {w for w in range(len(windows)) if starts[w] < position + bs and position < starts[w + 1]}
-        window_samples = sum(starts[w + 1] - starts[w] for w in held)
-        assert stream.stats.samples_read <= window_samples, f"start_batch={start_batch}: checked beyond its windows"
-        # each cursor groups one sample past a piece's end before stopping; without an index, plus its prefix
-        bound = window_samples + 2 * stripes + (0 if indexed else stripes * 20)
+        checked = buffer * SEEK_GAP + 2 * bs  # the held slots' ranges, then what the batch's draws take in
+        assert stream.stats.samples_read <= checked, f"start_batch={start_batch}: {stream.stats.samples_read}"
+        # each range groups one sample past its end; without an index, plus its shard's prefix
+        bound = checked + buffer + 1 + (0 if indexed else buffer * 40)
         assert len(grouped) <= bound, f"start_batch={start_batch}: read {len(grouped)} samples, bound {bound}"
-        assert len(grouped) < 220 // 2, "far less than replaying the lane up to the position"
+        assert len(grouped) < 920 // 2, "far less than replaying the lane up to the position"
 
 
 @pytest.mark.timeout(180)

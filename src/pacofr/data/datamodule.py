@@ -21,10 +21,10 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader
 
 from pacofr.data.batch import Masker
-from pacofr.data.device_images import has_mask_draws, images_from_plan, masks_from_draws
+from pacofr.data.device_images import images_from_plan
 from pacofr.data.format import read_manifest
 from pacofr.data.stream_stats import StreamStats
-from pacofr.data.streams import SHUFFLE, STATS_KEY, TrainShardStream, ValShardStream
+from pacofr.data.streams import STATS_KEY, TrainShardStream, ValShardStream
 from pacofr.data.transforms import AugmentConfig, JointTransform, normalize_images
 from pacofr.data.worker_loader import WorkerLoader
 
@@ -52,18 +52,16 @@ class PretrainDataModule(L.LightningDataModule):
         batch_size: per-rank batch size (train and, unless ``val_batch_size``, val).
         num_workers: DataLoader workers; keep it fixed across a resume (it defines the lanes).
         image_size: output side S.
-        seed: seeds shard order, shuffle windows, augmentation and masks.
+        seed: seeds shard order, shuffle buffers, augmentation and masks.
         masker: a :class:`~pacofr.data.batch.Masker` (any ``class_path`` subclass), or None.
         augment: training augmentation settings (eval uses its normalisation and crop fraction).
         train_split / val_split: split names in the manifest; ``val_split=None`` disables validation.
-        shuffle_buffer: samples per shuffle window of a worker (about as many held in memory at once; a
-            resumed worker reads one window to reach its position, :mod:`pacofr.data.streams`).
+        shuffle_buffer: samples held by each worker's shuffle buffer (a resumed worker reads about as many, and
+            at most 16 times as many, to refill it: :mod:`pacofr.data.streams`).
         prefetch_factor: batches prefetched per worker.
         images_on_device: the device image path (:mod:`pacofr.data.device_images`): workers ship JPEG bytes and
             the augmentation's draws, and the training device decodes (nvJPEG on CUDA) and augments the batch;
-            label maps are still built in the workers, from the same draws; masks too, unless the masker builds
-            them on the device from its per-sample draws (random and structured maskers: the same masks,
-            :mod:`pacofr.masking.on_device`). Off: the CPU path.
+            label maps and masks are still built in the workers, from the same draws. Off: the CPU path.
     """
 
     def __init__(
@@ -122,7 +120,6 @@ class PretrainDataModule(L.LightningDataModule):
             "world_size": world,
             "num_workers": self.num_workers,
             "batch_size": self.batch_size,
-            "shuffle": SHUFFLE,
             "shuffle_buffer": self.shuffle_buffer,
         }
 
@@ -142,8 +139,6 @@ class PretrainDataModule(L.LightningDataModule):
             "shuffle_buffer": self.shuffle_buffer,
         }
         changed = {k: (saved.get(k), v) for k, v in now.items() if k in saved and saved[k] != v}
-        if saved.get("shuffle", "buffer") != SHUFFLE:  # checkpoints before the windows say nothing: a buffer
-            changed["shuffle"] = (saved.get("shuffle", "buffer"), SHUFFLE)
         if changed:
             log.warning(
                 "data stream config changed since the checkpoint (%s): the resumed run will not see exactly the "
@@ -226,18 +221,10 @@ class PretrainDataModule(L.LightningDataModule):
             stage = "train" if self.trainer is None or self.trainer.training else "val"
             counts = {k: v for k, v in record.items() if k not in ("rank", "lane")}
             self.worker_stats[(stage, record["rank"], record["lane"])] = StreamStats(**counts)
-        if isinstance(batch, dict) and ("jpeg" in batch or has_mask_draws(batch)):  # the device path
+        if isinstance(batch, dict) and "jpeg" in batch:  # the device path decodes from host bytes, to the device
             device = self.trainer.strategy.root_device if self.trainer is not None else torch.device("cpu")
-            self._on_device(batch, device)
-        return batch
-
-    def _on_device(self, batch: dict[str, Any], device: torch.device) -> None:
-        """The device path's device work: masks from the workers' draws, then the images (whose replacement of an
-        undecodable one copies its donor's masks)."""
-        if has_mask_draws(batch):
-            masks_from_draws(batch, self.masker, device)
-        if "jpeg" in batch:
             self._images_from_plan(batch, device)
+        return batch
 
     def _images_from_plan(self, batch: dict[str, Any], device: torch.device) -> None:
         failures = images_from_plan(batch, self.image_size, device, self.augment.mean, self.augment.std)
@@ -254,8 +241,8 @@ class PretrainDataModule(L.LightningDataModule):
         already converted entries are left alone, so calling it twice is harmless."""
         if not isinstance(batch, dict):
             return batch
-        if "jpeg" in batch or has_mask_draws(batch):  # the device path, outside a Trainer: where its tensors are
-            self._on_device(batch, batch["seg"].device)
+        if "jpeg" in batch:  # the device image path, outside a Trainer: decode where the batch's tensors are
+            self._images_from_plan(batch, batch["crop_box"].device)
         image = batch.get("image")
         if isinstance(image, torch.Tensor) and image.dtype == torch.uint8:
             batch["image"] = normalize_images(image, self.augment.mean, self.augment.std)

@@ -9,9 +9,9 @@ sizes (the training stream's: a whole number of batches each), or by :func:`plan
 lanes of ``N // num_slots`` or one more samples. Shards are split across lanes where needed, so any shard
 count works, fewer shards than lanes too; a lane is a list of :class:`Piece` (a range of one shard).
 
-Within a lane, :func:`shuffle_windows` cuts the lane's sample slots into shuffle windows (each drawing from
-several places of the lane) and :func:`window_order` permutes each: the training stream's shuffle, whose state
-is the window index alone, so a resumed worker reads one window instead of its whole lane up to its position.
+Within a lane, :class:`BufferOrder` is the training stream's shuffle on sample *slots* (lane positions) alone:
+webdataset's shuffle buffer, draw for draw, as an explicit state a resumed worker recomputes from indices
+(no reading) to learn which slots its buffer holds, then seeks to them instead of replaying its lane.
 """
 
 from __future__ import annotations
@@ -128,29 +128,56 @@ def epoch_lane_sizes(epoch: int, batches_per_epoch: int, num_lanes: int, world_s
     return per_rank * world_size
 
 
-def shuffle_windows(size: int, window: int, stripes: int) -> list[list[tuple[int, int]]]:
-    """A lane's shuffle windows: for each, the slot ranges ``[lo, hi)`` (lane positions) it holds, in order.
+class BufferOrder:
+    """The order in which webdataset's shuffle buffer emits a lane's ``size`` slots, as explicit state.
 
-    The lane's ``size`` slots are cut into ``k = min(stripes, size)`` near-equal contiguous segments and into
-    ``n = ceil(size / window)`` windows; window ``w`` holds the ``w``-th of ``n`` near-equal consecutive chunks
-    of every segment (one range per segment, possibly empty), so it mixes samples from ``k`` places of the lane
-    (``k`` shards or more when the lane spans them) instead of one run. The windows partition the slots, each
-    holds at most ``window + k - 1`` of them, and their chunks of a segment follow each other: a reader keeps one
-    sequential cursor per segment. With a single window the lane is one range (``k`` is moot: same content).
+    ``webdataset.filters._shuffle(iter(range(size)), bufsize, initial=bufsize, rng)`` draw for draw (the stream's
+    shuffle before resume by seek; ``tests/data/test_lanes.py`` compares them): it reads slots in order into a
+    buffer of ``bufsize``, two at a time while filling, and emits a random one of the buffer per slot read once
+    full, then drains it. The draws depend on the slot count only, never on the samples, so :meth:`advance`
+    replays any number of them on integers (no reading, ~1 µs each) and leaves in :attr:`buffer` the slots held
+    at that point, all below :attr:`next_slot`, the next slot to read.
     """
-    if size < 0 or window < 1 or stripes < 1:
-        raise ValueError(f"bad shuffle windows: size={size} window={window} stripes={stripes}")
-    n = max(1, -(-size // window))
-    k = 1 if n == 1 else min(stripes, size)
-    bounds = list(itertools.accumulate(even_sizes(size, k), initial=0))
-    return [
-        [(lo + (hi - lo) * w // n, lo + (hi - lo) * (w + 1) // n) for lo, hi in itertools.pairwise(bounds)]
-        for w in range(n)
-    ]
+
+    def __init__(self, size: int, bufsize: int, rng: random.Random):
+        self.size, self.bufsize, self.rng = size, max(1, bufsize), rng
+        self.buffer: list[int] = []
+        self.next_slot = 0
+
+    def step(self) -> int | None:
+        """The next emitted slot (reading :attr:`next_slot` on as the buffer does), or None when all are out."""
+        buf = self.buffer
+        while self.next_slot < self.size:
+            buf.append(self.next_slot)
+            self.next_slot += 1
+            if len(buf) < self.bufsize and self.next_slot < self.size:
+                buf.append(self.next_slot)
+                self.next_slot += 1
+            if len(buf) >= self.bufsize:
+                return self._pick()
+        return self._pick() if buf else None
+
+    def _pick(self) -> int:
+        buf, k = self.buffer, self.rng.randint(0, len(self.buffer) - 1)  # webdataset.filters.pick
+        slot = buf[k]
+        buf[k] = buf[-1]
+        buf.pop()
+        return slot
+
+    def advance(self, count: int) -> None:
+        """Emit ``count`` slots without looking at them."""
+        for _ in range(count):
+            if self.step() is None:
+                return
 
 
-def window_order(length: int, *seed_parts: object) -> list[int]:
-    """The order in which a window of ``length`` slots is emitted: a permutation seeded by ``seed_parts`` only."""
-    order = list(range(length))
-    random.Random(derive_seed("window", *seed_parts)).shuffle(order)
-    return order
+def coalesce(slots: Sequence[int], gap: int) -> list[tuple[int, int]]:
+    """Sorted ``slots`` as ranges ``[lo, hi)`` that bridge gaps of fewer than ``gap`` slots: one read each, at most
+    ``gap - 1`` unwanted slots per bridged gap, so never more than ``len(slots) * gap`` slots in all."""
+    ranges: list[tuple[int, int]] = []
+    for slot in sorted(slots):
+        if ranges and slot - ranges[-1][1] < gap:
+            ranges[-1] = (ranges[-1][0], slot + 1)
+        else:
+            ranges.append((slot, slot + 1))
+    return ranges

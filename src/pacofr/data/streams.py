@@ -16,30 +16,29 @@ rank-local *global batch index* ``g``:
   ``N < world_size * batch_size``, or when shards turn out shorter than the manifest says (corrupt data), do
   samples repeat within an epoch rather than run dry. A stream started at ``start_batch = b0`` makes
   worker ``w`` play lane ``(b0 + w) % W``, so the loader's first batch is exactly ``g = b0``.
-- The shuffle is by windows over the lane's sample *slots* (its pieces in plan order, one slot per sample of
-  the manifest): :func:`~pacofr.data.lanes.shuffle_windows` cuts the lane into windows of ``shuffle_buffer``
-  slots, each made of one chunk from each of ``stripes`` (8) contiguous segments of the lane, so a window
-  mixes 8 places of the lane (8 shards or more where the lane spans them) rather than one run; each window
-  is emitted in an order seeded by (seed, epoch, rank, lane, window) (:func:`~pacofr.data.lanes.window_order`).
-  Its state is the lane position alone: a worker resuming at position ``p`` opens one sequential cursor per
-  segment at the window holding ``p`` (a seek through the shard's sample index), reads that window (headers
-  only) and skips ``p`` minus the window's start places of its order: the read cost of a resume is one
-  window (at most ``shuffle_buffer + stripes - 1`` samples), wherever the position. A shard without a sample
-  index is read from its start to reach the window (at most one shard per cursor, and at every epoch start
-  where a segment begins mid-shard). The window is held in memory while it is emitted, as the buffer of
-  ``shuffle_buffer`` samples was before (webdataset's shuffle buffer, whose order depends on every sample
-  before the position: a resumed worker replayed its whole lane up to it; ``bench/scale.py`` compares both).
+- The shuffle is webdataset's shuffle buffer (``shuffle_buffer`` samples per worker, seeded by (seed, epoch,
+  rank, lane)) run on the lane's sample *slots* (its pieces in plan order, one slot per sample of the manifest):
+  :class:`~pacofr.data.lanes.BufferOrder`, draw for draw the buffer the stream ran on samples before, so an
+  undamaged dataset streams exactly as it did. Its draws depend on slot numbers only, so a worker resuming at
+  lane position ``p`` replays ``p`` draws on integers (no reading, about 1 µs each), which tells it the slots
+  its buffer holds at ``p`` (all among the last ``~ shuffle_buffer * ln(shuffle_buffer)`` read), reads just those,
+  in ranges that bridge gaps of fewer than ``SEEK_GAP`` (16) slots, each a seek through the shard's sample index
+  (:func:`~pacofr.data.lanes.coalesce`), then reads on from the buffer's read position: the read cost of a
+  resume is at most ``shuffle_buffer * SEEK_GAP`` samples, typically 2.5 buffers in about 120 seeks, wherever
+  the position (before: the lane replayed up to ``p``, ``bench/scale.py`` compares both). A shard without a
+  sample index is read from its start for each range that falls in it.
 - Per-sample randomness (augmentation, masker) is seeded from (seed, epoch, sample key): the
   same after a resume and independent of the worker count.
 
 A bad sample (:func:`~pacofr.data.shard_reader.iter_shard` finds it unreadable, or a short or unreadable shard
-lacks it) keeps its slot, so positions never shift and a resume needs no knowledge of what came before; it
-is stood in for by one of the lane's *spares*, its first ``batch_size`` good samples in its shuffled order
-(read once per epoch, when a bad slot is first met: its first window, in the usual case), chosen by the slot's
-position. A lane with no good sample borrows the first of the epoch's whole sequence (all lanes), and a split
-with none raises: nothing waits forever. A sample whose pixels fail to decode is replaced by a copy of another
-sample of its batch (:class:`~pacofr.data.batch_builder.BatchBuilder`). Each batch carries its worker's
-problem counts under ``STATS_KEY``.
+lacks it) keeps its slot, so positions never shift and a resume needs no knowledge of what came before (the
+buffer skipped it before, which made the order depend on every earlier sample); it is stood in for by one of
+the lane's *spares*, its first ``batch_size`` good samples in its shuffled order (read once per epoch, when a
+bad slot is first met: about one buffer's fill), chosen by the slot's position. A lane with no good sample
+borrows the first of the epoch's whole sequence (all lanes), and a split with none raises: nothing waits
+forever. A sample whose pixels fail to decode is replaced by a copy of another sample of its batch
+(:class:`~pacofr.data.batch_builder.BatchBuilder`). Each batch carries its worker's problem counts under
+``STATS_KEY``.
 
 Validation (:class:`ValShardStream`) is finite: rank ``r`` gets the samples with global index
 ``i % world_size == r``, padded to ``ceil(N / world_size)`` with copies flagged
@@ -52,6 +51,7 @@ from __future__ import annotations
 import bisect
 import itertools
 import math
+import random
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -62,20 +62,20 @@ from pacofr.data.batch import Masker
 from pacofr.data.batch_builder import BatchBuilder
 from pacofr.data.format import read_manifest
 from pacofr.data.lanes import (
+    BufferOrder,
     Piece,
+    coalesce,
+    derive_seed,
     epoch_lane_sizes,
     lane_batch_range,
     plan_lanes,
-    shuffle_windows,
-    window_order,
 )
 from pacofr.data.shard_reader import RawSample, iter_shard
 from pacofr.data.stream_stats import RateLimitedWarner, StreamStats
 from pacofr.data.transforms import JointTransform
 
 STATS_KEY = "data_stats"  # batch entry carrying the producing worker's StreamStats (strip before the model)
-SHUFFLE = "windows"  # the shuffle a checkpoint's data state names (before it: the buffer, unnamed)
-STRIPES = 8  # places of a lane (contiguous segments) every shuffle window draws from (lanes.shuffle_windows)
+SEEK_GAP = 16  # a resumed worker reads its buffer's slots in ranges bridging gaps of fewer slots (lanes.coalesce)
 
 
 def _worker() -> tuple[int, int]:
@@ -118,7 +118,6 @@ class TrainShardStream(IterableDataset):
         seed: int = 0,
         masker: Masker | None = None,
         shuffle_buffer: int = 1000,
-        stripes: int = STRIPES,
         start_batch: int = 0,
         include_stats: bool = True,
         images_on_device: bool = False,
@@ -131,7 +130,6 @@ class TrainShardStream(IterableDataset):
         self.reader = _SplitReader(root, split)
         self.batch_size, self.rank, self.world_size = batch_size, rank, world_size
         self.num_workers, self.seed, self.shuffle_buffer = num_workers, seed, shuffle_buffer
-        self.stripes = stripes
         self.transform, self.masker, self.include_stats = transform, masker, include_stats
         self.images_on_device = images_on_device  # batches carry JPEG bytes + draws (pacofr.data.device_images)
         self.start_batch = start_batch
@@ -183,22 +181,28 @@ class TrainShardStream(IterableDataset):
         self, epoch: int, lane: int, position: int, stats: StreamStats, warn: Callable[[str], None]
     ) -> Iterator[RawSample | None]:
         """The lane's slots in the epoch's shuffled order from lane position ``position`` to its end: a raw
-        sample, or None for a bad one. Reads only from the window holding ``position`` on."""
+        sample, or None for a bad one. Replays the buffer's draws on slot numbers up to ``position``, reads the
+        slots it then holds (coalesced, through the sample index) and goes on reading from there."""
         pieces = self._plan(epoch)[self.rank * self.num_lanes + lane]
         size = sum(p.length for p in pieces)
-        windows = shuffle_windows(size, max(1, self.shuffle_buffer), self.stripes)
-        starts = list(itertools.accumulate((sum(hi - lo for lo, hi in w) for w in windows), initial=0))
-        first = bisect.bisect_right(starts, position) - 1
-        if position >= size:
-            return
-        # one sequential cursor per segment, from the first window's chunk of it to the segment's end
-        cursors = [self._read_slots(pieces, lo, windows[-1][k][1], stats, warn) for k, (lo, _) in
-                   enumerate(windows[first])]  # fmt: skip
-        for w in range(first, len(windows)):
-            items = [raw for k, (lo, hi) in enumerate(windows[w]) for raw in itertools.islice(cursors[k], hi - lo)]
-            order = window_order(len(items), self.seed, epoch, self.rank, lane, w)
-            for j in order[max(0, position - starts[w]) :]:
-                yield items[j]
+        rng = random.Random(derive_seed("shuffle", self.seed, epoch, self.rank, lane, 0))
+        order = BufferOrder(size, self.shuffle_buffer, rng)
+        order.advance(position)
+        held: dict[int, RawSample | None] = {}
+        wanted = set(order.buffer)
+        for lo, hi in coalesce(order.buffer, SEEK_GAP):
+            for slot, raw in zip(range(lo, hi), self._read_slots(pieces, lo, hi, stats, warn)):
+                if slot in wanted:
+                    held[slot] = raw
+        reader = self._read_slots(pieces, order.next_slot, size, stats, warn)
+        while True:
+            before = order.next_slot
+            slot = order.step()
+            if slot is None:
+                return
+            for new in range(before, order.next_slot):  # the slots the buffer took in for this draw
+                held[new] = next(reader)
+            yield held.pop(slot)
 
     def spares(self, epoch: int, lane: int, stats: StreamStats, warn: Callable[[str], None]) -> list[RawSample]:
         """Good samples that stand in for the lane's bad slots in ``epoch``: its first ``batch_size`` good ones in
