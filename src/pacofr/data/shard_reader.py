@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 import struct
 import tarfile
 import zlib
@@ -113,6 +114,83 @@ def _check_raw(sample: RawSample) -> str | None:
     return None
 
 
+# The numeric fields of a tar header that tarfile.TarInfo.frombuf parses (mode, uid, gid, size, mtime, devmajor,
+# devminor; the checksum at 148:156 apart): any it cannot parse makes the header invalid.
+_TAR_NUMBERS = ((100, 108), (108, 116), (116, 124), (124, 136), (136, 148), (329, 337), (337, 345))
+_COMPRESSED = (b"\x1f\x8b", b"BZh", b"\xfd7zXZ")  # what tarfile's "r|*" would decompress
+_WDS_SKIP_META = re.compile(r"__[^/]*__($|/)")  # webdataset's tar_file_iterator skips these names
+
+
+def _tar_number(field: bytes) -> int:
+    """tarfile's ``nti`` for the octal form (ValueError where it raises InvalidHeaderError)."""
+    if field[:1] in (b"\x80", b"\xff"):
+        raise ValueError("base-256 number")  # valid for tarfile, rare: left to it
+    text = field.split(b"\0", 1)[0]
+    if not text.isascii():
+        raise ValueError("not ASCII")
+    return int(text.strip() or b"0", 8)
+
+
+def _plain_member(header: bytes) -> tuple[str, int] | None:
+    """``(name, size)`` of a header tarfile reads as a plain regular file whose name is its ``name`` field (type
+    ``0`` or NUL, no ustar prefix, unsigned checksum right, every numeric field octal), or None: any other header,
+    valid or not, is left to tarfile itself."""
+    if len(header) != tarfile.BLOCKSIZE or header[156:157] not in (b"0", b"\0") or header[345] != 0:
+        return None
+    try:
+        numbers = [_tar_number(header[a:b]) for a, b in _TAR_NUMBERS]
+        checksum = _tar_number(header[148:156])
+    except ValueError:
+        return None
+    if checksum != sum(header) - sum(header[148:156]) + 256:  # the checksum field counted as 8 spaces
+        return None
+    name = header[:100].split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
+    if header[156:157] == b"\0" and name.endswith("/"):
+        return None  # tarfile calls it a directory
+    return name, numbers[3]
+
+
+def tar_members(fh: BinaryIO) -> Iterator[dict[str, Any]]:
+    """webdataset's ``tar_file_iterator(fh)`` (``{"fname", "data"}`` of each regular member from ``fh``'s
+    position), at a fraction of its cost: plain members (:func:`_plain_member`, all that ``pacofr-prep`` writes)
+    are read here from their header with ``struct``-level parsing, ~10x cheaper than ``tarfile``'s ``TarInfo``
+    per member (three per sample). The first header that is anything else is judged by ``tarfile``'s own
+    ``TarInfo.frombuf``, and what follows is then read exactly as before: an end-of-archive block, or an invalid or
+    cut header after the first member ends the archive (as tarfile does); a valid header of another kind (a
+    directory, a long name, pax records), the reader's very first header when it is not plain, and a member whose
+    data or padding is cut hand the rest of the stream, from that header on, to ``tar_file_iterator``
+    (``tests/data/test_tar_members.py`` compares the two on every cut and kind of damage)."""
+    first = True
+    while True:
+        start = fh.tell()
+        header = fh.read(tarfile.BLOCKSIZE)
+        plain = _plain_member(header) if not (first and header[:5].startswith(_COMPRESSED)) else None
+        if plain is None:
+            if not first:
+                if header.count(0) == tarfile.BLOCKSIZE or len(header) < tarfile.BLOCKSIZE:
+                    return  # end of archive / cut header: tarfile stops silently after its first member
+                try:
+                    tarfile.TarInfo.frombuf(header, "utf-8", "surrogateescape")
+                except tarfile.HeaderError:
+                    return  # an invalid header after the first: tarfile ends the archive there
+            fh.seek(start)
+            yield from tar_file_iterator(fh)
+            return
+        name, size = plain
+        data = fh.read(size)
+        padding = -size % tarfile.BLOCKSIZE
+        if len(data) < size or len(fh.read(padding)) < padding:  # cut: tarfile's own reading from this member on
+            fh.seek(start)
+            yield from tar_file_iterator(fh)
+            return
+        first = False
+        if "/" not in name and name.startswith("__") and name.endswith("__"):
+            continue  # webdataset's metadata members
+        if _WDS_SKIP_META.match(name):
+            continue
+        yield {"fname": name, "data": data}
+
+
 _warned_bad_index: set[str] = set()  # shards whose bad index this process has warned about
 
 
@@ -180,7 +258,7 @@ def iter_shard(
 
     def members() -> Iterator[dict[str, Any]]:
         try:
-            for member in tar_file_iterator(fh):
+            for member in tar_members(fh):
                 member["__url__"] = str(path)
                 yield member
         except (tarfile.TarError, OSError, EOFError, ValueError) as err:
