@@ -14,9 +14,20 @@ computes at every epoch start):
   and the share of the split an epoch draws is printed (above 1 only when the data is under one batch per
   rank and lanes wrap);
 - **read cost**: at an epoch start a worker whose lane starts mid-shard reads the shard's prefix from the tar
-  stream to reach it; a resumed worker also replays its lane up to its position (samples it has consumed plus
-  the shuffle buffer's fill). Both in samples, and in MB and seconds at ``--sample-kb`` per sample and
-  ``--read-mbps`` of read bandwidth per worker.
+  stream to reach it; a resumed worker reaches its position at a random point of the epoch: *before* (until
+  issue 24) it replayed its lane up to its position through the shuffle buffer (samples it has consumed plus the
+  buffer's fill); *now* it replays the buffer's draws on slot numbers (``pacofr.data.lanes.BufferOrder``, no
+  reading) and reads the slots its buffer holds there, in ranges bridging gaps under ``SEEK_GAP`` slots
+  (``pacofr.data.lanes.coalesce``), one seek each through the sample indexes, or without indexes each range's
+  shard from its start. In samples, and in MB and seconds at ``--sample-kb`` per sample and ``--read-mbps`` of
+  read bandwidth per worker; seeks counted.
+- **shuffle quality** of the buffer (before and now: ``BufferOrder`` is it draw for draw) and of the alternative
+  considered for resume by seek, a seeded permutation within windows of ``--buffer`` slots, each window one chunk
+  from each of ``--stripes`` segments of the lane (memory: one window, as one buffer), on ``--quality-lanes``
+  lanes of epoch 0, against a uniform shuffle of the whole split: per batch, the share of its sample pairs from
+  one shard, the share of consecutive samples from one shard, its distinct shards, and identity collisions,
+  identities taken as runs of ``--identity-run`` consecutive samples of the written order (a prep writes a
+  source's faces in order: the worst case for a local shuffle).
 
 And the manifest for that many shards: time to write and read it, and its size; then the prep stage at scale
 (``bench/scale_prep.py``: the merge of a simulated ``--prep-chunks`` chunk array, its manifest and summary sizes,
@@ -26,6 +37,8 @@ and the error when 3 chunks are missing). Prints one markdown table per section 
 from __future__ import annotations
 
 import argparse
+import bisect
+import itertools
 import json
 import random
 import statistics
@@ -40,7 +53,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 import numpy as np  # noqa: E402
 
 from pacofr.data.format import Manifest, SplitInfo, read_manifest, write_manifest  # noqa: E402
-from pacofr.data.lanes import epoch_lane_sizes, plan_lanes  # noqa: E402
+from pacofr.data.lanes import (  # noqa: E402
+    BufferOrder,
+    coalesce,
+    derive_seed,
+    epoch_lane_sizes,
+    even_sizes,
+    merge_within_pieces,
+    plan_lanes,
+)
+from pacofr.data.streams import SEEK_GAP  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from scale_prep import prep_scaling, print_tables  # noqa: E402
@@ -68,22 +90,120 @@ def check_at_most_once(plan: list[list], lengths: list[int], wraps: bool) -> Non
         raise AssertionError(f"{int((seen > 1).sum())} samples in several lanes")
 
 
-def lane_costs(plan: list[list], batch: int, buffer: int, rng: random.Random) -> dict[str, list[int]]:
+def lane_costs(plan: list[list], workers: int, buffer: int, rng: random.Random, epoch: int) -> dict[str, list[int]]:
     """Samples a worker reads and throws away: the mid-shard prefix of its first piece (every epoch start), and
-    on a resume at a random position of the epoch, the replay to its position (consumed + the buffer's fill)."""
-    prefix, replay = [], []
-    for lane in plan:
+    on a resume at a random position of the epoch: before, the replay to its position (consumed + the buffer's
+    fill); now, the slots its buffer holds there, read in coalesced ranges (``seek``, ``seeks``), and without
+    sample indexes also each range's shard prefix (``seek_noindex``)."""
+    costs: dict[str, list[int]] = {
+        k: [] for k in ("prefix", "replay", "replay_noindex", "seek", "seek_noindex", "seeks")
+    }
+    for index, lane in enumerate(plan):
         size = sum(p.length for p in lane)
-        per_epoch = size  # a lane holds whole batches
-        prefix.append(sum(p.start for p in lane[:1]))
-        position = rng.randrange(0, max(1, per_epoch))  # samples this worker has consumed this epoch
-        replay.append(min(size, position + buffer))
-    return {"prefix": prefix, "replay": replay}
+        costs["prefix"].append(sum(p.start for p in lane[:1]))
+        position = rng.randrange(0, max(1, size))  # samples this worker has consumed this epoch (whole lane)
+        costs["replay"].append(min(size, position + buffer))
+        costs["replay_noindex"].append(min(size, position + buffer) + sum(p.start for p in lane[:1]))
+        seed = derive_seed("shuffle", 0, epoch, index // workers, index % workers, 0)  # TrainShardStream's
+        order = BufferOrder(size, buffer, random.Random(seed))
+        order.advance(position)
+        ranges = coalesce(order.buffer, SEEK_GAP)
+        offsets = list(itertools.accumulate((p.length for p in lane), initial=0))
+        prefixes = []
+        merged = merge_within_pieces(ranges, lane, {p.shard for p in lane})  # what the stream reads without index
+        for lo, _ in merged:  # without an index a range is reached by reading its shard from the start
+            i = bisect.bisect_right(offsets, lo) - 1
+            prefixes.append(lane[i].start + lo - offsets[i])
+        costs["seek"].append(sum(hi - lo for lo, hi in ranges))
+        costs["seek_noindex"].append(sum(hi - lo for lo, hi in merged) + sum(prefixes))
+        costs["seeks"].append(len(ranges))
+    return costs
+
+
+def lane_order_buffer(lane: list, buffer: int, stripes: int, seed_parts: tuple) -> np.ndarray:
+    """The stream's order of a lane's slots: the shuffle buffer's (``BufferOrder``, its first pass)."""
+    order = BufferOrder(sum(p.length for p in lane), buffer, random.Random(derive_seed("shuffle", *seed_parts, 0)))
+    return np.fromiter(iter(order.step, None), dtype=np.int64)
+
+
+def lane_order_windows(lane: list, buffer: int, stripes: int, seed_parts: tuple) -> np.ndarray:
+    """The alternative: ``ceil(size / buffer)`` windows, window ``w`` the ``w``-th chunk of each of ``stripes``
+    contiguous segments of the lane, each window's slots emitted in a seeded permutation."""
+    size = sum(p.length for p in lane)
+    n = max(1, -(-size // buffer))
+    bounds = list(itertools.accumulate(even_sizes(size, 1 if n == 1 else min(stripes, size)), initial=0))
+    out = []
+    for w in range(n):
+        chunks = [
+            np.arange(lo + (hi - lo) * w // n, lo + (hi - lo) * (w + 1) // n) for lo, hi in zip(bounds, bounds[1:])
+        ]
+        items = np.concatenate(chunks)
+        out.append(items[np.random.default_rng(derive_seed("window", *seed_parts, w)).permutation(len(items))])
+    return np.concatenate(out)
+
+
+def batch_quality(groups: np.ndarray, batch: int) -> dict[str, float]:
+    """Per batch of ``groups`` (a shard or identity per sample, in emitted order): the share of its sample pairs
+    in one group, of consecutive samples in one group, its distinct groups, the share of batches with a collision."""
+    pairs, consecutive, distinct, colliding = [], [], [], []
+    for b in range(len(groups) // batch):
+        g = groups[b * batch : (b + 1) * batch]
+        counts = np.unique(g, return_counts=True)[1]
+        pairs.append(float((counts * (counts - 1)).sum()) / (batch * (batch - 1)))
+        consecutive.append(float((g[1:] == g[:-1]).mean()))
+        distinct.append(len(counts))
+        colliding.append(float(counts.max() > 1))
+    return {
+        "pairs": statistics.mean(pairs),
+        "consecutive": statistics.mean(consecutive),
+        "distinct": statistics.mean(distinct),
+        "colliding": statistics.mean(colliding),
+    }
+
+
+def shuffle_quality(lengths: list[int], lanes: int, world: int, batch: int, buffer: int, args) -> dict:
+    """Batch composition of the buffer and of the windows (the alternative) on ``--quality-lanes`` lanes of
+    epoch 0 (each lane's batches in its emitted order), and of a uniform shuffle of the whole split (the reference)."""
+    n, workers, epoch, seed = sum(lengths), lanes // world, 0, 0
+    sizes = epoch_lane_sizes(epoch, max(1, n // (world * batch)), workers, world, batch)
+    plan = plan_lanes(lengths, sizes, seed=seed, epoch=epoch)
+    shard_start = np.concatenate([[0], np.cumsum(lengths)])  # written order: the manifest's shards in order
+    rng = random.Random(2)
+    picked = sorted(rng.sample(range(len(plan)), min(args.quality_lanes, len(plan))))
+    out: dict = {"bench": "scale_shuffle_quality", "lanes": lanes, "batch": batch, "buffer": buffer,
+                 "identity_run": args.identity_run, "lanes_measured": len(picked)}  # fmt: skip
+    orders = {"buffer": (lane_order_buffer, 0)}
+    orders.update({f"windows{k}": (lane_order_windows, k) for k in args.stripes})
+    for name, (order_of, stripes) in orders.items():
+        shard_ids, written = [], []
+        for index in picked:
+            lane = plan[index]
+            if not lane:
+                continue
+            slot_shard = np.concatenate([np.full(p.length, p.shard) for p in lane])
+            slot_written = np.concatenate([shard_start[p.shard] + np.arange(p.start, p.stop) for p in lane])
+            order = order_of(lane, buffer, stripes, (seed, epoch, index // workers, index % workers))
+            shard_ids.append(slot_shard[order])
+            written.append(slot_written[order])
+        per_lane_shard = [batch_quality(ids, batch) for ids in shard_ids]
+        per_lane_ident = [batch_quality(w // args.identity_run, batch) for w in written]
+        for metric in ("pairs", "consecutive", "distinct"):
+            out[f"{name}_shard_{metric}"] = statistics.mean(q[metric] for q in per_lane_shard)
+        for metric in ("pairs", "colliding"):
+            out[f"{name}_identity_{metric}"] = statistics.mean(q[metric] for q in per_lane_ident)
+    uniform = np.random.default_rng(3).permutation(n)[: batch * 200]  # 200 batches of a whole-split shuffle
+    shard_of = np.searchsorted(shard_start, uniform, side="right") - 1
+    ref_shard, ref_ident = batch_quality(shard_of, batch), batch_quality(uniform // args.identity_run, batch)
+    for metric in ("pairs", "consecutive", "distinct"):
+        out[f"uniform_shard_{metric}"] = ref_shard[metric]
+    for metric in ("pairs", "colliding"):
+        out[f"uniform_identity_{metric}"] = ref_ident[metric]
+    return out
 
 
 def plan_at(lengths: list[int], lanes: int, epochs: int, world: int, batch: int, buffer: int, args) -> dict:
     times, peaks, used = [], [], []
-    costs: dict[str, list[int]] = {"prefix": [], "replay": []}
+    costs: dict[str, list[int]] = {}
     rng = random.Random(1)
     n = sum(lengths)
     workers = lanes // world
@@ -101,8 +221,8 @@ def plan_at(lengths: list[int], lanes: int, epochs: int, world: int, batch: int,
         if per_rank != {rank_batches}:
             raise AssertionError(f"ranks yield different batch counts: {per_rank}")
         used.append(sum(sizes) / n)
-        for key, values in lane_costs(plan, batch, buffer, rng).items():
-            costs[key] += values
+        for key, values in lane_costs(plan, workers, buffer, rng, epoch).items():
+            costs.setdefault(key, []).extend(values)
     mb = args.sample_kb / 1024
     row = {
         "bench": "scale_plan",
@@ -118,8 +238,15 @@ def plan_at(lengths: list[int], lanes: int, epochs: int, world: int, batch: int,
         "prefix_samples_max": max(costs["prefix"]),
         "resume_samples_mean": statistics.mean(costs["replay"]),
         "resume_samples_max": max(costs["replay"]),
+        "resume_noindex_samples_max": max(costs["replay_noindex"]),
+        "resume_seek_samples_mean": statistics.mean(costs["seek"]),
+        "resume_seek_samples_max": max(costs["seek"]),
+        "resume_seek_noindex_samples_mean": statistics.mean(costs["seek_noindex"]),
+        "resume_seek_noindex_samples_max": max(costs["seek_noindex"]),
+        "resume_seeks_mean": statistics.mean(costs["seeks"]),
+        "resume_seeks_max": max(costs["seeks"]),
     }
-    for key in ("prefix", "resume"):
+    for key in ("prefix", "resume", "resume_noindex", "resume_seek", "resume_seek_noindex"):
         row[f"{key}_mb_max"] = row[f"{key}_samples_max"] * mb
         row[f"{key}_s_max"] = row[f"{key}_mb_max"] / args.read_mbps
     # with the shards' sample indexes (<shard>.idx) a worker seeks to its first sample: it reads the index
@@ -154,6 +281,9 @@ def main() -> None:
     p.add_argument("--sample-kb", type=float, default=45.0, help="bytes per sample on disk (224 px JPEG + PNG map)")
     p.add_argument("--read-mbps", type=float, default=100.0, help="read bandwidth per worker, MB/s")
     p.add_argument("--prep-chunks", type=int, default=1000, help="chunks of the simulated prep array (0: skip)")
+    p.add_argument("--quality-lanes", type=int, default=16, help="lanes whose batches the shuffle quality measures")
+    p.add_argument("--identity-run", type=int, default=100, help="consecutive written samples of one identity")
+    p.add_argument("--stripes", type=int, nargs="*", default=[8, 32], help="segments per window (the alternative)")
     args = p.parse_args()
     lengths = shard_lengths(args.samples, args.shards)
     world = args.nodes * args.gpus
@@ -174,6 +304,37 @@ def main() -> None:
             f"{r['prefix_with_index_kb_max']:.0f} KB | "
             f"{r['resume_samples_max']:,} ({r['resume_mb_max']:.0f} MB, {r['resume_s_max']:.1f} s) |"
         )
+    print(f"\n## Resume read cost at a random position of the epoch (max over workers), buffer {args.buffer:,}\n")
+    print("| nodes | samples/lane | before: replay (MB, s) | now: the buffer's slots, with index (MB, s) | seeks "
+          "| before, no index | now, no index (MB, s) |\n|---|---|---|---|---|---|---|")  # fmt: skip
+    for r in rows:
+        print(
+            f"| {r['nodes']} | {r['samples_per_lane']:,} | "
+            f"{r['resume_samples_max']:,} ({r['resume_mb_max']:.0f} MB, {r['resume_s_max']:.1f} s) | "
+            f"{r['resume_seek_samples_max']:,} ({r['resume_seek_mb_max']:.0f} MB, {r['resume_seek_s_max']:.1f} s) | "
+            f"{r['resume_seeks_max']} | {r['resume_noindex_samples_max']:,} ({r['resume_noindex_mb_max']:.0f} MB) | "
+            f"{r['resume_seek_noindex_samples_max']:,} "
+            f"({r['resume_seek_noindex_mb_max']:.0f} MB, {r['resume_seek_noindex_s_max']:.1f} s) |"
+        )
+    quality = []
+    for nodes in sorted({r["nodes"] for r in rows}):
+        ranks = nodes * args.gpus
+        quality.append({**shuffle_quality(lengths, ranks * args.workers, ranks, args.batch, args.buffer, args),
+                        "nodes": nodes})  # fmt: skip
+    print(f"\n## Shuffle quality per batch of {args.batch} (epoch 0, {args.quality_lanes} lanes; identities: runs "
+          f"of {args.identity_run} written samples)\n")  # fmt: skip
+    print("| nodes | shuffle | same-shard pairs | consecutive same shard | shards per batch | same-identity pairs "
+          "| batches with an identity twice |\n|---|---|---|---|---|---|---|")  # fmt: skip
+    labels = {"buffer": "buffer (before and now)"}
+    labels.update({f"windows{k}": f"windows, {k} stripes (not taken)" for k in args.stripes})
+    labels["uniform"] = "uniform, whole split"
+    for q in quality:
+        for name, label in labels.items():
+            print(
+                f"| {q['nodes']} | {label} | {q[name + '_shard_pairs']:.3f} | {q[name + '_shard_consecutive']:.3f} | "
+                f"{q[name + '_shard_distinct']:.1f} | {q[name + '_identity_pairs']:.4f} | "
+                f"{q[name + '_identity_colliding']:.0%} |"
+            )
     manifest = manifest_cost(lengths)
     print(f"\nmanifest of {manifest['shards']:,} shards: {manifest['bytes'] / 1024:.0f} KiB, written in "
           f"{manifest['write_s'] * 1000:.1f} ms, read in {manifest['read_s'] * 1000:.1f} ms")  # fmt: skip
@@ -183,6 +344,8 @@ def main() -> None:
     )
     for r in rows:
         print(json.dumps(r))
+    for q in quality:
+        print(json.dumps(q))
     print(json.dumps(manifest))
     if args.prep_chunks > 0:
         print()

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from webdataset.filters import _shuffle as wds_shuffle
 
-from pacofr.data.lanes import BufferOrder, Piece, coalesce, plan_epoch, shard_order
+from pacofr.data.lanes import BufferOrder, Piece, coalesce, merge_within_pieces, plan_epoch, shard_order
 
 
 def _shard_sequence(plan: list) -> list[int]:
@@ -96,3 +96,11 @@ def test_coalesce_bridges_short_gaps_only() -> None:
         ranges = coalesce(slots, gap)
         assert sorted(q for lo, hi in ranges for q in range(lo, hi) if q in set(slots)) == sorted(slots)
         assert sum(hi - lo for lo, hi in ranges) <= len(slots) * gap
+
+
+def test_ranges_in_a_piece_without_index_are_read_once() -> None:
+    pieces = [Piece(0, 5, 15), Piece(1, 0, 10)]  # slots 0-9 in shard 0, 10-19 in shard 1
+    ranges = [(0, 2), (4, 6), (8, 12), (14, 15), (17, 18)]
+    assert merge_within_pieces(ranges, pieces, set()) == ranges
+    assert merge_within_pieces(ranges, pieces, {0}) == [(0, 12), (14, 15), (17, 18)]
+    assert merge_within_pieces(ranges, pieces, {1}) == [(0, 2), (4, 6), (8, 18)]  # (8, 12) ends in shard 1

@@ -181,3 +181,21 @@ def coalesce(slots: Sequence[int], gap: int) -> list[tuple[int, int]]:
         else:
             ranges.append((slot, slot + 1))
     return ranges
+
+
+def merge_within_pieces(
+    ranges: list[tuple[int, int]], pieces: Sequence[Piece], unindexed: set[int]
+) -> list[tuple[int, int]]:
+    """``ranges`` (sorted slot ranges of the sequence ``pieces``) with those in one piece of a shard in
+    ``unindexed`` merged: without a sample index each range is read from its shard's start, so one read of the
+    piece's span costs less than several."""
+    offsets = list(itertools.accumulate((p.length for p in pieces), initial=0))
+    out: list[tuple[int, int]] = []
+    for lo, hi in ranges:
+        if out:
+            i = bisect.bisect_right(offsets, out[-1][1] - 1) - 1
+            if offsets[i] <= lo < offsets[i + 1] and pieces[i].shard in unindexed:
+                out[-1] = (out[-1][0], hi)
+                continue
+        out.append((lo, hi))
+    return out

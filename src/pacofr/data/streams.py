@@ -26,7 +26,7 @@ rank-local *global batch index* ``g``:
   (:func:`~pacofr.data.lanes.coalesce`), then reads on from the buffer's read position: the read cost of a
   resume is at most ``shuffle_buffer * SEEK_GAP`` samples, typically 2.5 buffers in about 120 seeks, wherever
   the position (before: the lane replayed up to ``p``, ``bench/scale.py`` compares both). A shard without a
-  sample index is read from its start for each range that falls in it.
+  sample index is read from its start, once for all the ranges in its piece (never more than the replay).
 - Per-sample randomness (augmentation, masker) is seeded from (seed, epoch, sample key): the
   same after a resume and independent of the worker count.
 
@@ -60,7 +60,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 
 from pacofr.data.batch import Masker
 from pacofr.data.batch_builder import BatchBuilder
-from pacofr.data.format import read_manifest
+from pacofr.data.format import read_manifest, sample_index_path
 from pacofr.data.lanes import (
     BufferOrder,
     Piece,
@@ -68,6 +68,7 @@ from pacofr.data.lanes import (
     derive_seed,
     epoch_lane_sizes,
     lane_batch_range,
+    merge_within_pieces,
     plan_lanes,
 )
 from pacofr.data.shard_reader import RawSample, iter_shard
@@ -190,7 +191,8 @@ class TrainShardStream(IterableDataset):
         order.advance(position)
         held: dict[int, RawSample | None] = {}
         wanted = set(order.buffer)
-        for lo, hi in coalesce(order.buffer, SEEK_GAP):
+        unindexed = {p.shard for p in pieces if not sample_index_path(self.reader.paths[p.shard]).is_file()}
+        for lo, hi in merge_within_pieces(coalesce(order.buffer, SEEK_GAP), pieces, unindexed):
             for slot, raw in zip(range(lo, hi), self._read_slots(pieces, lo, hi, stats, warn)):
                 if slot in wanted:
                     held[slot] = raw
