@@ -15,7 +15,7 @@ computes at every epoch start):
   rank and lanes wrap);
 - **read cost**: at an epoch start a worker whose lane starts mid-shard reads the shard's prefix from the tar
   stream to reach it; a resumed worker reaches its position at a random point of the epoch: *before* (until
-  issue 24) it replayed its lane up to its position through the shuffle buffer (samples it has consumed plus the
+  resume by seek) it replayed its lane up to its position through the shuffle buffer (samples it has consumed plus the
   buffer's fill); *now* it replays the buffer's draws on slot numbers (``pacofr.data.lanes.BufferOrder``, no
   reading) and reads the slots its buffer holds there, in ranges bridging gaps under ``SEEK_GAP`` slots
   (``pacofr.data.lanes.coalesce``), one seek each through the sample indexes, or without indexes each range's

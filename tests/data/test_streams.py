@@ -155,6 +155,7 @@ def test_resume_reads_one_buffer_whatever_the_position(tmp_path: Path, make_shar
         # each range groups one sample past its end; without an index, plus its shard's prefix
         bound = checked + buffer + 1 + (0 if indexed else buffer * 40)
         assert len(grouped) <= bound, f"start_batch={start_batch}: read {len(grouped)} samples, bound {bound}"
+        assert len(grouped) >= stream.stats.samples_read >= bs, "the counter sees the reads"
         assert len(grouped) < 920 // 2, "far less than replaying the lane up to the position"
 
 
