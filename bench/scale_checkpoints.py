@@ -306,7 +306,7 @@ def run_fit(args, config: Path, ranks: int, *extra: str) -> tuple[float, list[di
     if args.malloc_mmap_threshold:
         env["MALLOC_MMAP_THRESHOLD_"] = str(args.malloc_mmap_threshold)
     launcher = [sys.executable, "-m", "pacofr.cli"] if args.init == "full" else [sys.executable, __file__, FIT_CHILD]
-    trainer = REPO / "configs" / "trainer" / "fsdp_cpu.yaml"
+    trainer = REPO / "configs" / "trainer" / "fsdp1_cpu.yaml"  # FSDP1: its meta-device init is hooked below
     command = [*launcher, "fit", "--config", str(config), "--config", str(trainer), "--trainer.devices", str(ranks)]
     start = time.perf_counter()
     proc = subprocess.Popen(

@@ -1,6 +1,7 @@
-"""FSDP for real, on 2 CPU processes over gloo (``configs/trainer/fsdp_cpu.yaml``): it trains the same weights as
-DDP, writes sharded checkpoints (atomically, preemption included), resumes FSDP -> FSDP, DDP -> FSDP (a DDP file)
-and FSDP -> DDP (``pacofr checkpoint consolidate``), each ending where the uninterrupted DDP run ends.
+"""FSDP for real, on 2 CPU processes over gloo, both presets: FSDP2 (``configs/trainer/fsdp_cpu.yaml``, the
+``fsdp`` preset) and FSDP1 (``fsdp1_cpu.yaml``, one more release). Each trains the same weights as DDP, writes
+sharded checkpoints (atomically, preemption included), resumes FSDP -> FSDP, DDP -> FSDP (a DDP file) and
+FSDP -> DDP (``pacofr checkpoint consolidate``), each ending where the uninterrupted DDP run ends.
 
 Cross-strategy resume only works if Adam's moments follow their parameters: FSDP keys optimiser state by name,
 DDP by position in pacofr's groups (whose order is not the model's), so a mix-up would show here."""
@@ -20,11 +21,21 @@ from pacofr.checkpointing.optim_keys import NAMES_KEY, to_name_keyed
 from pacofr.checkpointing.preemption import EXIT_PREEMPTED
 
 FSDP = ("--config", str(REPO / "configs" / "trainer" / "fsdp_cpu.yaml"))
+PRESETS = {"fsdp2": FSDP, "fsdp1": ("--config", str(REPO / "configs" / "trainer" / "fsdp1_cpu.yaml"))}
 DDP = ("--trainer.devices", "2", "--trainer.strategy", "ddp")
-HYBRID = (
-    "--trainer.strategy.init_args.sharding_strategy=HYBRID_SHARD",
-    "--trainer.strategy.init_args.activation_checkpointing=true",
-)
+# the preempted run shards hybrid (FSDP2: a 2 x 1 mesh; FSDP1: node groups from the job layout) and recomputes
+# activations; its resume shards fully
+HYBRID = {
+    "fsdp2": (
+        "--trainer.strategy.init_args.sharding=hybrid",
+        "--trainer.strategy.init_args.replicas=2",
+        "--trainer.strategy.init_args.activation_checkpointing=true",
+    ),
+    "fsdp1": (
+        "--trainer.strategy.init_args.sharding_strategy=HYBRID_SHARD",
+        "--trainer.strategy.init_args.activation_checkpointing=true",
+    ),
+}
 # the signal reaches rank 1 only: both ranks must still stop at the same step (the flag is all-reduced)
 DRILL = [{"class_path": "pacofr.checkpointing.preemption.PreemptionDrill", "init_args": {"at_step": 3, "rank": 1}}]
 # these tests check what a preemption at a known step writes and resumes, so the ranks agree at every step here
@@ -77,7 +88,9 @@ def assert_same_training(expected: dict, got: dict, what: str) -> None:
 # five 2-process trainings of a tiny model, in two waves: ~3 min on 2 cores; CI trains, saves sharded and resumes
 # under FSDP in test_fsdp_bf16.py
 @pytest.mark.extended
-def test_fsdp_trains_like_ddp_and_resumes_across_strategies(tmp_path, make_shards):
+@pytest.mark.parametrize("preset", sorted(PRESETS))
+def test_fsdp_trains_like_ddp_and_resumes_across_strategies(preset, tmp_path, make_shards):
+    fsdp_args = PRESETS[preset]
     root = make_shards(tmp_path / "faces", {"train": [20, 20], "val": [8]}, size=72)
     runs = {name: tmp_path / name for name in ("ddp", "fsdp", "ddp_to_fsdp", "fsdp_to_ddp")}
 
@@ -90,7 +103,7 @@ def test_fsdp_trains_like_ddp_and_resumes_across_strategies(tmp_path, make_shard
     # wave 1: the DDP reference, and an FSDP run preempted at step 3 (sharded preemption checkpoint); that one
     # shards HYBRID (node groups from the job layout) and recomputes activations, its resume is FULL_SHARD
     ddp = start_fit("--config", config("ddp"), *DDP)
-    fsdp = start_fit("--config", config("fsdp", DRILL), *FSDP, *HYBRID, AGREE_EVERY_STEP)
+    fsdp = start_fit("--config", config("fsdp", DRILL), *fsdp_args, *HYBRID[preset], AGREE_EVERY_STEP)
     (ddp_code, ddp_out), (code, out) = finish(ddp), finish(fsdp)
     assert ddp_code == 0, ddp_out[-4000:]
     assert code == EXIT_PREEMPTED and "PREEMPTED at global_step=3" in out, out[-4000:]
@@ -106,10 +119,9 @@ def test_fsdp_trains_like_ddp_and_resumes_across_strategies(tmp_path, make_shard
     )  # fmt: skip
 
     # wave 2: FSDP resumes itself; FSDP resumes the DDP run's step-4 file; DDP resumes the consolidated FSDP state
-    resumed = start_fit("--config", config("fsdp"), *FSDP, "--resume", "auto")
-    d2f = start_fit(
-        "--config", config("ddp_to_fsdp"), *FSDP, "--resume", str(runs["ddp"] / "checkpoints" / "step00000004.ckpt")
-    )
+    resumed = start_fit("--config", config("fsdp"), *fsdp_args, "--resume", "auto")
+    ddp_step4 = str(runs["ddp"] / "checkpoints" / "step00000004.ckpt")
+    d2f = start_fit("--config", config("ddp_to_fsdp"), *fsdp_args, "--resume", ddp_step4)
     f2d = start_fit("--config", config("fsdp_to_ddp"), *DDP, "--resume", str(consolidated))
     for proc in (resumed, d2f, f2d):
         code, out = finish(proc)

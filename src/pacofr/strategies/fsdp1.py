@@ -1,6 +1,8 @@
-"""Distributed strategies with typed, YAML-friendly arguments.
+"""FSDP1 (``FullyShardedDataParallel``), selectable for one more release (``configs/trainer/fsdp1.yaml``,
+``fsdp1_cpu.yaml``); the ``fsdp`` preset is FSDP2 (:mod:`pacofr.strategies.fsdp2`). It says so in one line when it
+starts.
 
-DDP and FSDP are a config swap (``configs/trainer/ddp.yaml`` / ``fsdp.yaml``) over the same module code.
+DDP and FSDP are a config swap (``configs/trainer/ddp.yaml`` / ``fsdp1.yaml``) over the same module code.
 FSDP wraps each transformer block (timm ``Block``) as its own unit, the usual policy for ViTs. The rest follows
 what the objective declares (``pacofr.objectives.interface``), never the type of a model part:
 
@@ -11,7 +13,7 @@ what the objective declares (``pacofr.objectives.interface``), never the type of
   whatever the run's precision: with ``bf16-mixed`` Lightning gives FSDP bf16 for all three, and the code usage
   buffers, turned bf16, refused the next in-place write (``index_copy_``) at the first optimiser step.
 
-FSDP also runs on CPU processes over gloo (``configs/trainer/fsdp_cpu.yaml``): torch's FSDP works there once it
+FSDP1 also runs on CPU processes over gloo (``configs/trainer/fsdp1_cpu.yaml``): torch's FSDP works there once it
 is told the device explicitly, but Lightning passes ``device_id=None`` for CPU, which torch then rejects ("FSDP
 needs a non-CPU accelerator device"); and Lightning's FSDP precision autocasts on CUDA only, so a ``bf16-mixed``
 CPU run fed fp32 activations to bf16 parameters. Both are mended here: the CPU path emulates the GPU one (the
@@ -35,6 +37,7 @@ from lightning.fabric.utilities.load import _lazy_load, _materialize_tensors
 from lightning.pytorch.plugins.precision.fsdp import FSDPPrecision
 from lightning.pytorch.strategies import FSDPStrategy
 from lightning.pytorch.trainer.states import TrainerFn
+from lightning.pytorch.utilities import rank_zero_info
 from timm.models.vision_transformer import Block
 from torch import nn
 from torch.distributed.fsdp import MixedPrecision, ShardingStrategy
@@ -43,6 +46,11 @@ from torch.distributed.fsdp.wrap import CustomPolicy
 from pacofr.checkpointing import legacy_keys, optim_keys
 from pacofr.strategies.atomic_save import save_folder_atomically
 
+FSDP1_NOTICE = (
+    "pacofr: FSDP1 (BlockFSDPStrategy, configs/trainer/fsdp1*.yaml) goes in the next release; the fsdp preset is "
+    "FSDP2 (configs/trainer/fsdp.yaml); it resumes an FSDP1 checkpoint once `pacofr checkpoint consolidate` "
+    "made it one file"
+)
 FP32_POLICY = MixedPrecision(param_dtype=torch.float32, reduce_dtype=torch.float32, buffer_dtype=torch.float32)
 
 
@@ -119,6 +127,10 @@ class BlockFSDPStrategy(FSDPStrategy):
             process_group_backend=process_group_backend,
             use_orig_params=True,  # keeps per-parameter names, so AdamW groups (no decay on norms...) work
         )
+
+    def setup_environment(self) -> None:
+        super().setup_environment()
+        rank_zero_info(FSDP1_NOTICE)
 
     def _hybrid_process_groups(self) -> tuple[Any, Any]:
         """(intra-node, inter-node) groups of this rank, from Lightning's rank layout (node-major)."""

@@ -32,6 +32,7 @@ On CPU processes over gloo (``configs/trainer/fsdp_cpu.yaml``) it is the same co
 
 from __future__ import annotations
 
+import functools
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -68,6 +69,29 @@ def _implicit_replication_off() -> Iterator[None]:
         yield
     finally:
         dispatcher._allow_implicit_replication = before
+
+
+def replicate_plain_tensors_in_step(optimizer: torch.optim.Optimizer) -> None:
+    """Let ``optimizer.step`` meet plain tensors beside DTensors: the parameters kept whole on every rank (and their
+    gradients and moments), Adam's step counters, the fused AdamW's ``found_inf`` (the step's all-ranks decision,
+    ``pacofr.training.nonfinite``). Every one of them is the same on every rank, which is what DTensor's
+    ``implicit_replication`` assumes. Also for the steps torch.distributed.checkpoint takes itself (it initialises
+    a fresh optimiser's state with a zero step before loading into it). The closure (forward and backward) runs
+    strict: a plain tensor mixed with a sharded one there is a bug to see, not to paper over."""
+    from torch.distributed.tensor.experimental import implicit_replication
+
+    step = optimizer.step
+
+    @functools.wraps(step)
+    def replicating_step(closure: Any = None, **kwargs: Any) -> Any:
+        def strict_closure() -> Any:
+            with _implicit_replication_off():
+                return closure()
+
+        with implicit_replication():
+            return step(closure=None if closure is None else strict_closure, **kwargs)
+
+    optimizer.step = replicating_step
 
 
 def replicated_parameters(objective: nn.Module) -> list[nn.Parameter]:
@@ -218,19 +242,10 @@ class FSDP2Strategy(ModelParallelStrategy):
         return replicated_parameters(self.lightning_module.objective)
 
     # --- the optimiser step -------------------------------------------------------------------------------
-    def optimizer_step(self, optimizer: Any, closure: Any, model: Any = None, **kwargs: Any) -> Any:
-        """The fused AdamW's ``found_inf`` (the step's all-ranks finite decision, ``pacofr.training.nonfinite``) is
-        one plain tensor for every group: replicated by definition, so DTensor may treat it as such in the update
-        (``implicit_replication``). The forward and backward inside the closure stay strict: a plain tensor mixed
-        with a sharded one there is a bug to see, not to paper over."""
-        from torch.distributed.tensor.experimental import implicit_replication
-
-        def strict_closure() -> Any:
-            with _implicit_replication_off():
-                return closure()
-
-        with implicit_replication():
-            return super().optimizer_step(optimizer, strict_closure, model, **kwargs)
+    def setup_optimizers(self, trainer: Any) -> None:
+        super().setup_optimizers(trainer)
+        for optimizer in self.optimizers:
+            replicate_plain_tensors_in_step(optimizer)
 
     # --- checkpoints --------------------------------------------------------------------------------------
     def save_checkpoint(self, checkpoint: dict[str, Any], filepath: Any, storage_options: Any = None) -> None:

@@ -49,7 +49,10 @@ def call_unsharded(trainer: L.Trainer, fn: Callable[..., T], *args: Any) -> T:
         root = trainer.lightning_module.objective
         root.unshard()  # the root's own parameters (patch and position embeddings, norms, heads) gathered
         try:
-            return fn(*args)
+            # the training step's precision context: under bf16-mixed the blocks gather bf16 parameters and hand
+            # bf16 activations on, which the root's fp32 layers take under autocast only
+            with trainer.precision_plugin.forward_context():
+                return fn(*args)
         finally:
             root.reshard()
     wrapper, module = trainer.strategy.model, trainer.lightning_module
