@@ -21,7 +21,7 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader
 
 from pacofr.data.batch import Masker
-from pacofr.data.device_images import images_from_plan
+from pacofr.data.device_images import has_mask_draws, images_from_plan, masks_from_draws
 from pacofr.data.format import read_manifest
 from pacofr.data.stream_stats import StreamStats
 from pacofr.data.streams import STATS_KEY, TrainShardStream, ValShardStream
@@ -61,7 +61,9 @@ class PretrainDataModule(L.LightningDataModule):
         prefetch_factor: batches prefetched per worker.
         images_on_device: the device image path (:mod:`pacofr.data.device_images`): workers ship JPEG bytes and
             the augmentation's draws, and the training device decodes (nvJPEG on CUDA) and augments the batch;
-            label maps and masks are still built in the workers, from the same draws. Off: the CPU path.
+            label maps are still built in the workers, from the same draws; masks too, unless the masker builds
+            them on the device from its per-sample draws (random and structured maskers: the same masks,
+            :mod:`pacofr.masking.on_device`). Off: the CPU path.
     """
 
     def __init__(
@@ -221,10 +223,18 @@ class PretrainDataModule(L.LightningDataModule):
             stage = "train" if self.trainer is None or self.trainer.training else "val"
             counts = {k: v for k, v in record.items() if k not in ("rank", "lane")}
             self.worker_stats[(stage, record["rank"], record["lane"])] = StreamStats(**counts)
-        if isinstance(batch, dict) and "jpeg" in batch:  # the device path decodes from host bytes, to the device
+        if isinstance(batch, dict) and ("jpeg" in batch or has_mask_draws(batch)):  # the device path
             device = self.trainer.strategy.root_device if self.trainer is not None else torch.device("cpu")
-            self._images_from_plan(batch, device)
+            self._on_device(batch, device)
         return batch
+
+    def _on_device(self, batch: dict[str, Any], device: torch.device) -> None:
+        """The device path's device work: masks from the workers' draws, then the images (whose replacement of an
+        undecodable one copies its donor's masks)."""
+        if has_mask_draws(batch):
+            masks_from_draws(batch, self.masker, device)
+        if "jpeg" in batch:
+            self._images_from_plan(batch, device)
 
     def _images_from_plan(self, batch: dict[str, Any], device: torch.device) -> None:
         failures = images_from_plan(batch, self.image_size, device, self.augment.mean, self.augment.std)
@@ -241,8 +251,8 @@ class PretrainDataModule(L.LightningDataModule):
         already converted entries are left alone, so calling it twice is harmless."""
         if not isinstance(batch, dict):
             return batch
-        if "jpeg" in batch:  # the device image path, outside a Trainer: decode where the batch's tensors are
-            self._images_from_plan(batch, batch["crop_box"].device)
+        if "jpeg" in batch or has_mask_draws(batch):  # the device path, outside a Trainer: where its tensors are
+            self._on_device(batch, batch["seg"].device)
         image = batch.get("image")
         if isinstance(image, torch.Tensor) and image.dtype == torch.uint8:
             batch["image"] = normalize_images(image, self.augment.mean, self.augment.std)
