@@ -73,17 +73,16 @@ from pacofr.data.decode import (
     decode_labels,  # noqa: E402
 )
 from pacofr.data.device_images import MASK_DRAW_PREFIX, images_from_plan, masks_from_draws  # noqa: E402
-from pacofr.data.format import KEY_IMAGE, KEY_SEG, read_manifest  # noqa: E402
+from pacofr.data.format import KEY_IMAGE, KEY_SEG, patch_grid, read_manifest  # noqa: E402
 from pacofr.data.lanes import derive_seed  # noqa: E402
 from pacofr.data.shard_reader import iter_shard  # noqa: E402
 from pacofr.data.stream_stats import StreamStats  # noqa: E402
 from pacofr.data.transforms import JointTransform, normalize_images  # noqa: E402
 from pacofr.data.worker_loader import freeze_inherited_heap  # noqa: E402
 from pacofr.masking import StructuredMasker  # noqa: E402
-from pacofr.masking.histograms import patch_grid  # noqa: E402
 
 GOAL_RATIO = 0.8
-GOAL_CORES_CPU_PATH = 6.0  # CPU cores per GPU (issue 24)
+GOAL_CORES_CPU_PATH = 6.0  # CPU cores per GPU on the CPU image path (docs/scaling.md, "Input rate")
 GOAL_CORES_DEVICE_PATH = 3.0
 HUFFMAN_SHARE = 0.6  # of a libjpeg-turbo decode (pacofr.data.decode.jpeg_problem's docstring): nvJPEG's host part
 

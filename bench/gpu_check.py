@@ -290,7 +290,7 @@ def cmd_runcheck(args: argparse.Namespace) -> int:
 
 # --- summarize: one line per step ----------------------------------------------------------------------------
 def bench_figures(records: list[dict[str, Any]]) -> dict[str, Any]:
-    """The key figures of bench/train_step.py and bench/data.py from their JSON lines."""
+    """The key figures of bench/train_step.py, bench/data.py and bench/fsdp_compare.py from their JSON lines."""
     figures: dict[str, Any] = {}
     rows = [r for r in records if r.get("bench") == "train_step"]
     if rows:
@@ -318,6 +318,10 @@ def bench_figures(records: list[dict[str, Any]]) -> dict[str, Any]:
     device_rows = [r for r in records if r.get("bench") == "data" and str(r.get("row", "")).startswith("device")]
     for row in device_rows:
         figures[row["row"]] = {"img_per_s_wall": row.get("img_per_s_wall"), "ms_per_img_cpu": row.get("ms_per_img_cpu")}
+    keep = ("ok", "step_s", "state_bytes_per_rank", "peak_bytes_per_rank", "checkpoint_bytes", "save_s", "error")
+    strategies = {r["strategy"]: {k: r[k] for k in keep if k in r} for r in records if r.get("bench") == "fsdp_compare"}
+    if strategies:
+        figures["fsdp_compare"] = strategies
     return figures
 
 

@@ -27,6 +27,8 @@
 #   train_step   bench/train_step.py, MAE vs PaCo-FR ViT-B/16, batch 256, bf16, eager then compiled,
 #                PaCo-FR through Trainer.fit, host-device syncs (CUDA's listing + the sync sentinel)  -> train_step.txt
 #   data_bench   bench/data.py --device cuda (the device image path's decode + augment on the GPU)      -> data.txt
+#   fsdp_compare bench/fsdp_compare.py: DDP, FSDP1, FSDP2 on 1 GPU, ViT-B/16 PaCo-FR bf16, step time,
+#                peak memory, checkpoint size and save time                                         -> fsdp.log
 #
 # --dry-run: the same steps on the CPU with tiny sizes (ViT-Ti, batch 4, a few steps, fp32, no compile,
 # --device cpu for the benches, fsdp_cpu.yaml on one process); nvjpeg reports "skipped: no CUDA"; deps is skipped
@@ -45,7 +47,7 @@ OUT_ARG=""
 CARRIED=(jsonargparse docstring-parser typeshed-client webdataset braceexpand simplejpeg)
 
 usage() {
-    sed -n '2,36p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+    sed -n '2,35p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
     echo
     echo "options: --dry-run | --prepare DIR [--python-version 3.11,3.12] | --wheels DIR (default .gpu-wheels)"
     echo "         --deadline SECONDS | OUTDIR (or \$OUT)"
@@ -296,8 +298,18 @@ print(next((r['img_per_s'] for r in rows if r.get('row') == 'pacofr compiled'), 
     run "$PY" bench/data.py --root "$WORK/faces" --device cuda --workers 10 --images 512 --gpu-rate "$rate"
 }
 
+step_fsdp_compare() {
+    if [ "$MODE" = dry ]; then
+        OMP_NUM_THREADS=1 run "$PY" bench/fsdp_compare.py --accelerator cpu --devices 1 --size tiny --steps 3 \
+            --batch-size 4 --image-size 64 --faces "$WORK/faces" --work "$WORK/fsdp_compare" --timeout 120
+    else
+        run "$PY" bench/fsdp_compare.py --accelerator gpu --devices 1 --size vit_b16 --steps 20 --batch-size 64 \
+            --image-size 224 --faces "$WORK/faces" --work "$WORK/fsdp_compare" --timeout 100
+    fi
+}
+
 export -f run step_env step_deps step_data step_numerics step_nvjpeg fit_args step_fit step_fsdp step_train \
-    step_data_bench
+    step_data_bench step_fsdp_compare
 
 # --- the run (one function, called on the last line: bash has read the whole file before the first step starts,
 # so editing or updating the script while it runs cannot change what it does) -----------------------------------
@@ -329,6 +341,11 @@ run_steps() {
         step data_bench data.txt 120 bash -c step_data_bench
     else
         skip data_bench data.txt "no data (the data step failed or did not run)"
+    fi
+    if [ -f "$WORK/faces/_info.json" ]; then
+        step fsdp_compare fsdp.log 330 bash -c step_fsdp_compare
+    else
+        skip fsdp_compare fsdp.log "no data (the data step failed or did not run)"
     fi
 
     total=$(($(date +%s) - START))

@@ -26,6 +26,7 @@ STEPS = [
     "fsdp_resume",
     "train_step",
     "data_bench",
+    "fsdp_compare",
     "total",
 ]
 
@@ -81,6 +82,8 @@ def test_dry_run_runs_every_step(tmp_path):
     assert train["numerics"]["float32_matmul_precision"] == "highest"
     assert set(train["sync_sentinel"]) == {"bare mae eager", "bare pacofr eager"}
     assert by_step["data_bench"]["cores_per_gpu"] > 0
+    compared = by_step["fsdp_compare"]["fsdp_compare"]
+    assert set(compared) == {"ddp", "fsdp1", "fsdp2"} and all(row["ok"] for row in compared.values()), compared
 
     # what the device tool brings back: at most 8 plain files, no folders; scratch went elsewhere and is gone
     files = sorted(p.name for p in out.iterdir())

@@ -1,6 +1,6 @@
 """Per-group gradient norms and clipping on FSDP2 gradients (DTensors, ``fully_shard``): the same norms and
 clipped gradients as on plain tensors. One process, a one-rank gloo group (the arithmetic path; the 2-process
-FSDP2 run against DDP is ``bench/fsdp2_probe.py``)."""
+FSDP2 runs are ``tests/checkpointing/test_fsdp2.py``)."""
 
 from __future__ import annotations
 

@@ -2,10 +2,11 @@
 
 Lightning's FSDP strategy with ``state_dict_type="sharded"`` writes a folder: the model and optimiser
 tensors as DCP shards (``*.distcp`` + ``.metadata``) and the rest (global step, loops, callbacks...) in
-``meta.pt``; its ``ModelParallelStrategy`` (FSDP2) writes the same layout with the weights under ``state_dict``
-rather than ``model`` (``bench/fsdp2_probe.py``). ``consolidate`` reads either on one process, with no process
-group, through Lightning's own reader (``lightning.fabric.utilities.load._load_distributed_checkpoint``, the code
-behind ``python -m lightning.pytorch.utilities.consolidate_checkpoint``) and writes a single file atomically.
+``meta.pt``; its ``ModelParallelStrategy`` (FSDP2: ``pacofr.strategies.fsdp2``, the ``fsdp`` preset) writes the
+same layout with the weights under ``state_dict`` rather than ``model``. ``consolidate`` reads either on one
+process, with no process group, through Lightning's own reader
+(``lightning.fabric.utilities.load._load_distributed_checkpoint``, the code behind
+``python -m lightning.pytorch.utilities.consolidate_checkpoint``) and writes a single file atomically.
 
 The file's ``state_dict`` has the same keys as a DDP checkpoint. FSDP's optimiser state is keyed by parameter
 name; by default it is re-keyed by position (the layout ``torch.optim`` and DDP checkpoints use), following

@@ -18,13 +18,12 @@ import torch
 from pacofr.data.batch import MASK_KEYS, Masker
 from pacofr.data.decode import check_labels, decode_arrays, decode_labels
 from pacofr.data.device_images import MASK_DRAW_PREFIX, pack_jpegs
-from pacofr.data.format import KEY_IMAGE
+from pacofr.data.format import KEY_IMAGE, patch_grid
 from pacofr.data.lanes import derive_seed
 from pacofr.data.shard_reader import RawSample
 from pacofr.data.stream_stats import StreamStats
 from pacofr.data.transforms import JointTransform
 from pacofr.data.worker_loader import freeze_inherited_heap, one_opencv_thread_in_worker
-from pacofr.masking.histograms import patch_grid
 
 
 def masker_labels(masker: Masker, seg: np.ndarray) -> torch.Tensor:

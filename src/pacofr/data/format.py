@@ -25,9 +25,12 @@ import tarfile
 import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pacofr.errors import UserError
+
+if TYPE_CHECKING:  # annotations only: this module stays free of torch (data_prep reads it)
+    import torch
 
 FORMAT_VERSION = "pacofr-faces/1"
 MANIFEST_NAME = "_info.json"
@@ -333,3 +336,15 @@ def read_manifest(root: str | os.PathLike[str], check_shards: bool = True, count
                         f"split {name!r}: shard {fname} holds {found} samples but the manifest says {expected}"
                     )
     return manifest
+
+
+def patch_grid(seg: torch.Tensor, patch_size: int) -> tuple[int, int]:
+    """``(rows, cols)`` of the patch grid of a label map ``(..., H, W)``; clear error when it does not tile."""
+    if seg.dim() < 2:
+        raise ValueError(f"label map must be (H, W) or (B, H, W), got shape {tuple(seg.shape)}")
+    if patch_size <= 0:
+        raise ValueError(f"patch_size must be positive, got {patch_size}")
+    height, width = seg.shape[-2:]
+    if height % patch_size or width % patch_size or height == 0 or width == 0:
+        raise ValueError(f"label map {height}x{width} is not a whole number of {patch_size}x{patch_size} patches")
+    return height // patch_size, width // patch_size

@@ -15,22 +15,10 @@ from functools import lru_cache
 import numpy as np
 import torch
 
-from pacofr.data.format import LABEL_NAMES, NUM_LABELS, NUM_REGIONS, label_to_region_lut
+from pacofr.data.format import LABEL_NAMES, NUM_LABELS, NUM_REGIONS, label_to_region_lut, patch_grid
 
 _LABEL_TO_REGION = torch.tensor(label_to_region_lut(), dtype=torch.long)
 _LABEL_TO_REGION_MATRIX_NP = np.eye(NUM_REGIONS, dtype=np.float32)[np.asarray(label_to_region_lut())]  # (19, 9)
-
-
-def patch_grid(seg: torch.Tensor, patch_size: int) -> tuple[int, int]:
-    """``(rows, cols)`` of the patch grid of a label map ``(..., H, W)``; clear error when it does not tile."""
-    if seg.dim() < 2:
-        raise ValueError(f"label map must be (H, W) or (B, H, W), got shape {tuple(seg.shape)}")
-    if patch_size <= 0:
-        raise ValueError(f"patch_size must be positive, got {patch_size}")
-    height, width = seg.shape[-2:]
-    if height % patch_size or width % patch_size or height == 0 or width == 0:
-        raise ValueError(f"label map {height}x{width} is not a whole number of {patch_size}x{patch_size} patches")
-    return height // patch_size, width // patch_size
 
 
 def check_label_map(seg: torch.Tensor) -> torch.Tensor:

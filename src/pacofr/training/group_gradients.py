@@ -5,7 +5,7 @@ One global norm lets a part with large gradients (in PaCo-FR often 95 % of the t
 factor of the encoder's step too; per group, each part is clipped by its own norm. Under FSDP each rank holds
 gradient shards: their squares are summed over the sharding group, while parameters of replicated (``NO_SHARD``)
 units count once. FSDP2 (``fully_shard``) gradients are DTensors: their local shards count, summed over the
-world like FSDP1's (``bench/fsdp2_probe.py``).
+shard group, the parameters kept whole (replicated modules) counted once (``pacofr.strategies.fsdp2``).
 """
 
 from __future__ import annotations
