@@ -27,6 +27,7 @@ import argparse
 import json
 import os
 import resource
+import shutil
 import statistics
 import subprocess
 import sys
@@ -110,6 +111,9 @@ def disk_bytes(path: Path) -> int:
 def run(name: str, args: argparse.Namespace, faces: Path, work: Path) -> dict[str, Any]:
     presets = GPU_PRESETS if args.accelerator == "gpu" else PRESETS
     out = work / f"{name}.json"
+    # a --work folder used before: this strategy's run, records and final checkpoint start afresh
+    for old in [work / name, work / f"final_{name}.ckpt", *work.glob(f"{name}_rank*.json")]:
+        shutil.rmtree(old) if old.is_dir() else old.unlink(missing_ok=True)
     overrides = {
         "run_dir": str(work / name),
         "model": {"warmup_steps": 2},

@@ -107,6 +107,8 @@ def test_fsdp_trains_like_ddp_and_resumes_across_strategies(preset, tmp_path, ma
     (ddp_code, ddp_out), (code, out) = finish(ddp), finish(fsdp)
     assert ddp_code == 0, ddp_out[-4000:]
     assert code == EXIT_PREEMPTED and "PREEMPTED at global_step=3" in out, out[-4000:]
+    # FSDP1 says once, on rank 0, that it goes in the next release; FSDP2 says nothing of the kind
+    assert out.count("pacofr: FSDP1 (BlockFSDPStrategy") == (preset == "fsdp1"), out[-4000:]
     preempt = runs["fsdp"] / "checkpoints" / "preempt.ckpt"
     assert preempt.is_dir() and (preempt / ".metadata").is_file() and (preempt / "meta.pt").is_file()
     assert not [p for p in preempt.parent.iterdir() if p.name.startswith(".")], "a partial save was left behind"
