@@ -139,6 +139,9 @@ def run(name: str, args: argparse.Namespace, faces: Path, work: Path) -> dict[st
     command += ["--config", str(cfg)]
     for preset in presets[name]:
         command += ["--config", preset]
+    # after the presets, which set their own devices and precision: every strategy runs on the same ones
+    command += ["--trainer.accelerator", args.accelerator, "--trainer.devices", str(args.devices)]
+    command += ["--trainer.precision", args.precision]
     if name == "ddp":
         command += ["--trainer.strategy", "ddp" if args.devices != 1 else "auto"]
     if args.size == "vit_b16":
