@@ -115,25 +115,24 @@ def shard_objective(
     replicated = set(getattr(objective, "replicated_modules", lambda: ())())
     fp32 = [n for n in getattr(objective, "fp32_modules", lambda: ())() if n not in replicated]
     kept_out = {id(p) for p in replicated_parameters(objective)}
-    fp32_ids = {id(objective.get_submodule(n)) for n in fp32}
     in_fp32 = {id(m) for n in fp32 for m in objective.get_submodule(n).modules()}
-    for name, module in list(objective.named_modules()):
+    for module in list(objective.modules()):
         if not isinstance(module, Block) or any(id(p) in kept_out for p in module.parameters()):
             continue
         if activation_checkpointing:
-            _checkpoint_block(objective, name, module)
+            _checkpoint_block(module)
         if compile_backend is not None:
             module.compile(backend=compile_backend)
         fully_shard(module, mesh=mesh, mp_policy=FP32 if id(module) in in_fp32 else block_policy)
-    for name in fp32:
+    for name in fp32:  # a declared fp32 module: its own unit (a block declared fp32 already is one)
         module = objective.get_submodule(name)
-        if id(module) in fp32_ids and not isinstance(module, Block):
+        if not isinstance(module, Block):
             fully_shard(module, mesh=mesh, mp_policy=FP32)
     ignored = set(replicated_parameters(objective)) or None
     fully_shard(objective, mesh=mesh, mp_policy=FP32, ignored_params=ignored)
 
 
-def _checkpoint_block(objective: nn.Module, name: str, block: nn.Module) -> None:
+def _checkpoint_block(block: nn.Module) -> None:
     """Recompute ``block``'s activations in backward (torch's non-reentrant checkpoint, run by the block's own
     forward so the module and its parameter names stay as they are)."""
     from torch.utils.checkpoint import checkpoint
