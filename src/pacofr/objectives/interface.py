@@ -194,13 +194,15 @@ class PretrainObjective(nn.Module):
         return ()
 
     def replicated_modules(self) -> tuple[str, ...]:
-        """Submodules that FSDP keeps whole on every rank (``NO_SHARD`` units): small parts whose between-step
-        bookkeeping rewrites parameters outside any forward, where a sharded parameter is only this rank's slice."""
+        """Submodules that FSDP keeps whole on every rank (FSDP2: left out of the sharding, their gradients averaged
+        over the ranks; FSDP1: ``NO_SHARD`` units): small parts whose between-step bookkeeping rewrites parameters
+        outside any forward, where a sharded parameter is only this rank's slice."""
         return ()
 
     def momentum_pairs(self) -> tuple[tuple[str, str], ...]:
         """``(online, target)`` submodule pairs whose target is an EMA of the online one (updated in
-        ``after_step``). Under FSDP the training module runs ``after_step`` with these parameters whole."""
+        ``after_step``). Under FSDP1 the training module runs ``after_step`` with the root unit's parameters whole;
+        under FSDP2 online and target shards line up and the update runs on them."""
         return ()
 
     def take_reseeded_rows(self) -> dict[str, torch.Tensor]:
