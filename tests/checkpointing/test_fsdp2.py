@@ -4,9 +4,9 @@ where the uninterrupted run ends, bit for bit (as DDP's exact resume); the monit
 step (TensorBoard images, the online probe) work on it; HSDP on 4 processes (a 2 x 2 mesh) resumes on 2 processes,
 resharded, where a DDP resume of the same state ends.
 
-CI runs PaCo-FR (codebook re-seeding between steps, incubation, spatial loss, the monitors); the other methods run
-in ``make test-extended`` (the same preset with other objectives: FSFM's momentum target, MAEParse's heads, the
-full-sequence arm)."""
+CI runs PaCo-FR in ``bf16-mixed`` (codebook re-seeding between steps, incubation, spatial loss, the monitors); the
+other methods run in fp32 in ``make test-extended`` (the same preset with other objectives: FSFM's momentum target,
+MAEParse's heads, the full-sequence arm)."""
 
 from __future__ import annotations
 
@@ -118,8 +118,10 @@ def assert_bitwise(expected: dict, got: dict, what: str) -> None:
 @pytest.mark.parametrize("method", [m if m in IN_CI else pytest.param(m, marks=pytest.mark.extended) for m in METHODS])
 def test_method_under_fsdp2_is_preempted_mid_epoch_and_resumes_bitwise(method, synth_faces, tmp_path):
     monitors = MONITORS if method in IN_CI else []
-    ref_cfg = shrunk(method, tmp_path, synth_faces, "uninterrupted", monitors)
-    cut_cfg = shrunk(method, tmp_path, synth_faces, "preempted", [*monitors, drill()], tag="_drill")
+    # CI's run is the GPU users' numeric path, emulated: bf16 autocast, the blocks gathering bf16 parameters
+    precision = {"precision": "bf16-mixed"} if method in IN_CI else {}
+    ref_cfg = shrunk(method, tmp_path, synth_faces, "uninterrupted", monitors, **precision)
+    cut_cfg = shrunk(method, tmp_path, synth_faces, "preempted", [*monitors, drill()], tag="_drill", **precision)
     ref = start(*method_files(method), "--config", str(ref_cfg), *FSDP2)
     cut = start(*method_files(method), "--config", str(cut_cfg), *FSDP2)
     (ref_code, ref_out), (cut_code, cut_out) = finish(ref), finish(cut)
@@ -129,7 +131,7 @@ def test_method_under_fsdp2_is_preempted_mid_epoch_and_resumes_bitwise(method, s
     assert preempt.is_dir() and (preempt / ".metadata").is_file(), "a DCP folder, written whole"
     assert not [p for p in preempt.parent.iterdir() if p.name.startswith(".")], "a partial save was left behind"
 
-    resume_cfg = shrunk(method, tmp_path, synth_faces, "preempted", monitors)  # the same run, no drill
+    resume_cfg = shrunk(method, tmp_path, synth_faces, "preempted", monitors, **precision)  # the same run, no drill
     code, out = finish(start(*method_files(method), "--config", str(resume_cfg), *FSDP2, "--resume", "auto"))
     assert code == 0, out[-4000:]
     reference = last(tmp_path / "uninterrupted")
