@@ -197,6 +197,7 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(args.work or tmp)
+        work.mkdir(parents=True, exist_ok=True)
         faces = Path(args.faces) if args.faces else work / "faces"
         if not (faces / "_info.json").is_file():
             n = max(256, args.batch_size * args.devices * (args.steps + 4))
