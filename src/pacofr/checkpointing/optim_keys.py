@@ -131,3 +131,22 @@ def to_current_groups(checkpoint: dict[str, Any], current: list[tuple[str, list[
         saved = saved_group_names(state, recorded[i] if i < len(recorded) else None)
         if saved is not None:
             states[i] = to_positional(state, saved, current)
+
+
+def name_keyed_states(checkpoint: dict[str, Any], states: list[dict[str, Any]], optimizers: int, path: Any) -> list:
+    """The checkpoint's optimiser ``states`` keyed by parameter name (the layout the FSDP presets load), one per
+    optimiser of the run; a count mismatch or a position-keyed state without recorded names is refused."""
+    if len(states) != optimizers:
+        raise RuntimeError(f"checkpoint has {len(states)} optimiser states, this run {optimizers}")
+    recorded = checkpoint.get(NAMES_KEY) or []
+    named = []
+    for i, state in enumerate(states):
+        saved = saved_group_names(state, recorded[i] if i < len(recorded) else None)
+        if saved is None:
+            raise OptimizerLayoutError(
+                f"{path}: position-keyed optimiser state without recorded parameter names (a checkpoint from before "
+                "pacofr recorded them): FSDP cannot tell which state is whose. Resume it once with the DDP preset, "
+                "whose checkpoints record the names."
+            )
+        named.append(to_name_keyed(state, saved))
+    return named

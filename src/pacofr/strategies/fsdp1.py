@@ -201,20 +201,10 @@ class BlockFSDPStrategy(FSDPStrategy):
         states = checkpoint.get("optimizer_states")
         if states is None or self.lightning_module.trainer.state.fn != TrainerFn.FITTING:
             return checkpoint
-        if len(states) != len(self.optimizers):
-            raise RuntimeError(f"checkpoint has {len(states)} optimiser states, this run {len(self.optimizers)}")
-        recorded = checkpoint.get(optim_keys.NAMES_KEY) or []
+        named = optim_keys.name_keyed_states(checkpoint, states, len(self.optimizers), path)
         with _get_full_state_dict_context(self.model, world_size=self.world_size, rank0_only=False):
-            for i, (optimizer, state) in enumerate(zip(self.optimizers, states)):
-                saved = optim_keys.saved_group_names(state, recorded[i] if i < len(recorded) else None)
-                if saved is None:
-                    raise optim_keys.OptimizerLayoutError(
-                        f"{path}: position-keyed optimiser state without recorded parameter names (a checkpoint "
-                        "from before pacofr recorded them): FSDP cannot tell which state is whose. Resume it once "
-                        "with the DDP preset, whose checkpoints record the names."
-                    )
-                named = optim_keys.to_name_keyed(state, saved)
+            for optimizer, state in zip(self.optimizers, named):
                 optimizer.load_state_dict(
-                    FullyShardedDataParallel.optim_state_dict_to_load(self.model, optimizer, named)
+                    FullyShardedDataParallel.optim_state_dict_to_load(self.model, optimizer, state)
                 )
         return checkpoint

@@ -114,7 +114,8 @@ def shard_objective(
     objective as root with its replicated modules left out. Children first, as FSDP2 requires."""
     replicated = set(getattr(objective, "replicated_modules", lambda: ())())
     fp32 = [n for n in getattr(objective, "fp32_modules", lambda: ())() if n not in replicated]
-    kept_out = {id(p) for p in replicated_parameters(objective)}
+    whole = replicated_parameters(objective)
+    kept_out = {id(p) for p in whole}
     in_fp32 = {id(m) for n in fp32 for m in objective.get_submodule(n).modules()}
     for module in list(objective.modules()):
         if not isinstance(module, Block) or any(id(p) in kept_out for p in module.parameters()):
@@ -128,8 +129,7 @@ def shard_objective(
         module = objective.get_submodule(name)
         if not isinstance(module, Block):
             fully_shard(module, mesh=mesh, mp_policy=FP32)
-    ignored = set(replicated_parameters(objective)) or None
-    fully_shard(objective, mesh=mesh, mp_policy=FP32, ignored_params=ignored)
+    fully_shard(objective, mesh=mesh, mp_policy=FP32, ignored_params=set(whole) or None)
 
 
 def _checkpoint_block(block: nn.Module) -> None:
@@ -267,24 +267,14 @@ class FSDP2Strategy(ModelParallelStrategy):
             set_optimizer_state_dict,
         )
 
-        checkpoint = torch.load(path, map_location="cpu", weights_only=bool(weights_only) if weights_only else False)
+        checkpoint = torch.load(path, map_location="cpu", weights_only=bool(weights_only))
         legacy_keys.upgrade_checkpoint(checkpoint)  # the pre-objective layout: keys mapped before loading
         options = StateDictOptions(full_state_dict=True, strict=self.lightning_module.strict_loading)
         set_model_state_dict(self.model, checkpoint.pop("state_dict"), options=options)
         states = checkpoint.pop("optimizer_states", None)
         if states is None or self.lightning_module.trainer.state.fn != TrainerFn.FITTING:
             return checkpoint
-        if len(states) != len(self.optimizers):
-            raise RuntimeError(f"checkpoint has {len(states)} optimiser states, this run {len(self.optimizers)}")
-        recorded = checkpoint.get(optim_keys.NAMES_KEY) or []
-        for i, (optimizer, state) in enumerate(zip(self.optimizers, states)):
-            saved = optim_keys.saved_group_names(state, recorded[i] if i < len(recorded) else None)
-            if saved is None:
-                raise optim_keys.OptimizerLayoutError(
-                    f"{path}: position-keyed optimiser state without recorded parameter names (a checkpoint from "
-                    "before pacofr recorded them): FSDP cannot tell which state is whose. Resume it once with the "
-                    "DDP preset, whose checkpoints record the names."
-                )
-            named = optim_keys.to_name_keyed(state, saved)
-            set_optimizer_state_dict(self.model, optimizer, named, options=options)
+        named = optim_keys.name_keyed_states(checkpoint, states, len(self.optimizers), path)
+        for optimizer, state in zip(self.optimizers, named):
+            set_optimizer_state_dict(self.model, optimizer, state, options=options)
         return checkpoint
