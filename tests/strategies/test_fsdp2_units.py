@@ -29,8 +29,11 @@ def free_port() -> int:
 
 
 @pytest.fixture
-def one_rank():
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()))
+def one_rank(monkeypatch):
+    # monkeypatch: a MASTER_PORT left in os.environ would be inherited by later tests' `pacofr fit` processes,
+    # whose ranks would then meet on this stale port instead of a free one
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    monkeypatch.setenv("MASTER_PORT", str(free_port()))
     dist.init_process_group("gloo", rank=0, world_size=1)
     yield init_device_mesh("cpu", (1,), mesh_dim_names=("shard",))
     dist.destroy_process_group()
