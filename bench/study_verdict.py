@@ -7,6 +7,11 @@ arm, per-group parsing) are the study's own ``table.md``.
 
     python bench/study_verdict.py runs/study/default/summary.json \\
         --arms random_init,mae,mae_parse,mae_spatial,pacofr --pairs pacofr:mae_parse,pacofr:mae_spatial,mae_parse:mae
+
+``--earlier OLD_SUMMARY`` adds the (arm, seed) values of an earlier aggregate that the summary lacks: cells
+whose ``result.json`` was lost but whose scores an earlier ``summary.json`` kept. Every mean and paired
+difference of a task that gained values is then recomputed over the merged seeds, and each table says which
+cells came from the earlier summary, so a reader sees which seeds were run from which snapshot of the code.
 """
 
 from __future__ import annotations
@@ -66,7 +71,42 @@ def _difference(rows: dict[str, dict[str, Any]], arm: str, other: str, digits: i
 _T95 = [math.nan, 12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228]
 
 
-def verdict_tables(summary: dict[str, Any], arms: list[str], pairs: list[tuple[str, str]]) -> str:
+def merge_earlier(summary: dict[str, Any], earlier: dict[str, Any]) -> list[tuple[str, int]]:
+    """Add to ``summary`` (in place) the (arm, seed) values only ``earlier`` has; returns the cells added.
+
+    A task that gains values loses its precomputed comparisons (``vs``): they covered the summary's seeds
+    only, and ``_difference`` pairs the merged seeds instead.
+    """
+    added: set[tuple[str, int]] = set()
+    for key, old_task in earlier.get("tasks", {}).items():
+        task = summary.setdefault("tasks", {}).setdefault(key, {"rows": []})
+        rows = {r["arm"]: r for r in task["rows"]}
+        changed = False
+        for old in old_task.get("rows", []):
+            row = rows.get(old["arm"])
+            if row is None:
+                row = {"arm": old["arm"], "seeds": [], "values": []}
+                task["rows"].append(row)
+                rows[old["arm"]] = row
+            values = dict(zip(row["seeds"], row["values"]))
+            for seed, value in zip(old["seeds"], old["values"]):
+                if seed not in values:
+                    values[seed] = value
+                    added.add((old["arm"], seed))
+                    changed = True
+            row["seeds"] = sorted(values)
+            row["values"] = [values[s] for s in row["seeds"]]
+            finite = [v for v in row["values"] if v is not None and not math.isnan(v)]
+            row["mean"] = sum(finite) / len(finite) if finite else math.nan
+        if changed:
+            for row in task["rows"]:
+                row.pop("vs", None)
+    return sorted(added)
+
+
+def verdict_tables(
+    summary: dict[str, Any], arms: list[str], pairs: list[tuple[str, str]], earlier_cells: list[tuple[str, int]] = ()
+) -> str:
     lines = []
     for view, title in VIEWS.items():
         lines += [
@@ -85,6 +125,9 @@ def verdict_tables(summary: dict[str, Any], arms: list[str], pairs: list[tuple[s
             ]
             diffs = [_difference(rows, a, b, digits) for a, b in pairs]
             lines.append("| " + " | ".join([name, *means, *diffs]) + " |")
+        shown = [f"`{a}` seed {s}" for a, s in earlier_cells if a in arms or any(a in p for p in pairs)]
+        if shown:
+            lines += ["", "From the earlier summary (their result.json lost): " + ", ".join(shown) + "."]
         lines.append("")
     return "\n".join(lines)
 
@@ -94,10 +137,14 @@ def main() -> None:
     parser.add_argument("summary", type=Path, help="a study's summary.json (pacofr study aggregate)")
     parser.add_argument("--arms", default="random_init,mae,mae_parse,mae_spatial,pacofr", help="columns, in order")
     parser.add_argument("--pairs", default="pacofr:mae_parse,pacofr:mae_spatial,mae_parse:mae", help="a:b differences")
+    parser.add_argument(
+        "--earlier", type=Path, help="an earlier summary.json: its (arm, seed) values the summary lacks"
+    )
     args = parser.parse_args()
     summary = json.loads(args.summary.read_text())
     pairs = [tuple(p.split(":", 1)) for p in args.pairs.split(",")]
-    print(verdict_tables(summary, args.arms.split(","), pairs))  # type: ignore[arg-type]
+    added = merge_earlier(summary, json.loads(args.earlier.read_text())) if args.earlier else []
+    print(verdict_tables(summary, args.arms.split(","), pairs, added))  # type: ignore[arg-type]
 
 
 if __name__ == "__main__":

@@ -40,3 +40,28 @@ def test_paired_differences_and_intervals(tmp_path):
     # mae - pacofr, three seeds: diffs 0.03, 0.04, 0.03 -> mean 0.0333, sd 0.00577, t(2) = 4.303
     assert cells[5] == "+0.0333 [+0.0190, +0.0477] (3 seeds)"
     assert "25 %-visible subsets" in out  # the second view's header (its task is absent: no rows)
+
+
+def test_earlier_summary_fills_lost_cells_and_repairs(tmp_path):
+    # the new aggregate holds seed 2 only; seeds 0 and 1 survive in an earlier summary (their result.json lost)
+    stale = {"mae": {"seeds": [2], "mean": 0.5, "ci95": [None, None]}}  # covers seed 2 alone: must be recomputed
+    new = {"tasks": {"landmarks/clean": {"rows": [row("mae", [2], [0.16]), row("pacofr", [2], [0.13], stale)]}}}
+    old = {
+        "tasks": {
+            "landmarks/clean": {
+                "rows": [row("mae", [0, 1, 2], [0.17, 0.18, 0.99]), row("pacofr", [0, 1], [0.14, 0.14])]
+            }
+        }
+    }
+    (tmp_path / "new.json").write_text(json.dumps(new))
+    (tmp_path / "old.json").write_text(json.dumps(old))
+    out = subprocess.run(
+        [sys.executable, str(REPO / "bench" / "study_verdict.py"), str(tmp_path / "new.json"), "--arms", "mae,pacofr"]
+        + ["--pairs", "mae:pacofr", "--earlier", str(tmp_path / "old.json")],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    line = next(line for line in out.splitlines() if line.startswith("| landmark NME"))
+    cells = [c.strip() for c in line.strip("|").split("|")]
+    assert cells[1:3] == ["0.1700 (3)", "0.1367 (3)"]  # the new seed-2 value wins over the earlier 0.99
+    assert cells[3] == "+0.0333 [+0.0190, +0.0477] (3 seeds)"  # paired over the merged seeds, not the stale vs
+    assert "`mae` seed 0, `mae` seed 1, `pacofr` seed 0, `pacofr` seed 1." in out
