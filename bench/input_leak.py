@@ -2,24 +2,24 @@
 question (b)): a linear read-out of each substitute, scored against the patch's reconstruction target.
 
 In ``PaCoFRFull`` every masked patch enters the encoder as a substitute token: the candidate mix of the codes the
-codebook believes in (``candidates``), the same weights over random codes (``random_codes``), the patch
-embedding of the 4x4-pooled patch (``lowpass``) or a learned mask token. If a substitute carries most of the
-patch, the reconstruction of the masked patches is close to a copy, whatever the probe then says. For each
-finished checkpoint given, every substitute is computed for every patch of held-out faces with that checkpoint's
-codebook and patch embedding, and a ridge regression (``pacofr.eval.ridge``, its strength chosen on held-out
-faces) is fitted from the substitute (with the patch's position, which the encoder adds) to the patch's
-normalised pixels, on training faces; the table is its mean squared error on other faces. The target is
-normalised per patch, so predicting zero scores about 1.0 and each position's mean target (the position prior)
-is the floor any substitute must beat. ``pooled pixels`` is the read-out from the 4x4-pooled patch itself (48
-numbers): what the low-pass view holds before the patch embedding.
+codebook believes in (``candidates``), the same weights over random codes (``random_codes``), the patch embedding of
+the patch average-pooled f x f (``lowpass``, ``lowpass_factor`` f) or a learned mask token. If a substitute carries
+most of the patch, the reconstruction of the masked patches is close to a copy, whatever the probe then says. For
+each finished checkpoint given, every substitute is computed for every patch of held-out faces with that
+checkpoint's codebook and patch embedding, and a ridge regression (``pacofr.eval.ridge``, its strength chosen on
+held-out faces) is fitted from the substitute (with the patch's position, which the encoder adds) to the patch's
+normalised pixels, on training faces; the table is its mean squared error on other faces. The target is normalised
+per patch, so predicting zero scores about 1.0 and each position's mean target (the position prior) is the floor any
+substitute must beat. ``pooled pixels f x f`` is the read-out from the pooled patch itself (3 x (16/f)^2 numbers):
+what the low-pass view holds before the patch embedding. ``--lowpass-factors`` (default 4 8) gives a row of each per
+pooling window: the one whose read-out matches the candidate mix's is the information-matched control.
 
     .venv/bin/python bench/input_leak.py --data-root data/study-faces \\
         --checkpoint pacofr_full=runs/study/default/pacofr_full/seed0/run/checkpoints/last.ckpt
 
-The substitutes do not depend on which one the checkpoint trained with (each is computed from the checkpoint's
-own codebook and patch embedding), so one checkpoint gives every row; the mask token carries no patch content
-and scores the position prior by construction.
-"""
+The substitutes do not depend on which one the checkpoint trained with (each is computed from the checkpoint's own
+codebook and patch embedding), so one checkpoint gives every row; the mask token carries no patch content and scores
+the position prior by construction."""
 
 from __future__ import annotations
 
@@ -38,7 +38,7 @@ from pacofr.eval.datasets.synth import SynthFaces
 from pacofr.eval.probe_faces import to_batch
 from pacofr.eval.ridge import fit_ridge
 
-SUBSTITUTES = ("candidates", "random_codes", "lowpass", "pooled pixels")
+CODEBOOK_SUBSTITUTES = ("candidates", "random_codes")
 
 
 def load_objective(path: Path) -> torch.nn.Module:
@@ -66,12 +66,14 @@ def read_faces(root: Path, split: str, count: int, size: int, seed: int) -> torc
 
 
 @torch.no_grad()
-def substitutes(objective: Any, images: torch.Tensor, seed: int, batch: int = 50) -> dict[str, torch.Tensor]:
-    """name -> (B, N, d) every patch's substitute (the codebook's two mixes, the low-pass embedding), and
-    ``target`` -> (B, N, P) its normalised pixels."""
+def substitutes(
+    objective: Any, images: torch.Tensor, seed: int, factors: tuple[int, ...] = (4, 8), batch: int = 50
+) -> dict[str, torch.Tensor]:
+    """name -> (B, N, d) every patch's substitute (the codebook's two mixes, the low-pass embedding per pooling
+    window ``f`` in ``factors``), and ``target`` -> (B, N, P) its normalised pixels."""
     torch.manual_seed(seed)  # the random codes
-    out: dict[str, list[torch.Tensor]] = {name: [] for name in ("candidates", "random_codes", "lowpass", "target")}
-    f = getattr(objective, "lowpass_factor", 4)
+    names = (*CODEBOOK_SUBSTITUTES, *(f"lowpass {f}x{f}" for f in factors), "target")
+    out: dict[str, list[torch.Tensor]] = {name: [] for name in names}
     for start in range(0, images.shape[0], batch):
         x = images[start : start + batch]
         target = objective.normalized_patches(x)
@@ -79,8 +81,9 @@ def substitutes(objective: Any, images: torch.Tensor, seed: int, batch: int = 50
         out["target"].append(target)
         out["candidates"].append(objective.codebook(target, every)["replace_tokens"])
         out["random_codes"].append(objective.codebook(target, every, random_candidates=True)["replace_tokens"])
-        pooled = F.interpolate(F.avg_pool2d(x, f), scale_factor=f, mode="nearest")
-        out["lowpass"].append(objective.encoder.embed_patches(pooled))
+        for f in factors:  # PaCoFRFull.lowpass_tokens' arithmetic for every window
+            pooled = F.interpolate(F.avg_pool2d(x, f), scale_factor=f, mode="nearest")
+            out[f"lowpass {f}x{f}"].append(objective.encoder.embed_patches(pooled))
     return {name: torch.cat(parts) for name, parts in out.items()}
 
 
@@ -98,12 +101,17 @@ def mse(prediction: torch.Tensor, target: torch.Tensor) -> float:
     return float(((prediction - target) ** 2).mean())
 
 
-def leak_table(objective: Any, train: torch.Tensor, test: torch.Tensor, seed: int) -> dict[str, float]:
+def leak_table(
+    objective: Any, train: torch.Tensor, test: torch.Tensor, seed: int, factors: tuple[int, ...] = (4, 8)
+) -> dict[str, float]:
     """Held-out MSE of each read-out (ridge from substitute + position one-hot) of the normalised pixels."""
-    factor = getattr(objective, "lowpass_factor", 4)
-    sets = {"train": substitutes(objective, train, seed), "test": substitutes(objective, test, seed + 1)}
+    sets = {
+        "train": substitutes(objective, train, seed, factors),
+        "test": substitutes(objective, test, seed + 1, factors),
+    }
     for split, images in (("train", train), ("test", test)):
-        sets[split]["pooled pixels"] = pooled_pixels(objective, images, factor)
+        for f in factors:
+            sets[split][f"pooled pixels {f}x{f}"] = pooled_pixels(objective, images, f)
     n_patches = sets["train"]["target"].shape[1]
     y_train = sets["train"]["target"].reshape(-1, sets["train"]["target"].shape[-1])
     y_test = sets["test"]["target"].reshape(-1, y_train.shape[-1])
@@ -113,7 +121,8 @@ def leak_table(objective: Any, train: torch.Tensor, test: torch.Tensor, seed: in
         "position prior (= mask token)": mse(position_prior.expand_as(sets["test"]["target"]), sets["test"]["target"]),
     }
     faces = torch.arange(train.shape[0]).repeat_interleave(n_patches)
-    for name in SUBSTITUTES:
+    read_from = [name for name in sets["train"] if name != "target"]
+    for name in read_from:
         feats = {}
         for split in ("train", "test"):
             x = sets[split][name]
@@ -131,6 +140,7 @@ def main() -> None:
     parser.add_argument("--train-faces", type=int, default=400, help="faces the read-out is fitted on (train split)")
     parser.add_argument("--test-faces", type=int, default=300, help="faces it is scored on (val split)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--lowpass-factors", type=int, nargs="+", default=[4, 8], help="pooling windows (divide 16)")
     parser.add_argument("--out", type=Path, default=None, help="JSON of the scores")
     args = parser.parse_args()
     results: dict[str, dict[str, float]] = {}
@@ -142,7 +152,7 @@ def main() -> None:
         size = objective.img_size
         train = read_faces(args.data_root, "train", args.train_faces, size, args.seed)
         test = read_faces(args.data_root, "val", args.test_faces, size, args.seed)
-        results[label] = leak_table(objective, train, test, args.seed)
+        results[label] = leak_table(objective, train, test, args.seed, tuple(args.lowpass_factors))
     rows = list(next(iter(results.values())))
     print("held-out MSE of a linear read-out of the masked patch's normalised pixels (1.0: predicting zero)\n")
     print("| read from | " + " | ".join(f"`{label}`" for label in results) + " |")

@@ -48,12 +48,14 @@ def test_pooled_pixels_are_each_patch_pooled():
 def test_lowpass_read_out_beats_the_position_prior_and_matches_its_pixels():
     torch.manual_seed(0)
     model = PaCoFRFull(**CORE, **CB, mask_ratio=0.5).eval()
-    scores = leak.leak_table(model, smooth_images(60, 1), smooth_images(30, 2), seed=0)
+    scores = leak.leak_table(model, smooth_images(60, 1), smooth_images(30, 2), seed=0, factors=(4, 16))
     assert abs(scores["zero"] - 1.0) < 0.05  # the target is normalised per patch
     assert scores["position prior (= mask token)"] < scores["zero"] + 0.05  # random images: no position structure
-    assert scores["lowpass"] < 0.6 * scores["position prior (= mask token)"]  # smooth patches: the pool holds them
+    assert scores["lowpass 4x4"] < 0.6 * scores["position prior (= mask token)"]  # smooth patches: the pool holds them
+    assert scores["lowpass 4x4"] < scores["lowpass 16x16"]  # a coarser window holds less of the patch
     # the patch embedding is linear in the pooled pixels: the same read-out up to the ridge's strength choice
-    assert scores["lowpass"] == pytest.approx(scores["pooled pixels"], abs=0.03)
+    for f in (4, 16):
+        assert scores[f"lowpass {f}x{f}"] == pytest.approx(scores[f"pooled pixels {f}x{f}"], abs=0.03)
     assert all(0.0 <= v < 1.5 for v in scores.values())
 
 
