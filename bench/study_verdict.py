@@ -105,10 +105,16 @@ def merge_earlier(summary: dict[str, Any], earlier: dict[str, Any]) -> list[tupl
 
 
 def verdict_tables(
-    summary: dict[str, Any], arms: list[str], pairs: list[tuple[str, str]], earlier_cells: list[tuple[str, int]] = ()
+    summary: dict[str, Any],
+    arms: list[str],
+    pairs: list[tuple[str, str]],
+    earlier_cells: list[tuple[str, int]] = (),
+    views: list[str] | None = None,
 ) -> str:
     lines = []
     for view, title in VIEWS.items():
+        if views is not None and view not in views:
+            continue
         lines += [
             f"**{title}** (clean faces; mean over seeds, seeds in brackets; Δ: paired over seeds, 95 % t-interval)",
             "",
@@ -140,11 +146,14 @@ def main() -> None:
     parser.add_argument(
         "--earlier", type=Path, help="an earlier summary.json: its (arm, seed) values the summary lacks"
     )
+    parser.add_argument("--views", default=",".join(VIEWS), help="readings to print, of: " + ", ".join(VIEWS))
     args = parser.parse_args()
+    if unknown := set(args.views.split(",")) - set(VIEWS):
+        parser.error(f"unknown view(s) {sorted(unknown)}; use {', '.join(VIEWS)}")
     summary = json.loads(args.summary.read_text())
     pairs = [tuple(p.split(":", 1)) for p in args.pairs.split(",")]
     added = merge_earlier(summary, json.loads(args.earlier.read_text())) if args.earlier else []
-    print(verdict_tables(summary, args.arms.split(","), pairs, added))  # type: ignore[arg-type]
+    print(verdict_tables(summary, args.arms.split(","), pairs, added, args.views.split(",")))  # type: ignore[arg-type]
 
 
 if __name__ == "__main__":

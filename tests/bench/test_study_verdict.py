@@ -40,6 +40,11 @@ def test_paired_differences_and_intervals(tmp_path):
     # mae - pacofr, three seeds: diffs 0.03, 0.04, 0.03 -> mean 0.0333, sd 0.00577, t(2) = 4.303
     assert cells[5] == "+0.0333 [+0.0190, +0.0477] (3 seeds)"
     assert "25 %-visible subsets" in out  # the second view's header (its task is absent: no rows)
+    only = subprocess.run(
+        [sys.executable, str(REPO / "bench" / "study_verdict.py"), str(path), "--arms", "mae", "--views", "full"],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    assert "| landmark NME" in only and "25 %-visible subsets" not in only
 
 
 def test_earlier_summary_fills_lost_cells_and_repairs(tmp_path):
