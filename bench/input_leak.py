@@ -32,13 +32,19 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from pacofr.eval.backbone import load_checkpoint
+from pacofr.eval.backbone import CheckpointError, load_checkpoint
 from pacofr.eval.crop import IMAGENET_MEAN, IMAGENET_STD, crop_resize
 from pacofr.eval.datasets.synth import SynthFaces
 from pacofr.eval.probe_faces import to_batch
 from pacofr.eval.ridge import fit_ridge
+from pacofr.models.patches import patchify
+from pacofr.run_folder import atomic_write_text
 
 CODEBOOK_SUBSTITUTES = ("candidates", "random_codes")
+
+
+class LeakInputError(ValueError):
+    """A checkpoint or dataset this measurement cannot use (main prints it on one line, exit 2)."""
 
 
 def load_objective(path: Path) -> torch.nn.Module:
@@ -51,7 +57,7 @@ def load_objective(path: Path) -> torch.nn.Module:
     state = {k[len(prefix) :]: v for k, v in checkpoint["state_dict"].items() if k.startswith(prefix)}
     objective.load_state_dict(state)
     if not hasattr(objective, "codebook"):
-        raise SystemExit(f"{path}: {spec['class_path']} has no codebook; give a PaCo-FR checkpoint")
+        raise LeakInputError(f"{path}: {spec['class_path']} has no codebook; give a PaCo-FR checkpoint")
     return objective.eval()
 
 
@@ -59,7 +65,7 @@ def read_faces(root: Path, split: str, count: int, size: int, seed: int) -> torc
     """(count, 3, size, size) normalised images of ``count`` faces of ``split``, drawn by ``seed``."""
     reader = SynthFaces(root, split)
     if count > len(reader):
-        raise SystemExit(f"{root} split {split!r} has {len(reader)} faces, fewer than the {count} asked for")
+        raise LeakInputError(f"{root} split {split!r} has {len(reader)} faces, fewer than the {count} asked for")
     picks = torch.randperm(len(reader), generator=torch.Generator().manual_seed(seed))[:count].tolist()
     images = [crop_resize(reader[i], size, use_box=False)["image"] for i in picks]
     return to_batch(images, IMAGENET_MEAN, IMAGENET_STD)
@@ -89,12 +95,8 @@ def substitutes(
 
 def pooled_pixels(objective: Any, images: torch.Tensor, factor: int) -> torch.Tensor:
     """(B, N, 3 * (p / factor)^2): each patch average-pooled ``factor`` x ``factor`` (the low-pass view's numbers)."""
-    p = objective.patch_size
-    pooled = F.avg_pool2d(images, factor)  # (B, 3, S/f, S/f): one value per f x f cell
-    q = p // factor
-    b, c, h, w = pooled.shape
-    cells = pooled.reshape(b, c, h // q, q, w // q, q).permute(0, 2, 4, 3, 5, 1)
-    return cells.reshape(b, (h // q) * (w // q), q * q * c)
+    # one value per f x f cell; a patch of p pixels is a patch of p / f cells
+    return patchify(F.avg_pool2d(images, factor), objective.patch_size // factor)
 
 
 def mse(prediction: torch.Tensor, target: torch.Tensor) -> float:
@@ -121,13 +123,15 @@ def leak_table(
         "position prior (= mask token)": mse(position_prior.expand_as(sets["test"]["target"]), sets["test"]["target"]),
     }
     faces = torch.arange(train.shape[0]).repeat_interleave(n_patches)
+    positions = F.one_hot(torch.arange(n_patches), n_patches).float()  # (N, N): which patch each row is
     read_from = [name for name in sets["train"] if name != "target"]
     for name in read_from:
         feats = {}
         for split in ("train", "test"):
             x = sets[split][name]
-            onehot = F.one_hot(torch.arange(n_patches), n_patches).float().expand(x.shape[0], -1, -1)
-            feats[split] = torch.cat([x, onehot], dim=-1).reshape(-1, x.shape[-1] + n_patches)
+            feats[split] = torch.cat([x, positions.expand(x.shape[0], -1, -1)], dim=-1).reshape(
+                -1, x.shape[-1] + n_patches
+            )
         fit = fit_ridge(feats["train"], {"pixels": y_train}, torch.Generator().manual_seed(seed), groups=faces)
         scores[name] = mse(fit["pixels"].predict(feats["test"]), y_test)
     return scores
@@ -143,16 +147,25 @@ def main() -> None:
     parser.add_argument("--lowpass-factors", type=int, nargs="+", default=[4, 8], help="pooling windows (divide 16)")
     parser.add_argument("--out", type=Path, default=None, help="JSON of the scores")
     args = parser.parse_args()
+    checkpoints = [item.partition("=")[::2] for item in args.checkpoint]
+    if bad := [item for item, (_, path) in zip(args.checkpoint, checkpoints) if not path]:
+        parser.error(f"--checkpoint wants LABEL=PATH, got {bad[0]!r}")
     results: dict[str, dict[str, float]] = {}
-    for item in args.checkpoint:
-        label, _, path = item.partition("=")
-        if not path:
-            raise SystemExit(f"--checkpoint wants LABEL=PATH, got {item!r}")
-        objective = load_objective(Path(path))
-        size = objective.img_size
-        train = read_faces(args.data_root, "train", args.train_faces, size, args.seed)
-        test = read_faces(args.data_root, "val", args.test_faces, size, args.seed)
-        results[label] = leak_table(objective, train, test, args.seed, tuple(args.lowpass_factors))
+    faces: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # image size -> (train, test): read once
+    try:
+        for label, path in checkpoints:
+            objective = load_objective(Path(path))
+            if bad_factors := [f for f in args.lowpass_factors if f <= 0 or objective.patch_size % f]:
+                parser.error(f"--lowpass-factors {bad_factors} do not divide the patch size {objective.patch_size}")
+            size = objective.img_size
+            if size not in faces:
+                faces[size] = tuple(
+                    read_faces(args.data_root, split, count, size, args.seed)
+                    for split, count in (("train", args.train_faces), ("val", args.test_faces))
+                )
+            results[label] = leak_table(objective, *faces[size], args.seed, tuple(args.lowpass_factors))
+    except (LeakInputError, CheckpointError, OSError) as err:
+        parser.exit(2, f"input_leak: {' '.join(str(err).split())}\n")
     rows = list(next(iter(results.values())))
     print("held-out MSE of a linear read-out of the masked patch's normalised pixels (1.0: predicting zero)\n")
     print("| read from | " + " | ".join(f"`{label}`" for label in results) + " |")
@@ -160,7 +173,9 @@ def main() -> None:
     for row in rows:
         print(f"| {row} | " + " | ".join(f"{results[label][row]:.3f}" for label in results) + " |")
     if args.out is not None:
-        args.out.write_text(json.dumps({"train_faces": args.train_faces, "test_faces": args.test_faces, **results}))
+        atomic_write_text(
+            args.out, json.dumps({"train_faces": args.train_faces, "test_faces": args.test_faces, **results})
+        )
 
 
 if __name__ == "__main__":

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import importlib.util
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -71,5 +73,21 @@ def test_load_objective_round_trip_and_refusal(tmp_path):
 
     mae_args = {**CORE, "mask_ratio": 0.75}
     save_checkpoint(tmp_path / "mae.ckpt", MAE(**mae_args), "pacofr.objectives.MAE", mae_args)
-    with pytest.raises(SystemExit, match="has no codebook"):
+    with pytest.raises(leak.LeakInputError, match="has no codebook"):
         leak.load_objective(tmp_path / "mae.ckpt")
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--checkpoint", "no_equals_sign"], "--checkpoint wants LABEL=PATH"),
+        (["--checkpoint", "x=/nonexistent/last.ckpt"], "input_leak: "),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(tmp_path, args, message):
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "bench" / "input_leak.py"), "--data-root", str(tmp_path), *args],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 2, proc.stderr
+    assert message in proc.stderr and "Traceback" not in proc.stderr
