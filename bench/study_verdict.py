@@ -150,9 +150,16 @@ def main() -> None:
     args = parser.parse_args()
     if unknown := set(args.views.split(",")) - set(VIEWS):
         parser.error(f"unknown view(s) {sorted(unknown)}; use {', '.join(VIEWS)}")
-    summary = json.loads(args.summary.read_text())
+
+    def read(path: Path) -> dict[str, Any]:
+        try:
+            return json.loads(path.read_text())
+        except (OSError, ValueError) as err:
+            parser.exit(2, f"study_verdict: cannot read {path} ({type(err).__name__}): give a study's summary.json\n")
+
+    summary = read(args.summary)
     pairs = [tuple(p.split(":", 1)) for p in args.pairs.split(",")]
-    added = merge_earlier(summary, json.loads(args.earlier.read_text())) if args.earlier else []
+    added = merge_earlier(summary, read(args.earlier)) if args.earlier else []
     print(verdict_tables(summary, args.arms.split(","), pairs, added, args.views.split(",")))  # type: ignore[arg-type]
 
 

@@ -70,3 +70,13 @@ def test_earlier_summary_fills_lost_cells_and_repairs(tmp_path):
     assert cells[1:3] == ["0.1700 (3)", "0.1367 (3)"]  # the new seed-2 value wins over the earlier 0.99
     assert cells[3] == "+0.0333 [+0.0190, +0.0477] (3 seeds)"  # paired over the merged seeds, not the stale vs
     assert "`mae` seed 0, `mae` seed 1, `pacofr` seed 0, `pacofr` seed 1." in out
+
+
+def test_unreadable_summary_is_one_line_and_exit_2(tmp_path):
+    (tmp_path / "broken.json").write_text("{not json")
+    for args in ([str(tmp_path / "missing.json")], [str(tmp_path / "broken.json")]):
+        proc = subprocess.run(
+            [sys.executable, str(REPO / "bench" / "study_verdict.py"), *args], capture_output=True, text=True
+        )
+        assert proc.returncode == 2 and "study_verdict: cannot read" in proc.stderr, proc.stderr
+        assert "Traceback" not in proc.stderr
