@@ -165,7 +165,7 @@ def test_the_3x_study_takes_the_default_arms_and_scales_only_the_schedule():
         "mae_spatial",
         "pacofr",
         "pacofr_full",
-        "full_mask_token",
+        "full_lowpass8",
     ]
     assert all(a == by_name[a.name] for a in longer.arms)  # the very arms of the default study
     assert longer.references == ("mae", "mae_spatial")
