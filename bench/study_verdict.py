@@ -22,6 +22,8 @@ import math
 from pathlib import Path
 from typing import Any
 
+from pacofr.study.report import paired
+
 MEASURES = [  # (measure, name, digits)
     ("landmarks", "landmark NME ↓", 4),
     ("pose", "pose MAE (°) ↓", 2),
@@ -55,20 +57,8 @@ def _difference(rows: dict[str, dict[str, Any]], arm: str, other: str, digits: i
         return "–"
     if other in row.get("vs", {}):
         return _paired(row["vs"][other], digits)
-    theirs = dict(zip(rows[other]["seeds"], rows[other]["values"]))
-    diffs = [v - theirs[s] for s, v in zip(row["seeds"], row["values"]) if s in theirs]
-    if not diffs:
-        return "–"
-    mean = sum(diffs) / len(diffs)
-    if len(diffs) < 2:
-        return f"{mean:+.{digits}f} (1 seed)"
-    sd = math.sqrt(sum((d - mean) ** 2 for d in diffs) / (len(diffs) - 1))
-    half = _T95[min(len(diffs) - 1, len(_T95) - 1)] * sd / math.sqrt(len(diffs))
-    return f"{mean:+.{digits}f} [{mean - half:+.{digits}f}, {mean + half:+.{digits}f}] ({len(diffs)} seeds)"
-
-
-# two-sided 95 % t quantiles by degrees of freedom (index = df)
-_T95 = [math.nan, 12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228]
+    mine, theirs = (dict(zip(r["seeds"], r["values"])) for r in (row, rows[other]))
+    return _paired(paired(mine, theirs, higher=True), digits)  # the aggregate's own pairing and t-interval
 
 
 def merge_earlier(summary: dict[str, Any], earlier: dict[str, Any]) -> list[tuple[str, int]]:
