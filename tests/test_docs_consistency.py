@@ -465,3 +465,16 @@ def test_the_label_and_region_counts():
     assert not wrong, f"pacofr.data.format has {NUM_REGIONS} region groups; the pages say {wrong}"
     labels = re.search(r"\b(\d+) CelebAMask-HQ classes", read(README)).group(1)
     assert int(labels) == NUM_LABELS
+
+
+def test_the_readme_study_verdict_quotes_docs_study_md():
+    """README's verdict summary quotes docs/study.md's generated verdict (bench/study_verdict_doc.py): every paired
+    difference with its interval that README gives is, character for character, one the data gave there."""
+    readme = read(README)
+    section = readme[readme.index("**Verdict so far**") : readme.index("## Running on SLURM")]
+    quoted = re.findall(r"[+−-]\d+\.\d+°? \[[+−-]\d+\.\d+, [+−-]\d+\.\d+\]", section)
+    assert quoted, "README's study verdict quotes no interval: the pattern no longer matches its format"
+    study = read(REPO / "docs" / "study.md")
+    verdict = study[study.index("## Verdict so far") : study.index("## Running it")]
+    missing = [q for q in quoted if q not in verdict]
+    assert not missing, f"README quotes intervals docs/study.md's verdict does not give: {missing}"
