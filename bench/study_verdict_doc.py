@@ -12,8 +12,10 @@ Tokens (``{{...}}``; ``view`` is ``full``, all patches in one forward, or ``subs
 - ``{{Dm measure a b [view]}}``: the mean paired difference alone; ``{{M measure arm [view]}}``: an arm's mean;
 - ``{{N arm}}``: how many seeds an arm has; ``{{N2 a b}}``: how many both have;
 - the same with ``@3x`` (``{{D@3x ...}}``, ``{{N@3x ...}}``): from the 3×-compute study's summary;
-- named blocks: ``{{TABLE name}}`` (a table of ``TABLES``), ``{{LEAK}}`` (``bench/input_leak.py``'s
-  read-outs), ``{{MAE_FULL_LOSS}}``, ``{{SEEDS_FULL}}``, ``{{CELLS}}``, ``{{TODO}}`` (the cells not run yet).
+- named blocks: ``{{TABLE name}}`` (a table of ``TABLES``; ``{{TABLE@3x compute3x}}`` from the 3× summary),
+  ``{{LEAK}}`` (``bench/input_leak.py``'s read-outs), ``{{MAE_FULL_LOSS}}``, ``{{SEEDS_FULL}}``, ``{{CELLS}}``,
+  ``{{CELLS3X}}``, ``{{TODO}}`` (the cells not run yet); with a 3× summary also ``{{GAPS}}`` (each decisive gap
+  at 800 and at 2,400 steps) and ``{{GAINS}}`` (each arm at 2,400 steps minus at 800, paired by seed).
 
 The default study's numbers merge ``docs/study_controls/summary.json`` with the cells of the earlier d3e334c
 aggregate that it lacks (``study_verdict.merge_earlier``), exactly as the tables do.
@@ -107,6 +109,9 @@ class Study:
             raise KeyError(f"the summary has no task {key}")
         return {r["arm"]: r for r in task["rows"]}
 
+    def has(self, measure: str) -> bool:
+        return f"{measure}/clean" in self.summary.get("tasks", {})
+
     def difference(self, measure: str, a: str, b: str, view: str = "full", mean_only: bool = False) -> str:
         rows = self.rows(measure, view)
         for arm in (a, b):
@@ -196,6 +201,60 @@ def _by_arm(cells: list[str]) -> str:
     return "; ".join(f"`{a}` seed{'s' if len(s) > 1 else ''} {', '.join(s)}" for a, s in by_arm.items())
 
 
+GAP_MEASURES = ["landmarks", "pose", "verification_learned", "parsing_r2"]
+GAP_PAIRS = [
+    "pacofr:mae_spatial",
+    "pacofr:mae_parse",
+    "mae_spatial:mae",
+    "pacofr_full:full_lowpass8",
+    "pacofr_full:mae_spatial",
+]
+
+
+def _measure_name(measure: str) -> str:
+    return next(name for m, name, _ in sv.MEASURES if m == measure)
+
+
+def _with_seeds(study: Study, measure: str, a: str, b: str) -> str:
+    rows = study.rows(measure)
+    if a not in rows or b not in rows:
+        return "–"
+    n = len(set(rows[a]["seeds"]) & set(rows[b]["seeds"]))
+    return f"{study.difference(measure, a, b)} ({n})" if n else "–"
+
+
+def gap_table(default: Study, compute3x: Study) -> str:
+    """Each decisive gap at 800 steps and at 2,400: does it widen or close with compute? (all patches, clean)"""
+    lines = [
+        "| pair | measure | at 800 steps (seeds) | at 2,400 steps (seeds) |",
+        "| --- | --- | --- | --- |",
+    ]
+    for pair in GAP_PAIRS:
+        a, b = pair.split(":")
+        for measure in [m for m in GAP_MEASURES if default.has(m) and compute3x.has(m)]:
+            at1, at3 = _with_seeds(default, measure, a, b), _with_seeds(compute3x, measure, a, b)
+            lines.append(f"| `{a}` − `{b}` | {_measure_name(measure)} | {at1} | {at3} |")
+    return "\n".join(lines)
+
+
+def gain_table(default: Study, compute3x: Study) -> str:
+    """What 3x the steps does to each arm: its score at 2,400 steps minus at 800, paired by seed."""
+    arms = TABLES["compute3x"][0]
+    lines = ["| measure | " + " | ".join(f"`{a}`" for a in arms) + " |", "|" + " --- |" * (len(arms) + 1)]
+    for measure in [m for m in GAP_MEASURES if default.has(m) and compute3x.has(m)]:
+        cells = []
+        for arm in arms:
+            at1, at3 = default.rows(measure).get(arm), compute3x.rows(measure).get(arm)
+            if at1 is None or at3 is None:
+                cells.append("–")
+                continue
+            merged = {"late": {**at3, "arm": "late", "vs": {}}, "early": {**at1, "arm": "early", "vs": {}}}
+            text = sv._difference(merged, "late", "early", DIGITS[measure])
+            cells.append(text.replace(" seeds)", ")").replace(" seed)", ")").replace("-", "−"))
+        lines.append(f"| {_measure_name(measure)} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def render(template: str, default: Study, compute3x: Study | None) -> str:
     missing = _missing(default.summary, default.earlier_cells)
     missing3x = list(compute3x.summary.get("missing_cells", [])) if compute3x else []
@@ -218,6 +277,9 @@ def render(template: str, default: Study, compute3x: Study | None) -> str:
         "CELLS3X": lambda: str(COMPUTE3X_CELLS - len(missing3x)) if compute3x else "0",
         "TODO": lambda: "; ".join(todo) if todo else "nothing: every cell of both grids has run",
     }
+    if compute3x is not None:
+        named["GAPS"] = lambda: gap_table(default, compute3x)
+        named["GAINS"] = lambda: gain_table(default, compute3x)
 
     def fill(match: re.Match[str]) -> str:
         word, *args = match.group(1).split()

@@ -72,3 +72,23 @@ def test_unknown_arms_tokens_and_tasks_raise(token):
     doc = load()
     with pytest.raises(KeyError):
         doc.render(token, doc.Study(summary()), None)
+
+
+def test_gaps_and_gains_pair_800_and_2400_steps_by_seed():
+    doc = load()
+    default = doc.Study(summary())
+    late = summary()
+    late["tasks"]["landmarks/clean"]["rows"] = [row("mae", [0, 1], [0.15, 0.16]), row("pacofr", [0, 1], [0.13, 0.13])]
+    compute3x = doc.Study(late)
+    gaps = doc.render("{{GAPS}}", default, compute3x)
+    line = next(x for x in gaps.splitlines() if x.startswith("| `pacofr` − `mae_spatial` | landmark NME"))
+    assert line.endswith("| – | – |")  # mae_spatial has no cells in either summary
+    gains = doc.render("{{GAINS}}", default, compute3x)
+    line = next(x for x in gains.splitlines() if x.startswith("| landmark NME"))
+    cells = [c.strip() for c in line.strip("|").split("|")]
+    # mae: 0.15 - 0.17, 0.16 - 0.18 -> -0.02 on both seeds (sd 0: a zero-width interval); pacofr: -0.01, -0.01
+    assert cells[1].startswith("−0.0200") and cells[1].endswith("(2)")
+    assert cells[4].startswith("−0.0100") and cells[4].endswith("(2)")
+    assert cells[2] == "–"  # mae_parse: in neither
+    with pytest.raises(KeyError):
+        doc.render("{{GAPS}}", default, None)
