@@ -11,6 +11,8 @@ Tokens (``{{...}}``; ``view`` is ``full``, all patches in one forward, or ``subs
   have, e.g. ``−0.0028 [−0.0038, −0.0018]`` (pose: ``−0.15° [−0.26, −0.03]``); one seed: the difference alone;
 - ``{{Dm measure a b [view]}}``: the mean paired difference alone; ``{{M measure arm [view]}}``: an arm's mean;
 - ``{{N arm}}``: how many seeds an arm has; ``{{N2 a b}}``: how many both have;
+- ``{{G measure arm}}``: the arm at 2,400 steps minus itself at 800, paired by seed; ``{{C measure a b}}``: how
+  the gap ``a − b`` changes from 800 to 2,400 steps, paired by seed;
 - the same with ``@3x`` (``{{D@3x ...}}``, ``{{N@3x ...}}``): from the 3×-compute study's summary;
 - named blocks: ``{{TABLE name}}`` (a table of ``TABLES``; ``{{TABLE@3x compute3x}}`` from the 3× summary),
   ``{{LEAK}}`` (``bench/input_leak.py``'s read-outs), ``{{MAE_FULL_LOSS}}``, ``{{SEEDS_FULL}}``, ``{{CELLS}}``,
@@ -95,6 +97,20 @@ def _read(path: Path) -> dict[str, Any]:
         sys.exit(f"study_verdict_doc: cannot read {path} ({type(err).__name__})")
 
 
+def _format(text: str, measure: str, count: bool = False, mean_only: bool = False) -> str:
+    """``study_verdict``'s ``-0.0028 [-0.0038, -0.0018] (3 seeds)`` as the prose writes it: typographic minus,
+    pose's unit after the difference, the seed count as ``(3)`` or dropped."""
+    value, _, seeds = text.partition(" (")
+    if mean_only:
+        value = value.split(" [")[0]
+    if measure == "pose" and value != "–":  # the unit after the difference, before its interval
+        head, _, interval = value.partition(" [")
+        value = f"{head}°" + (f" [{interval}" if interval else "")
+    if count and seeds:
+        value += f" ({seeds.split()[0]})"
+    return value.replace("-", "−")
+
+
 class Study:
     """One study's summary (the default one merged with its earlier aggregate), read the verdict's way."""
 
@@ -117,14 +133,7 @@ class Study:
         for arm in (a, b):
             if arm not in rows or not rows[arm]["seeds"]:
                 raise KeyError(f"{measure}: no seeds of {arm} in the summary")
-        text = sv._difference(rows, a, b, DIGITS[measure])
-        value = text.split(" (")[0]
-        if mean_only:
-            value = value.split(" [")[0]
-        if measure == "pose":  # the unit after the difference, before its interval
-            head, _, interval = value.partition(" [")
-            value = f"{head}°" + (f" [{interval}" if interval else "")
-        return value.replace("-", "−")
+        return _format(sv._difference(rows, a, b, DIGITS[measure]), measure, mean_only=mean_only)
 
     def mean(self, measure: str, arm: str, view: str = "full") -> str:
         return f"{self.rows(measure, view)[arm]['mean']:.{DIGITS[measure]}f}"
@@ -223,18 +232,44 @@ def _with_seeds(study: Study, measure: str, a: str, b: str) -> str:
     return f"{study.difference(measure, a, b)} ({n})" if n else "–"
 
 
+def _by_seed(study: Study, measure: str, arm: str) -> dict[int, float]:
+    row = study.rows(measure).get(arm)
+    return dict(zip(row["seeds"], row["values"])) if row else {}
+
+
+def gap_change(default: Study, compute3x: Study, measure: str, a: str, b: str, count: bool = True) -> str:
+    """How the gap ``a − b`` moves from 800 to 2,400 steps: (a − b at 2,400) − (a − b at 800), paired by seed."""
+    gaps = []
+    for study in (default, compute3x):
+        mine, theirs = _by_seed(study, measure, a), _by_seed(study, measure, b)
+        gaps.append({s: mine[s] - theirs[s] for s in mine if s in theirs})
+    change = sv.paired(gaps[1], gaps[0], higher=True)
+    if change is None:
+        return "–"
+    return _format(sv._paired(change, DIGITS[measure]), measure, count=count)
+
+
 def gap_table(default: Study, compute3x: Study) -> str:
-    """Each decisive gap at 800 steps and at 2,400: does it widen or close with compute? (all patches, clean)"""
+    """Each decisive gap at 800 steps and at 2,400, and its change on the seeds both have (all patches, clean)."""
     lines = [
-        "| pair | measure | at 800 steps (seeds) | at 2,400 steps (seeds) |",
-        "| --- | --- | --- | --- |",
+        "| pair | measure | at 800 steps (seeds) | at 2,400 steps (seeds) | change, same seeds (seeds) |",
+        "| --- | --- | --- | --- | --- |",
     ]
     for pair in GAP_PAIRS:
         a, b = pair.split(":")
         for measure in [m for m in GAP_MEASURES if default.has(m) and compute3x.has(m)]:
             at1, at3 = _with_seeds(default, measure, a, b), _with_seeds(compute3x, measure, a, b)
-            lines.append(f"| `{a}` − `{b}` | {_measure_name(measure)} | {at1} | {at3} |")
+            change = gap_change(default, compute3x, measure, a, b)
+            lines.append(f"| `{a}` − `{b}` | {_measure_name(measure)} | {at1} | {at3} | {change} |")
     return "\n".join(lines)
+
+
+def arm_gain(default: Study, compute3x: Study, measure: str, arm: str, count: bool = True) -> str:
+    """An arm at 2,400 steps minus itself at 800, paired by seed: what 3x the steps does to it."""
+    gain = sv.paired(_by_seed(compute3x, measure, arm), _by_seed(default, measure, arm), higher=True)
+    if gain is None:
+        return "–"
+    return _format(sv._paired(gain, DIGITS[measure]), measure, count=count)
 
 
 def gain_table(default: Study, compute3x: Study) -> str:
@@ -242,15 +277,7 @@ def gain_table(default: Study, compute3x: Study) -> str:
     arms = TABLES["compute3x"][0]
     lines = ["| measure | " + " | ".join(f"`{a}`" for a in arms) + " |", "|" + " --- |" * (len(arms) + 1)]
     for measure in [m for m in GAP_MEASURES if default.has(m) and compute3x.has(m)]:
-        cells = []
-        for arm in arms:
-            at1, at3 = default.rows(measure).get(arm), compute3x.rows(measure).get(arm)
-            if at1 is None or at3 is None:
-                cells.append("–")
-                continue
-            merged = {"late": {**at3, "arm": "late", "vs": {}}, "early": {**at1, "arm": "early", "vs": {}}}
-            text = sv._difference(merged, "late", "early", DIGITS[measure])
-            cells.append(text.replace(" seeds)", ")").replace(" seed)", ")").replace("-", "−"))
+        cells = [arm_gain(default, compute3x, measure, arm) for arm in arms]
         lines.append(f"| {_measure_name(measure)} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -299,6 +326,12 @@ def render(template: str, default: Study, compute3x: Study | None) -> str:
             return str(len(study.seeds(args[0])))
         if op == "N2":
             return str(len(set(study.seeds(args[0])) & set(study.seeds(args[1]))))
+        if op in ("C", "G") and compute3x is None:
+            raise KeyError(f"{match.group(0)}: no 3x summary in {COMPUTE3X}")
+        if op == "C" and len(args) == 3:
+            return gap_change(default, compute3x, *args, count=False)
+        if op == "G" and len(args) == 2:
+            return arm_gain(default, compute3x, *args, count=False)
         if op == "TABLE":
             return study.table(args[0])
         if op in named and not args:

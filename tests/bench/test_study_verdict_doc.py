@@ -82,7 +82,13 @@ def test_gaps_and_gains_pair_800_and_2400_steps_by_seed():
     compute3x = doc.Study(late)
     gaps = doc.render("{{GAPS}}", default, compute3x)
     line = next(x for x in gaps.splitlines() if x.startswith("| `pacofr` − `mae_spatial` | landmark NME"))
-    assert line.endswith("| – | – |")  # mae_spatial has no cells in either summary
+    assert line.endswith("| – | – | – |")  # mae_spatial has no cells in either summary
+    line = next(x for x in gaps.splitlines() if x.startswith("| `mae_spatial` − `mae`"))
+    assert line.count("| – |") >= 1
+    # the change of a gap, paired by seed: pacofr - mae at 800 steps -0.03, -0.04 (seeds 0, 1), at 2,400 -0.02,
+    # -0.03 -> the gap closes by +0.01 on both seeds
+    change = doc.gap_change(default, compute3x, "landmarks", "pacofr", "mae")
+    assert change.startswith("+0.0100") and change.endswith("(2)")
     gains = doc.render("{{GAINS}}", default, compute3x)
     line = next(x for x in gains.splitlines() if x.startswith("| landmark NME"))
     cells = [c.strip() for c in line.strip("|").split("|")]
