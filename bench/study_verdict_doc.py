@@ -17,7 +17,8 @@ Tokens (``{{...}}``; ``view`` is ``full``, all patches in one forward, or ``subs
 - named blocks: ``{{TABLE name}}`` (a table of ``TABLES``; ``{{TABLE@3x compute3x}}`` from the 3× summary),
   ``{{LEAK}}`` (``bench/input_leak.py``'s read-outs), ``{{MAE_FULL_LOSS}}``, ``{{SEEDS_FULL}}``, ``{{CELLS}}``,
   ``{{CELLS3X}}``, ``{{TODO}}`` (the cells not run yet); with a 3× summary also ``{{GAPS}}`` (each decisive gap
-  at 800 and at 2,400 steps) and ``{{GAINS}}`` (each arm at 2,400 steps minus at 800, paired by seed).
+  at 800 and at 2,400 steps), ``{{DONE3X}}`` (the 3× cells run) and ``{{GAINS}}`` (each arm at 2,400 steps
+  minus at 800, paired by seed).
 
 The default study's numbers merge ``docs/study_controls/summary.json`` with the cells of the earlier d3e334c
 aggregate that it lacks (``study_verdict.merge_earlier``), exactly as the tables do.
@@ -307,6 +308,7 @@ def render(template: str, default: Study, compute3x: Study | None) -> str:
     if compute3x is not None:
         named["GAPS"] = lambda: gap_table(default, compute3x)
         named["GAINS"] = lambda: gain_table(default, compute3x)
+        named["DONE3X"] = lambda: _by_arm([f"{a}/seed{s}" for a in TABLES["compute3x"][0] for s in compute3x.seeds(a)])
 
     def fill(match: re.Match[str]) -> str:
         word, *args = match.group(1).split()
