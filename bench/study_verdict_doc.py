@@ -66,6 +66,16 @@ TABLES: dict[str, tuple[list[str], list[str], list[str] | None]] = {
         ["full"],
     ),
     "id_branch": (["mae", "crfrp_mae_batch", "fsfm"], ["fsfm:crfrp_mae_batch", "crfrp_mae_batch:mae"], ["full"]),
+    "regions": (
+        ["mae", "mae_spatial", "pacofr", "pacofr_shuffled_regions", "pacofr_affinity"],
+        [
+            "pacofr:pacofr_shuffled_regions",
+            "pacofr_shuffled_regions:mae",
+            "pacofr_affinity:mae",
+            "pacofr_affinity:mae_spatial",
+        ],
+        ["full"],
+    ),
     "compute3x": (
         ["mae", "mae_parse", "mae_spatial", "pacofr", "pacofr_full", "full_lowpass8"],
         [
