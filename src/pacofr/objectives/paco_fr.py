@@ -90,7 +90,7 @@ class PaCoFR(RegionSpatialTerms, MaskedAutoencoder):
             spatial_prior: train a position-only prior (a learned region distribution per patch position, no
                 image) beside the spatial head on the same targets, logged as ``spatial_prior*``: what the
                 head must beat for the spatial loss to be earned from the image. It does not touch the encoder.
-            spatial_targets: ``own`` (each image's region histograms) or ``rolled`` (the next image's in the batch:
+            spatial_targets: ``own`` (each image's region histograms) or ``rolled`` (the previous image's in the batch,
                 the control for image-specific supervision, ``docs/study.md``).
             teacher_momentum: EMA momentum of the affinity variant's teacher encoder.
             codebook_warmup_steps, codebook_lr_scale: the codebook group's (codes, pixel head, Belief Predictor) own

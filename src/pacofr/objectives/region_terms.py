@@ -26,7 +26,7 @@ SPATIAL_CHARTS = {
 
 def region_targets(region_hist: torch.Tensor, mode: RegionTargets) -> torch.Tensor:
     """The targets the spatial head is trained on: each image's own region histograms (``own``), or those of the
-    next image in the batch (``rolled``: the same label statistics with the image-specific link cut, the control
+    previous image in the batch (``rolled``: the same label statistics with the image-specific link cut, the control
     that tells image-specific supervision from a regulariser)."""
     if mode == "own":
         return region_hist
