@@ -101,11 +101,17 @@ sv = _load_verdict_module()
 DIGITS = {measure: digits for measure, _, digits in sv.MEASURES}
 
 
+def _fail(message: str) -> None:
+    """Bad input: one line on stderr and exit 2, as the project's other commands do."""
+    print(f"study_verdict_doc: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
 def _read(path: Path) -> dict[str, Any]:
     try:
         return json.loads(path.read_text())
     except (OSError, ValueError) as err:
-        sys.exit(f"study_verdict_doc: cannot read {path} ({type(err).__name__})")
+        _fail(f"cannot read {path} ({type(err).__name__}): commit the study summaries it names first")
 
 
 def _format(text: str, measure: str, count: bool = False, mean_only: bool = False) -> str:
@@ -375,7 +381,7 @@ def main() -> None:
     try:
         section = build()
     except KeyError as err:
-        sys.exit(f"study_verdict_doc: {err.args[0]}")
+        _fail(err.args[0])
     doc = DOC.read_text()
     new = replace_section(doc, section)
     if args.check:
