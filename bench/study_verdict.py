@@ -22,7 +22,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from pacofr.study.report import paired
+from pacofr.study.stats import paired
 
 MEASURES = [  # (measure, name, digits)
     ("landmarks", "landmark NME ↓", 4),

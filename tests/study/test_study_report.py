@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 
 import pytest
 from conftest import DEFAULT_STUDY
 
 from pacofr.eval.feature_probe import MEASURES, TASKS
 from pacofr.run_folder import atomic_write_text
-from pacofr.study.report import aggregate, collect, markdown_tables, summarise, t_interval
+from pacofr.study.report import aggregate, collect, markdown_tables, summarise
 from pacofr.study.spec import load_study
 
 GROUPS = {"r2": {"eyes": 0.1, "skin": 0.5}, "f1_present": {"eyes": 0.2, "skin": 0.9}}
@@ -48,12 +47,6 @@ def three_seed_spec(tmp_path):
             result = fake_result(spec, cell, shifts[cell.arm.name] * (1 + 0.1 * cell.seed))
             atomic_write_text(cell.result_path, json.dumps(result))
     return spec
-
-
-def test_t_interval():
-    mean, low, high = t_interval([1.0, 2.0, 3.0])
-    assert mean == 2.0 and low == pytest.approx(2 - 4.302653 / math.sqrt(3), rel=1e-5) and high > 3
-    assert math.isnan(t_interval([1.0])[1])
 
 
 def test_paired_differences_and_verdicts(tmp_path):

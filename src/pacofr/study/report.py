@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from scipy import stats
 
 from pacofr.eval.feature_probe import CONDITIONS, MEASURES, measure_value
 from pacofr.eval.probe_views import VIEWS
@@ -20,6 +19,7 @@ from pacofr.run_folder import atomic_write_text
 
 from .runner import read_result
 from .spec import StudySpec
+from .stats import paired
 
 TASK_TITLES = {
     "parsing": "Parsing, mean F1 over 18 classes (argmax of the ridge; higher is better)",
@@ -63,35 +63,6 @@ def collect(spec: StudySpec) -> tuple[list[dict[str, Any]], list[str]]:
         else:
             results.append(result)
     return results, missing
-
-
-def t_interval(values: list[float], level: float = 0.95) -> tuple[float, float, float]:
-    """(mean, low, high) of a t-interval; nan bounds with fewer than two values."""
-    x = np.asarray(values, dtype=float)
-    mean = float(x.mean())
-    if len(x) < 2:
-        return mean, math.nan, math.nan
-    half = float(stats.t.ppf(0.5 + level / 2, len(x) - 1) * x.std(ddof=1) / math.sqrt(len(x)))
-    return mean, mean - half, mean + half
-
-
-def paired(values: dict[int, float], reference: dict[int, float], higher: bool) -> dict[str, Any] | None:
-    """Differences seed by seed against a reference arm, their mean and 95 % t-interval, and a verdict."""
-    seeds = sorted(s for s in values if s in reference)
-    if not seeds:
-        return None
-    diffs = [values[s] - reference[s] for s in seeds]
-    mean, low, high = t_interval(diffs)
-    better = mean > 0 if higher else mean < 0
-    separated = not math.isnan(low) and (low > 0 or high < 0)
-    verdict = ("better" if better else "worse") if separated else "within noise"
-    return {
-        "seeds": seeds,
-        "diffs": diffs,
-        "mean": mean,
-        "ci95": [low, high],
-        "verdict": verdict if len(seeds) > 1 else f"n/a ({len(seeds)} seed)",
-    }
 
 
 def _column(spec: StudySpec, by_arm: dict[str, dict[int, dict[str, Any]]], measure: str, view: str, cond: str):
