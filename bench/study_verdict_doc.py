@@ -242,11 +242,8 @@ def _measure_name(measure: str) -> str:
 
 
 def _with_seeds(study: Study, measure: str, a: str, b: str) -> str:
-    rows = study.rows(measure)
-    if a not in rows or b not in rows:
-        return "–"
-    n = len(set(rows[a]["seeds"]) & set(rows[b]["seeds"]))
-    return f"{study.difference(measure, a, b)} ({n})" if n else "–"
+    """``a − b`` with its interval and its seed count as ``(n)``; ``–`` when the two share no seed."""
+    return _format(sv._difference(study.rows(measure), a, b, DIGITS[measure]), measure, count=True)
 
 
 def _by_seed(study: Study, measure: str, arm: str) -> dict[int, float]:
@@ -299,6 +296,9 @@ def gain_table(default: Study, compute3x: Study) -> str:
     return "\n".join(lines)
 
 
+NEEDS_3X = ("GAPS", "GAINS", "DONE3X")  # named blocks read from the 3x summary
+
+
 def render(template: str, default: Study, compute3x: Study | None) -> str:
     missing = _missing(default.summary, default.earlier_cells)
     missing3x = list(compute3x.summary.get("missing_cells", [])) if compute3x else []
@@ -344,7 +344,7 @@ def render(template: str, default: Study, compute3x: Study | None) -> str:
             return str(len(study.seeds(args[0])))
         if op == "N2":
             return str(len(set(study.seeds(args[0])) & set(study.seeds(args[1]))))
-        if op in ("C", "G") and compute3x is None:
+        if (op in ("C", "G") or op in NEEDS_3X) and compute3x is None:
             raise KeyError(f"{match.group(0)}: no 3x summary in {COMPUTE3X}")
         if op == "C" and len(args) == 3:
             return gap_change(default, compute3x, *args, count=False)

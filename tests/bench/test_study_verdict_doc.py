@@ -96,5 +96,10 @@ def test_gaps_and_gains_pair_800_and_2400_steps_by_seed():
     assert cells[1].startswith("−0.0200") and cells[1].endswith("(2)")
     assert cells[4].startswith("−0.0100") and cells[4].endswith("(2)")
     assert cells[2] == "–"  # mae_parse: in neither
-    with pytest.raises(KeyError):
-        doc.render("{{GAPS}}", default, None)
+    # a gap with its interval and seed count, as the GAPS table prints it
+    assert doc._with_seeds(default, "landmarks", "pacofr", "mae") == "−0.0333 [−0.0477, −0.0190] (3)"
+    assert doc._with_seeds(compute3x, "landmarks", "pacofr", "mae") == "−0.0250 [−0.0885, +0.0385] (2)"
+    assert doc._with_seeds(default, "landmarks", "pacofr", "fsfm") == "–"
+    for block in ("{{GAPS}}", "{{GAINS}}", "{{DONE3X}}"):  # the 3x-only blocks name what is missing
+        with pytest.raises(KeyError, match="no 3x summary"):
+            doc.render(block, default, None)
