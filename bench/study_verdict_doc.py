@@ -67,11 +67,20 @@ TABLES: dict[str, tuple[list[str], list[str], list[str] | None]] = {
     ),
     "id_branch": (["mae", "crfrp_mae_batch", "fsfm"], ["fsfm:crfrp_mae_batch", "crfrp_mae_batch:mae"], ["full"]),
     "regions": (
-        ["mae", "crfrp_mae", "mae_spatial", "pacofr", "pacofr_shuffled_regions", "pacofr_affinity"],
+        [
+            "mae",
+            "crfrp_mae",
+            "mae_spatial",
+            "pacofr",
+            "pacofr_shuffled_regions",
+            "pacofr_affinity",
+            "pacofr_no_spatial",
+        ],
         [
             "pacofr:pacofr_shuffled_regions",
             "pacofr_shuffled_regions:crfrp_mae",
             "pacofr_affinity:crfrp_mae",
+            "pacofr_no_spatial:crfrp_mae",
             "crfrp_mae:mae",
         ],
         ["full"],
