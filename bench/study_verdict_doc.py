@@ -80,6 +80,7 @@ TABLES: dict[str, tuple[list[str], list[str], list[str] | None]] = {
             "pacofr:pacofr_shuffled_regions",
             "pacofr_shuffled_regions:crfrp_mae",
             "pacofr_affinity:crfrp_mae",
+            "pacofr:pacofr_affinity",
             "pacofr_no_spatial:crfrp_mae",
             "crfrp_mae:mae",
         ],
