@@ -103,3 +103,18 @@ def test_gaps_and_gains_pair_800_and_2400_steps_by_seed():
     for block in ("{{GAPS}}", "{{GAINS}}", "{{DONE3X}}"):  # the 3x-only blocks name what is missing
         with pytest.raises(KeyError, match="no 3x summary"):
             doc.render(block, default, None)
+
+
+def test_every_arm_is_paired_with_each_reference_arm_over_its_seeds():
+    doc = load()
+    study = doc.Study(summary())
+    study.summary["tasks"]["landmarks/clean"]["rows"].append(row("mae_parse", [0, 1], [0.15, 0.15]))
+    lines = doc.render("{{REFS landmarks}}", study, None).splitlines()
+    assert lines[0] == "| arm | mean ± sd (seeds) | arm − `mae` (seeds) | arm − `mae_parse` (seeds) |"
+    cells = {line.split(" | ")[0].strip("| "): [c.strip() for c in line.strip("|").split("|")] for line in lines[2:]}
+    # mae - mae_parse on seeds 0, 1: +0.02, +0.03 -> +0.025, t(1) = 12.706 * 0.00707 / sqrt(2) = 0.0635
+    assert cells["`mae`"][1:] == ["0.1700 ± 0.0100 (3)", "reference", "+0.0250 [−0.0385, +0.0885] (2)"]
+    # pacofr - mae: -0.03, -0.04, -0.03 over seeds 0-2; pacofr - mae_parse on seeds 0, 1: -0.01, -0.01
+    assert cells["`pacofr`"][2] == "−0.0333 [−0.0477, −0.0190] (3)"
+    assert cells["`pacofr`"][3] == "−0.0100 [−0.0100, −0.0100] (2)"
+    assert cells["`mae_parse`"][1:] == ["0.1500 ± 0.0000 (2)", "−0.0250 [−0.0885, +0.0385] (2)", "reference"]
