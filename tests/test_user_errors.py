@@ -148,13 +148,19 @@ def test_eval_on_an_empty_data_root_prints_only_its_one_line(tmp_path):
     assert proc.stdout == "" and not (tmp_path / "run" / "results").exists()
 
 
-def test_traceback_flag_shows_the_full_traceback(tmp_path):
-    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
-    cmd = [sys.executable, "-m", "pacofr.cli", *fit_args(tmp_path / "nothing", tmp_path / "run")]
-    short = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
-    full = subprocess.run([*cmd, "--traceback"], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
-    assert short.returncode == 2 and len(short.stderr.strip().splitlines()) == 1, short.stderr
-    assert "Traceback (most recent call last)" in full.stderr and "ManifestError" in full.stderr
+def test_traceback_flag_shows_the_full_traceback(tmp_path, capsys, monkeypatch):
+    # in-process: without the flag the error is one line; with it (or PACOFR_TRACEBACK=1) the error itself is
+    # raised, so the interpreter prints its full traceback
+    from pacofr.data.format import ManifestError
+
+    monkeypatch.chdir(tmp_path)
+    args = fit_args(tmp_path / "nothing", tmp_path / "run")
+    assert "add --traceback for the full traceback" in one_line_error(capsys, args)
+    with pytest.raises(ManifestError):
+        main([*args, "--traceback"])
+    monkeypatch.setenv("PACOFR_TRACEBACK", "1")
+    with pytest.raises(ManifestError):
+        main(args)
 
 
 def test_fresh_start_into_a_used_run_folder_is_refused(tmp_path, faces, capsys):
