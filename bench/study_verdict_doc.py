@@ -342,11 +342,11 @@ def render(template: str, default: Study, compute3x: Study | None) -> str:
         missing3x = ["(all)"]
     todo = []
     if missing:
-        todo.append(f"{_by_arm(missing)} of the default grid ({len(missing)} cells)")
+        todo.append(f"{_by_arm(missing)} of the default grid ({len(missing)} cell{'s' * (len(missing) != 1)})")
     if missing3x == ["(all)"]:
         todo.append(f"the {COMPUTE3X_CELLS} cells of the 3× grid")
     elif missing3x:
-        todo.append(f"{_by_arm(missing3x)} of the 3× grid ({len(missing3x)} cells)")
+        todo.append(f"{_by_arm(missing3x)} of the 3× grid ({len(missing3x)} cell{'s' * (len(missing3x) != 1)})")
     named: dict[str, Callable[[], str]] = {
         "LEAK": _leak_block,
         "MAE_FULL_LOSS": lambda: _loss_span("mae_full"),
