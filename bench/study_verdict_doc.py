@@ -14,7 +14,7 @@ Tokens (``{{...}}``; ``view`` is ``full``, all patches in one forward, or ``subs
 - ``{{G measure arm}}``: the arm at 2,400 steps minus itself at 800, paired by seed; ``{{C measure a b}}``: how
   the gap ``a − b`` changes from 800 to 2,400 steps, paired by seed;
 - the same with ``@3x`` (``{{D@3x ...}}``, ``{{N@3x ...}}``): from the 3×-compute study's summary;
-- ``{{REFS measure}}``: every arm against each reference arm (``mae``, ``mae_parse``), over the merged seeds;
+- ``{{REFS measure}}``: every arm against each of the summary's ``reference_arms``, over the merged seeds;
 - named blocks: ``{{TABLE name}}`` (a table of ``TABLES``; ``{{TABLE@3x compute3x}}`` from the 3× summary),
   ``{{LEAK}}`` (``bench/input_leak.py``'s read-outs), ``{{MAE_FULL_LOSS}}``, ``{{SEEDS_FULL}}``, ``{{CELLS}}``,
   ``{{CELLS3X}}``, ``{{TODO}}`` (the cells not run yet); with a 3× summary also ``{{GAPS}}`` (each decisive gap
@@ -309,15 +309,15 @@ def gain_table(default: Study, compute3x: Study) -> str:
     return "\n".join(lines)
 
 
-REFERENCE_ARMS = ("mae", "mae_parse")  # configs/study/default.yaml's reference_arms
-
-
 def reference_table(study: Study, measure: str) -> str:
     """Every arm of the study against each reference arm, over the merged seeds: its mean ± sd and seed count,
     and each paired difference with its 95 % t-interval (all patches in one forward, clean faces)."""
     rows, d = study.rows(measure), DIGITS[measure]
-    head = "| arm | mean ± sd (seeds) | " + " | ".join(f"arm − `{ref}` (seeds)" for ref in REFERENCE_ARMS) + " |"
-    lines = [head, "|" + " --- |" * (len(REFERENCE_ARMS) + 2)]
+    refs = study.summary.get("reference_arms")  # the study config's reference_arms, as the aggregate wrote them
+    if not refs:
+        raise KeyError("the summary names no reference_arms")
+    head = "| arm | mean ± sd (seeds) | " + " | ".join(f"arm − `{ref}` (seeds)" for ref in refs) + " |"
+    lines = [head, "|" + " --- |" * (len(refs) + 2)]
     for arm, row in rows.items():
         values = [v for v in row["values"] if v is not None and not math.isnan(v)]
         if not values:
@@ -325,7 +325,7 @@ def reference_table(study: Study, measure: str) -> str:
         sd = f" ± {statistics.stdev(values):.{d}f}" if len(values) > 1 else ""
         cells = [
             "reference" if arm == ref else _format(sv._difference(rows, arm, ref, d), measure, count=True)
-            for ref in REFERENCE_ARMS
+            for ref in refs
         ]
         label = f"{row['label']} (`{arm}`)" if row.get("label") else f"`{arm}`"
         lines.append(f"| {label} | {statistics.fmean(values):.{d}f}{sd} ({len(values)}) | " + " | ".join(cells) + " |")

@@ -107,7 +107,7 @@ def test_gaps_and_gains_pair_800_and_2400_steps_by_seed():
 
 def test_every_arm_is_paired_with_each_reference_arm_over_its_seeds():
     doc = load()
-    study = doc.Study(summary())
+    study = doc.Study({**summary(), "reference_arms": ["mae", "mae_parse"]})
     study.summary["tasks"]["landmarks/clean"]["rows"].append(row("mae_parse", [0, 1], [0.15, 0.15]))
     lines = doc.render("{{REFS landmarks}}", study, None).splitlines()
     assert lines[0] == "| arm | mean ± sd (seeds) | arm − `mae` (seeds) | arm − `mae_parse` (seeds) |"
@@ -118,3 +118,5 @@ def test_every_arm_is_paired_with_each_reference_arm_over_its_seeds():
     assert cells["`pacofr`"][2] == "−0.0333 [−0.0477, −0.0190] (3)"
     assert cells["`pacofr`"][3] == "−0.0100 [−0.0100, −0.0100] (2)"
     assert cells["`mae_parse`"][1:] == ["0.1500 ± 0.0000 (2)", "−0.0250 [−0.0885, +0.0385] (2)", "reference"]
+    with pytest.raises(KeyError, match="reference_arms"):  # the reference arms come from the summary
+        doc.render("{{REFS landmarks}}", doc.Study(summary()), None)
